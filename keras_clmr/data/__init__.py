@@ -1,0 +1,1 @@
+"""Datasets: the offline demo corpus, audio folders, prepared shards."""

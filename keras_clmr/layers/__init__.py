@@ -1,0 +1,3 @@
+"""Reusable layers: batched in-graph augmentations, ..."""
+
+from keras_clmr.layers.augmentations import AudioAugmentation, RandomCrop

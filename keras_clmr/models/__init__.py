@@ -1,0 +1,4 @@
+"""Backbones (SampleCNN, ...) and tasks (CLMR, ...)."""
+
+from keras_clmr.models.clmr import CLMR
+from keras_clmr.models.sample_cnn import SampleCNN

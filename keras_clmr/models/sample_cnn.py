@@ -1,0 +1,136 @@
+"""SampleCNN: the raw-waveform encoder of CLMR (Lee et al. 2017; Spijkervet & Burgoyne 2021)."""
+
+import math
+
+import keras
+from keras import layers, ops
+
+# Stride sets of the original CLMR 2.0 code, chosen by sample rate (clmr_reference.md §1).
+STRIDES_BY_SAMPLE_RATE = {
+    22050: (3, 3, 3, 3, 3, 3, 3, 3, 3),
+    16000: (3, 3, 3, 3, 3, 3, 5, 2, 2),
+    8000: (3, 3, 3, 2, 2, 4, 4, 2, 2),
+}
+DEFAULT_CHANNELS = (128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512)
+
+# PyTorch BatchNorm defaults (eps 1e-5, momentum 0.1) in Keras terms.
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+
+def torch_default_kernel_initializer():
+    """PyTorch's default Conv/Linear weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def torch_default_bias_initializer(fan_in):
+    limit = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-limit, limit)
+
+
+def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
+    return [
+        layers.Conv1D(filters, kernel_size, strides=strides, padding=padding, name=f"{name}_conv",
+                      kernel_initializer=torch_default_kernel_initializer(),
+                      bias_initializer=torch_default_bias_initializer(kernel_size * in_channels)),
+        layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn"),
+        layers.ReLU(name=f"{name}_relu"),
+    ]
+
+
+@keras.saving.register_keras_serializable(package="keras_clmr")
+class SampleCNN(keras.Model):
+    """Raw-waveform SampleCNN encoder: audio [B, T] or [B, T, 1] -> embedding [B, channels[-1]].
+
+    The default configuration is CLMR's encoder (59049 samples at 22050 Hz, 2,368,512
+    parameters). Layer ``i`` of the original ``encoder.sequential.i`` is ``block_i`` here.
+
+    Args:
+        strides: pooling factors of the nine middle blocks; their product times the stem
+            stride (3) is the input length. Use ``SampleCNN.for_sample_rate(sr)`` for the
+            original sample-rate variants.
+        channels: 11 widths: stem, nine blocks, final block.
+        sample_rate: the sample rate the model expects (metadata; not used in the maths).
+    """
+
+    def __init__(self, strides=STRIDES_BY_SAMPLE_RATE[22050], channels=DEFAULT_CHANNELS,
+                 sample_rate=22050, **kwargs):
+        super().__init__(**kwargs)
+        strides = tuple(int(s) for s in strides)
+        channels = tuple(int(c) for c in channels)
+        if len(strides) != 9:
+            raise ValueError(f"SampleCNN needs 9 strides (one per middle block), got {len(strides)}: {strides}.")
+        if len(channels) != 11:
+            raise ValueError(
+                f"SampleCNN needs 11 channel widths (stem, 9 blocks, final), got {len(channels)}: {channels}.")
+        if any(s < 2 for s in strides):
+            raise ValueError(f"Every stride must be >= 2, got {strides}.")
+        self.strides = strides
+        self.channels = channels
+        self.sample_rate = int(sample_rate)
+        self.input_samples = 3 * math.prod(strides)
+        self.embedding_dim = channels[-1]
+
+        self.stack = [*_conv_bn_relu(channels[0], 3, 3, "valid", "block_0", 1)]
+        for i, stride in enumerate(strides, start=1):
+            # The original uses kernel_size=stride with padding 1: "same" only for stride 3,
+            # so keep its arithmetic for the other sample-rate variants too.
+            kernel = stride
+            if kernel == 3:
+                self.stack += _conv_bn_relu(channels[i], 3, 1, "same", f"block_{i}", channels[i - 1])
+            else:
+                self.stack += [layers.ZeroPadding1D(1, name=f"block_{i}_pad"),
+                               *_conv_bn_relu(channels[i], kernel, 1, "valid", f"block_{i}", channels[i - 1])]
+            self.stack.append(layers.MaxPooling1D(stride, strides=stride, name=f"block_{i}_pool"))
+        self.stack += _conv_bn_relu(channels[10], 3, 1, "same", "block_10", channels[9])
+        self.flatten = layers.Flatten(name="flatten")
+
+    @classmethod
+    def for_sample_rate(cls, sample_rate, **kwargs):
+        """The original CLMR stride set for 22050, 16000 or 8000 Hz."""
+        if sample_rate not in STRIDES_BY_SAMPLE_RATE:
+            raise ValueError(
+                f"No SampleCNN stride set for {sample_rate} Hz; choose one of "
+                f"{sorted(STRIDES_BY_SAMPLE_RATE)} or pass strides= explicitly.")
+        return cls(strides=STRIDES_BY_SAMPLE_RATE[sample_rate], sample_rate=sample_rate, **kwargs)
+
+    def _check_shape(self, shape):
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] not in (1, None)):
+            raise ValueError(
+                f"SampleCNN expects mono audio shaped [batch, {self.input_samples}] or "
+                f"[batch, {self.input_samples}, 1], got shape {tuple(shape)}.")
+        length = shape[1]
+        if length is not None and length != self.input_samples:
+            raise ValueError(
+                f"SampleCNN with strides {self.strides} expects exactly {self.input_samples} samples "
+                f"per window ({self.input_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz), "
+                f"got {length}. Crop or window the audio first (keras_clmr.inference.embed does this).")
+
+    def build(self, input_shape):
+        self._check_shape(input_shape)
+        shape = (input_shape[0], self.input_samples, 1)
+        for layer in self.stack:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        if shape[1] != 1:
+            raise ValueError(
+                f"SampleCNN strides {self.strides} leave {shape[1]} frames after the last block "
+                f"(need 1 for a {self.embedding_dim}-d embedding): use a stride set of the original.")
+        self.flatten.build(shape)
+        self.built = True
+
+    def call(self, audio, training=None):
+        self._check_shape(audio.shape)
+        x = audio if len(audio.shape) == 3 else ops.expand_dims(audio, -1)
+        for layer in self.stack:
+            x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
+        return self.flatten(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.embedding_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(strides=list(self.strides), channels=list(self.channels),
+                      sample_rate=self.sample_rate)
+        return config
