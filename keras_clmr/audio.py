@@ -7,7 +7,9 @@ import subprocess
 import numpy as np
 
 DEFAULT_SAMPLE_RATE = 22050
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".m4a")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".m4a", ".au")
+# Formats libsndfile (>= 1.1) reads itself: a failure on these means bad data, not a missing codec.
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
 class AudioError(Exception):
@@ -48,31 +50,33 @@ def _decode_soundfile(path_or_file):
     return data, rate
 
 
-def _decode_ffmpeg(path, sample_rate):
+def _decode_ffmpeg(path, sample_rate, mono):
+    """Decode through the ffmpeg CLI to float32 [T, C] (downmixed by ffmpeg when ``mono``)."""
     ffmpeg = shutil.which("ffmpeg")
-    command = [ffmpeg, "-nostdin", "-v", "error", "-i", path, "-f", "f32le", "-acodec", "pcm_f32le"]
-    if sample_rate:
-        command += ["-ar", str(sample_rate)]
-    command += ["-"]
-    probe = subprocess.run(command, capture_output=True, check=False)
-    if probe.returncode != 0:
-        raise CorruptAudioError(path, f"ffmpeg could not decode it: {probe.stderr.decode(errors='replace').strip()}")
-    channels = _ffmpeg_channels(path)
-    data = np.frombuffer(probe.stdout, dtype=np.float32)
+    rate = sample_rate or _ffprobe_value(path, "sample_rate")
+    if not rate:
+        raise UnsupportedFormatError(path, "ffmpeg cannot tell its sample rate; pass sample_rate=")
+    channels = 1 if mono else (_ffprobe_value(path, "channels") or 1)
+    command = [ffmpeg, "-nostdin", "-v", "error", "-i", path, "-vn", "-f", "f32le", "-acodec", "pcm_f32le",
+               "-ar", str(rate), "-ac", str(channels), "-"]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise CorruptAudioError(path, f"ffmpeg could not decode it: {result.stderr.decode(errors='replace').strip()}")
+    data = np.frombuffer(result.stdout, dtype=np.float32)
     data = data[: len(data) // channels * channels].reshape(-1, channels)
-    return data, sample_rate
+    return data, int(rate)
 
 
-def _ffmpeg_channels(path):
+def _ffprobe_value(path, entry):
     ffprobe = shutil.which("ffprobe")
     if not ffprobe:
-        return 1
+        return None
     out = subprocess.run([ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries",
-                          "stream=channels", "-of", "csv=p=0", path], capture_output=True, check=False)
+                          f"stream={entry}", "-of", "csv=p=0", path], capture_output=True, check=False)
     try:
         return max(1, int(out.stdout.decode().strip().splitlines()[0]))
     except (ValueError, IndexError):
-        return 1
+        return None
 
 
 def resample(audio, orig_sr, target_sr):
@@ -109,18 +113,22 @@ def load(path_or_file, sample_rate=DEFAULT_SAMPLE_RATE, mono=True):
         if not is_path:
             raise CorruptAudioError(name, f"could not be decoded ({error})") from error
         if shutil.which("ffmpeg") is None:
+            if os.fspath(path_or_file).lower().endswith(SOUNDFILE_EXTENSIONS):
+                raise CorruptAudioError(
+                    name, f"could not be decoded ({error}); the file looks corrupt or truncated "
+                          "(if it plays elsewhere, install ffmpeg so it can be decoded that way)") from error
             raise UnsupportedFormatError(
                 name, f"soundfile cannot decode it ({error}) and ffmpeg is not installed; "
                       "install ffmpeg or convert the file to wav/flac") from error
-        data, rate = _decode_ffmpeg(os.fspath(path_or_file), sample_rate)
-        if rate is None:
-            raise UnsupportedFormatError(name, "pass sample_rate= to decode it through ffmpeg")
+        data, rate = _decode_ffmpeg(os.fspath(path_or_file), sample_rate, mono)
     if data.size == 0:
         raise EmptyAudioError(name, "decodes to zero samples")
     if not np.all(np.isfinite(data)):
         raise CorruptAudioError(name, "decodes to non-finite (NaN or Inf) samples")
-    if mono:
+    if mono and data.shape[1] > 1:
         data = data.mean(axis=1)
+    elif mono:
+        data = data[:, 0]
     if sample_rate is not None and rate != sample_rate:
         data = resample(data, rate, sample_rate)
     return np.clip(data, -1.0, 1.0).astype(np.float32, copy=False)
@@ -156,3 +164,31 @@ def load_many(paths, sample_rate=DEFAULT_SAMPLE_RATE, min_samples=0):
             continue
         clips.append(audio)
     return clips, skipped
+
+
+def to_int16(audio):
+    """Float audio in [-1, 1] -> int16 PCM (x * 32768, rounded, saturated).
+
+    The inverse of ``from_int16`` and of how soundfile reads 16-bit PCM, so audio that came
+    from a 16-bit file survives float -> int16 -> float bit-exactly.
+    """
+    scaled = np.rint(np.asarray(audio, dtype=np.float64) * 32768.0)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+def from_int16(pcm):
+    """int16 PCM -> float32 in [-1, 1) (pcm / 32768)."""
+    return np.asarray(pcm, dtype=np.int16).astype(np.float32) / np.float32(32768.0)
+
+
+def duration(path):
+    """The file's duration in seconds from its header (soundfile), or None if unknown."""
+    import soundfile
+
+    try:
+        info = soundfile.info(os.fspath(path))
+    except Exception:  # unreadable header: the caller decides (e.g. estimate from other files)
+        return None
+    if not info.samplerate or info.frames <= 0:
+        return None
+    return info.frames / info.samplerate

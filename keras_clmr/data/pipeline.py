@@ -1,0 +1,286 @@
+"""tf.data pipelines over a directory written by ``keras_clmr.data.prepare``.
+
+Any ``tf.io.gfile`` path works (local, ``gs://``, ...). Three views of the same shards:
+
+- ``pretraining_dataset``: random source segments [B, S] for the contrastive pretrainers
+  (which crop their two views from each segment). Clips shorter than S are skipped (as
+  CLMR's ContrastiveDataset does) or zero-padded with ``short_clips="pad"``.
+- ``evaluation_dataset``: every non-overlapping chunk of every clip, in clip order, with
+  the clip's index and label vector, so an evaluator can average predictions per clip.
+- ``supervised_dataset``: one random crop per clip per epoch with its multi-hot/one-hot label.
+
+``clip_table`` gives the ids, labels and lengths of a split's clips by clip index.
+"""
+
+import csv
+import io
+import json
+
+import numpy as np
+
+from keras_clmr.data.prepare import CLIPS, FORMAT, MANIFEST
+
+AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow at module import
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _join(base, name):
+    return base.rstrip("/") + "/" + name
+
+
+def is_prepared(path):
+    """True when ``path`` is a directory with a manifest.json (a finished preparation)."""
+    if not path:
+        return False
+    try:
+        return bool(_tf().io.gfile.exists(_join(str(path), MANIFEST)))
+    except Exception:  # unreachable filesystem or bad scheme: not a prepared directory
+        return False
+
+
+def load_manifest(path):
+    """The manifest of a prepared directory (labels, task, splits with counts, sample_rate, shards...)."""
+    tf = _tf()
+    manifest_path = _join(str(path), MANIFEST)
+    if not tf.io.gfile.exists(manifest_path):
+        raise FileNotFoundError(f"{path}: no {MANIFEST}; this is not a prepared directory (or its preparation "
+                                "did not finish). Run `python -m keras_clmr.data.prepare --dataset=... "
+                                f"--source=... --output={path}`.")
+    with tf.io.gfile.GFile(manifest_path, "r") as file:
+        manifest = json.load(file)
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}; "
+                         "prepare the data again with this version.")
+    return manifest
+
+
+def _split_entry(manifest, split, path):
+    splits = manifest["splits"]
+    if split not in splits or not splits[split]["count"]:
+        available = sorted(k for k, v in splits.items() if v["count"])
+        raise ValueError(f"{path}: split {split!r} has no clips; available: {available}.")
+    return splits[split]
+
+
+def shard_files(data_dir, split, manifest=None):
+    """Paths of the shards of ``split`` (in clip order)."""
+    manifest = manifest or load_manifest(data_dir)
+    entry = _split_entry(manifest, split, data_dir)
+    return [_join(str(data_dir), name) for name in entry["shards"]]
+
+
+def clip_table(data_dir, split):
+    """The clips of ``split`` by clip index: dict(ids [n], labels float32 [n, L], num_samples int64 [n],
+    positions int64 [n]). ``labels`` is multi-hot (multilabel) or one-hot (multiclass)."""
+    tf = _tf()
+    manifest = load_manifest(data_dir)
+    _split_entry(manifest, split, data_dir)
+    with tf.io.gfile.GFile(_join(str(data_dir), manifest.get("clips_file", CLIPS)), "r") as file:
+        rows = [r for r in csv.DictReader(io.StringIO(file.read()), delimiter="\t") if r["split"] == split]
+    rows.sort(key=lambda r: int(r["index"]))
+    labels = np.zeros((len(rows), len(manifest["labels"])), np.float32)
+    for i, row in enumerate(rows):
+        for j in filter(None, row["labels"].split(";")):
+            labels[i, int(j)] = 1.0
+    return {"ids": [r["id"] for r in rows], "labels": labels,
+            "num_samples": np.array([int(r["num_samples"]) for r in rows], np.int64),
+            "positions": np.array([int(r["position"]) for r in rows], np.int64)}
+
+
+def _parse(record, with_labels=True):
+    tf = _tf()
+    features = {"audio": tf.io.FixedLenFeature([], tf.string),
+                "position": tf.io.FixedLenFeature([], tf.int64),
+                "num_samples": tf.io.FixedLenFeature([], tf.int64)}
+    if with_labels:
+        features["labels"] = tf.io.VarLenFeature(tf.int64)
+    parsed = tf.io.parse_single_example(record, features)
+    if with_labels:
+        parsed["labels"] = tf.sparse.to_dense(parsed["labels"])
+    return parsed
+
+
+def _label_vector(indices, num_labels):
+    tf = _tf()
+    return tf.minimum(tf.reduce_sum(tf.one_hot(indices, num_labels, dtype=tf.float32), axis=0), 1.0)
+
+
+def _pad_bytes(tf, audio, num_samples, target, max_pad):
+    """Zero-pad int16 PCM bytes to at least ``target`` samples (adding at most ``max_pad``);
+    returns (bytes, new length)."""
+    zeros = tf.constant(b"\x00" * (2 * max_pad))
+    missing = tf.maximum(tf.cast(target, tf.int64) - num_samples, 0)
+    padded = tf.strings.join([audio, tf.strings.substr(zeros, 0, tf.cast(2 * missing, tf.int32))])
+    return padded, num_samples + missing
+
+
+def _random_crop(tf, audio, num_samples, length, seed):
+    """A random ``length``-sample window of int16 PCM bytes -> float32 [length]."""
+    maxval = num_samples - length + 1
+    start = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=maxval, dtype=tf.int64)
+    window = tf.strings.substr(audio, tf.cast(2 * start, tf.int32), 2 * length)
+    samples = tf.io.decode_raw(window, tf.int16, little_endian=True)
+    return tf.ensure_shape(tf.cast(samples, tf.float32) / 32768.0, [length])
+
+
+def _seeds(tf, seed):
+    """An infinite dataset of stateless-random seeds [2]; reproducible when ``seed`` is set."""
+    return tf.data.Dataset.random(seed=seed).batch(2)
+
+
+def _records(tf, files, *, shuffle_files, repeat, seed, deterministic, input_context=None, cycle_length=None):
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        if len(files) < input_context.num_input_pipelines:
+            raise ValueError(f"{len(files)} shards cannot be split across {input_context.num_input_pipelines} "
+                             "input pipelines; prepare with smaller --shard_mb.")
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle_files:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 22),
+        cycle_length=cycle_length or min(len(files), 8), block_length=1,
+        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _options(tf, deterministic):
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    # Multi-worker training shards by file when it can (tf.distribute), else by element.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.AUTO
+    return options
+
+
+def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", shuffle_buffer=1024, seed=None,
+                        deterministic=False, repeat=True, short_clips="skip", input_context=None,
+                        cycle_length=None):
+    """Batches of random source segments, float32 [batch_size, segment_samples] (x only).
+
+    Each clip gives one segment at a uniformly random start per pass; passes over the
+    shards repeat forever when ``repeat`` (file order reshuffled each pass). Clips shorter
+    than ``segment_samples`` are skipped (``short_clips="skip"``, CLMR's behaviour) or
+    zero-padded at the end (``"pad"``). Batches are full (drop_remainder). With ``seed`` and
+    ``deterministic=True`` the stream is reproducible. ``input_context`` (from
+    ``tf.distribute``'s ``distribute_datasets_from_function``) shards the files per input
+    pipeline; otherwise tf.distribute auto-shards the dataset across workers.
+    """
+    tf = _tf()
+    if short_clips not in ("skip", "pad"):
+        raise ValueError(f"short_clips must be 'skip' or 'pad', got {short_clips!r}.")
+    segment_samples, batch_size = int(segment_samples), int(batch_size)
+    if segment_samples < 1 or batch_size < 1:
+        raise ValueError("segment_samples and batch_size must be >= 1.")
+    manifest = load_manifest(data_dir)
+    files = shard_files(data_dir, split, manifest)
+    records = _records(tf, files, shuffle_files=True, repeat=repeat, seed=seed, deterministic=deterministic,
+                       input_context=input_context, cycle_length=cycle_length)
+    parsed = records.map(lambda r: _parse(r, with_labels=False), num_parallel_calls=AUTOTUNE,
+                         deterministic=deterministic)
+    if short_clips == "skip":
+        parsed = parsed.filter(lambda p: p["num_samples"] >= segment_samples)
+
+    def segment(p, seed_pair):
+        audio, num_samples = p["audio"], p["num_samples"]
+        if short_clips == "pad":
+            audio, num_samples = _pad_bytes(tf, audio, num_samples, segment_samples, segment_samples)
+        return _random_crop(tf, audio, num_samples, segment_samples, seed_pair)
+
+    dataset = tf.data.Dataset.zip((parsed, _seeds(tf, seed)))
+    dataset = dataset.map(segment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if shuffle_buffer and shuffle_buffer > 1:
+        dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE,
+                            deterministic=deterministic)
+    return dataset.prefetch(AUTOTUNE).with_options(_options(tf, deterministic))
+
+
+def _position_to_index(tf, data_dir, split):
+    table = clip_table(data_dir, split)
+    size = int(table["positions"].max()) + 1 if len(table["positions"]) else 1
+    mapping = np.full(size, -1, np.int32)
+    mapping[table["positions"]] = np.arange(len(table["positions"]), dtype=np.int32)
+    return tf.constant(mapping)
+
+
+def evaluation_dataset(data_dir, split, chunk_samples=59049, batch_size=32, pad_last=False):
+    """Every non-overlapping ``chunk_samples`` chunk of every clip of ``split``, in clip order.
+
+    Yields dicts ``{"audio": float32 [b, chunk_samples], "clip_index": int32 [b],
+    "labels": float32 [b, L]}`` where ``clip_index`` indexes ``clip_table(data_dir, split)``.
+    The last partial chunk of a clip is dropped as in CLMR (``pad_last=False``) or
+    zero-padded (``pad_last=True``). A clip shorter than one chunk always gives one
+    zero-padded chunk, so every clip gets a prediction. The last batch may be smaller.
+    """
+    tf = _tf()
+    chunk_samples = int(chunk_samples)
+    manifest = load_manifest(data_dir)
+    files = shard_files(data_dir, split, manifest)
+    num_labels = len(manifest["labels"])
+    mapping = _position_to_index(tf, data_dir, split)
+
+    def chunks(record):
+        p = _parse(record)
+        n = p["num_samples"]
+        count = (n + chunk_samples - 1) // chunk_samples if pad_last else n // chunk_samples
+        count = tf.maximum(count, 1)
+        # Padding is needed only for a short clip or a padded last chunk: < chunk_samples samples.
+        audio, _ = _pad_bytes(tf, p["audio"], n, count * chunk_samples, chunk_samples)
+        used = tf.strings.substr(audio, 0, tf.cast(2 * count * chunk_samples, tf.int32))
+        samples = tf.cast(tf.io.decode_raw(used, tf.int16, little_endian=True), tf.float32) / 32768.0
+        labels = _label_vector(p["labels"], num_labels)
+        index = tf.gather(mapping, p["position"])
+        return {"audio": tf.reshape(samples, [-1, chunk_samples]),
+                "clip_index": tf.fill([count], index),
+                "labels": tf.tile(labels[None], tf.stack([count, 1]))}
+
+    dataset = tf.data.TFRecordDataset(files, buffer_size=1 << 22)
+    dataset = dataset.map(chunks, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+    dataset = dataset.batch(int(batch_size), num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def chunk_count(num_samples, chunk_samples=59049, pad_last=False):
+    """How many chunks ``evaluation_dataset`` yields for a clip of ``num_samples`` samples."""
+    count = -(-num_samples // chunk_samples) if pad_last else num_samples // chunk_samples
+    return max(int(count), 1)
+
+
+def supervised_dataset(data_dir, split, crop_samples=59049, batch_size=32, shuffle=None, shuffle_buffer=1024,
+                       seed=None, repeat=False, drop_remainder=False, deterministic=True):
+    """(x float32 [b, crop_samples], y float32 [b, L]): one random crop per clip per pass.
+
+    ``y`` is multi-hot (multilabel) or one-hot (multiclass). Clips shorter than the crop
+    are zero-padded. ``shuffle`` defaults to True for the "train" split.
+    """
+    tf = _tf()
+    crop_samples = int(crop_samples)
+    manifest = load_manifest(data_dir)
+    if manifest["task"] == "none":
+        raise ValueError(f"{data_dir}: this dataset has no labels (task 'none'); use pretraining_dataset.")
+    files = shard_files(data_dir, split, manifest)
+    num_labels = len(manifest["labels"])
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
+    if shuffle:
+        records = _records(tf, files, shuffle_files=True, repeat=repeat, seed=seed, deterministic=deterministic)
+    else:
+        records = tf.data.TFRecordDataset(files, buffer_size=1 << 22)
+        records = records.repeat() if repeat else records
+
+    def example(record, seed_pair):
+        p = _parse(record)
+        audio, num_samples = _pad_bytes(tf, p["audio"], p["num_samples"], crop_samples, crop_samples)
+        return _random_crop(tf, audio, num_samples, crop_samples, seed_pair), _label_vector(p["labels"], num_labels)
+
+    dataset = tf.data.Dataset.zip((records, _seeds(tf, seed)))
+    dataset = dataset.map(example, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if shuffle and shuffle_buffer and shuffle_buffer > 1:
+        dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
+    return dataset.prefetch(AUTOTUNE).with_options(_options(tf, deterministic))
