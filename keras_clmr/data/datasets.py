@@ -290,7 +290,11 @@ def csv_dataset(source, task="auto", vocabulary=None):
                                  "separate labels with ';', not ','.")
             relative = row[0].strip()
             labels = tuple(dict.fromkeys(t.strip() for t in (row[1] if len(row) > 1 else "").split(";") if t.strip()))
-            split = normalize_split(row[2], f"{path}:{number}: ") if len(row) > 2 and row[2].strip() else "train"
+            try:
+                split = normalize_split(row[2]) if len(row) > 2 and row[2].strip() else "train"
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: {error} (labels are ';'-separated; a ',' starts the "
+                                 "split column)") from None
             clip_id = relative.replace("\\", "/")
             clips.append(Clip(clip_id, os.path.join(base, relative), labels, split))
     if not clips:
