@@ -106,7 +106,8 @@ def model_attribute(model, name, default=None):
 
 
 def is_tagger(model):
-    return getattr(model, "tags", None) is not None and getattr(model, "backbone", None) is not None
+    """A tagger has a backbone and a ``tags`` attribute (possibly None), like ``MusicTagger``."""
+    return hasattr(model, "tags") and getattr(model, "backbone", None) is not None
 
 
 def _is_pretrainer(model):

@@ -327,7 +327,8 @@ def tag(audio_or_path, model=None, *, top_k=5, sample_rate=None, hop=None, batch
     """
     single, sources, model, net, window, rate, hop_samples, block_frames = _prepare(
         audio_or_path, model, "tag", sample_rate, hop, batch_size, short, on_error, block_seconds)
-    names = tuple(str(t) for t in model.tags)
+    names = tuple(str(t) for t in model.tags) if model.tags else tuple(
+        f"tag_{i}" for i in range(int(model_attribute(model, "num_classes", 0) or 0)))
     runs = _run(sources, net, sample_rate=rate, window=window, hop=hop_samples, batch_size=int(batch_size),
                 short=short, on_error=on_error, block_frames=block_frames, source_rate=sample_rate,
                 progress=progress)

@@ -207,7 +207,7 @@ register_preset(Preset(
     architecture="FCN",
     handles={"embed": _hub("pemr-mtat")},
     sample_rate=22050, input_samples=59049,
-    params={"embed": None},
+    params={"embed": 371_460},  # 370,562 trainable + 898 BatchNorm statistics (FCN)
     scores=(),
     protocol="No published PEMR scores were verified (pemr_and_peers.md Part A).",
     source={"embed": "https://github.com/yaoodng7/PEMR/releases/download/pre-trained/pre-trained_model.ckpt"},
