@@ -1,0 +1,150 @@
+"""keras_clmr.data.pipeline on a prepared set of int16 'ramp' clips whose samples say where they are from.
+
+Clip i holds int16 values OFFSETS[i] + t, so any window of it identifies the clip and start.
+"""
+
+import numpy as np
+import pytest
+import soundfile
+
+from keras_clmr.data import datasets, pipeline, prepare
+
+LENGTHS = [999, 1000, 2500, 3000, 4100, 5200, 640, 3333]  # train: all but the last two
+OFFSETS = [-30000 + 7000 * i for i in range(len(LENGTHS))]
+LABELS = ["a", "b;c", "c", "a;b", "b", "c", "a", "b;c"]
+SPLITS = ["train"] * 6 + ["test"] * 2
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ramps")
+    rows = ["path,labels,split"]
+    for i, (n, offset) in enumerate(zip(LENGTHS, OFFSETS)):
+        soundfile.write(root / f"c{i}.wav", (offset + np.arange(n)).astype(np.int16), 22050, subtype="PCM_16")
+        rows.append(f"c{i}.wav,{LABELS[i]},{SPLITS[i]}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = root / "prepared"
+    prepare.prepare(datasets.csv_dataset(str(root)), str(out), workers=1, clips_per_shard=2, progress=False)
+    return str(out)
+
+
+def _identify(window):
+    """(clip, start) of a float window taken from a ramp clip; asserts it is contiguous."""
+    pcm = np.rint(np.asarray(window, np.float64) * 32768).astype(np.int64)
+    np.testing.assert_array_equal(np.diff(pcm), 1)
+    clip = int(np.argmin([abs(pcm[0] - o) if pcm[0] >= o else 1 << 30 for o in OFFSETS]))
+    start = int(pcm[0] - OFFSETS[clip])
+    assert 0 <= start and start + len(pcm) <= LENGTHS[clip]
+    return clip, start
+
+
+def _multi_hot(i):
+    return np.array([float(t in LABELS[i].split(";")) for t in "abc"], np.float32)
+
+
+def test_is_prepared_and_manifest(prepared, tmp_path):
+    assert pipeline.is_prepared(prepared)
+    assert not pipeline.is_prepared(str(tmp_path)) and not pipeline.is_prepared(str(tmp_path / "missing"))
+    manifest = pipeline.load_manifest(prepared)
+    assert manifest["labels"] == ["a", "b", "c"] and manifest["task"] == "multilabel"
+    assert manifest["sample_rate"] == 22050 and manifest["splits"]["train"]["count"] == 6
+    with pytest.raises(FileNotFoundError, match="not a prepared directory"):
+        pipeline.load_manifest(str(tmp_path))
+    with pytest.raises(ValueError, match="split 'valid' has no clips"):
+        pipeline.shard_files(prepared, "valid")
+
+
+def test_pretraining_segments_are_random_windows_of_long_enough_clips(prepared):
+    dataset = pipeline.pretraining_dataset(prepared, segment_samples=1000, batch_size=4, seed=0, shuffle_buffer=8)
+    seen = {}
+    for batch in dataset.take(40):
+        assert batch.shape == (4, 1000) and batch.dtype.name == "float32"
+        for window in batch.numpy():
+            clip, start = _identify(window)
+            seen.setdefault(clip, set()).add(start)
+    assert set(seen) == {1, 2, 3, 4, 5}  # clip 0 (999 samples) is shorter than a segment: skipped
+    assert seen[1] == {0}
+    assert len(seen[5]) > 5 and max(seen[5]) > 3000 and min(seen[5]) < 1200
+
+
+def test_pretraining_pads_short_clips_when_asked(prepared):
+    dataset = pipeline.pretraining_dataset(prepared, segment_samples=1200, batch_size=6, seed=1,
+                                           short_clips="pad", repeat=False, shuffle_buffer=0)
+    batches = list(dataset)
+    assert len(batches) == 1  # 6 clips, drop_remainder
+    windows = batches[0].numpy()
+    padded = [w for w in windows if w[-1] == 0.0]
+    assert len(padded) == 2  # clips 0 and 1 are shorter than 1200 samples
+    for w in padded:
+        n = 999 if np.count_nonzero(w) <= 999 else 1000
+        _identify(w[:n])
+        np.testing.assert_array_equal(w[n:], 0.0)
+
+
+def test_pretraining_is_reproducible_with_a_seed(prepared):
+    def first(seed):
+        dataset = pipeline.pretraining_dataset(prepared, 800, 4, seed=seed, deterministic=True, shuffle_buffer=4)
+        return np.concatenate([b.numpy() for b in dataset.take(5)])
+
+    np.testing.assert_array_equal(first(7), first(7))
+    assert not np.array_equal(first(7), first(8))
+
+
+def test_pretraining_shards_files_across_input_pipelines(prepared):
+    import tensorflow as tf
+
+    clips = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
+        dataset = pipeline.pretraining_dataset(prepared, 500, 2, seed=0, input_context=context)
+        clips.append({_identify(w)[0] for b in dataset.take(20) for w in b.numpy()})
+    assert clips[0] and clips[1] and not clips[0] & clips[1]
+    assert clips[0] | clips[1] == set(range(6))
+
+
+@pytest.mark.parametrize("pad_last", [False, True])
+def test_evaluation_chunks_cover_each_clip_in_order(prepared, pad_last):
+    chunk = 1000
+    table = pipeline.clip_table(prepared, "train")
+    assert table["ids"] == [f"c{i}.wav" for i in range(6)]
+    np.testing.assert_array_equal(table["num_samples"], LENGTHS[:6])
+    np.testing.assert_array_equal(table["labels"], np.stack([_multi_hot(i) for i in range(6)]))
+    batches = list(pipeline.evaluation_dataset(prepared, "train", chunk_samples=chunk, batch_size=3,
+                                               pad_last=pad_last))
+    assert all(b["audio"].shape[1] == chunk for b in batches)
+    index = np.concatenate([b["clip_index"].numpy() for b in batches])
+    audio = np.concatenate([b["audio"].numpy() for b in batches])
+    labels = np.concatenate([b["labels"].numpy() for b in batches])
+    expected_counts = [pipeline.chunk_count(n, chunk, pad_last) for n in LENGTHS[:6]]
+    assert expected_counts == ([1, 1, 3, 3, 5, 6] if pad_last else [1, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(np.bincount(index, minlength=6), expected_counts)
+    assert np.all(np.diff(index) >= 0)
+    for i in range(6):
+        rows = audio[index == i].reshape(-1)
+        full = (OFFSETS[i] + np.arange(LENGTHS[i])) / 32768.0
+        n = min(len(rows), LENGTHS[i])
+        np.testing.assert_array_equal(rows[:n], full[:n].astype(np.float32))
+        np.testing.assert_array_equal(rows[n:], 0.0)  # padding only (short clip or pad_last)
+        np.testing.assert_array_equal(labels[index == i], np.tile(_multi_hot(i), (expected_counts[i], 1)))
+
+
+def test_supervised_crops_with_labels(prepared):
+    dataset = pipeline.supervised_dataset(prepared, "test", crop_samples=600, batch_size=2, seed=0)
+    (x, y), = list(dataset)
+    assert x.shape == (2, 600) and y.shape == (2, 3)
+    for window, label in zip(x.numpy(), y.numpy()):
+        clip, _ = _identify(window)
+        assert clip in (6, 7)
+        np.testing.assert_array_equal(label, _multi_hot(clip))
+    train = pipeline.supervised_dataset(prepared, "train", crop_samples=1500, batch_size=8, seed=0)
+    (x, y), = list(train)
+    assert x.shape == (6, 1500)  # one crop per clip; short clips zero-padded
+    assert sorted(int(np.count_nonzero(w)) for w in x.numpy())[:2] == [999, 1000]
+
+
+def test_supervised_needs_labels(tmp_path):
+    for i in range(2):
+        soundfile.write(tmp_path / f"{i}.wav", np.zeros(100, np.int16), 22050, subtype="PCM_16")
+    prepare.prepare(datasets.folder(str(tmp_path)), str(tmp_path / "out"), workers=1, progress=False)
+    with pytest.raises(ValueError, match="no labels"):
+        pipeline.supervised_dataset(str(tmp_path / "out"), "train")
