@@ -365,3 +365,46 @@ def convert_musicnn(name, parity=True, audio=None, audio_label=None):
     if parity:
         metadata["parity"] = musicnn_parity(tagger, name, audio=audio, audio_label=audio_label)
     return tagger, metadata
+
+
+# (preset name) -> (wheel model, description, reported scores)
+PRESET_INFO = {
+    "musicnn-mtt": ("MTT_musicnn", "musicnn (Pons & Serra 2019) trained on MagnaTagATune: 50 tags, 16 kHz.",
+                    "MTAT", 90.67, 38.31),
+    "musicnn-msd": ("MSD_musicnn", "musicnn (Pons & Serra 2019) trained on the Million Song Dataset: 50 tags, 16 kHz.",
+                    "MSD", 88.02, 28.91),
+    "vgg-mtt": ("MTT_vgg", "The VGG-like baseline of musicnn, trained on MagnaTagATune: 50 tags, 16 kHz.",
+                "MTAT", 90.30, 38.23),
+    "vgg-msd": ("MSD_vgg", "The VGG-like baseline of musicnn, trained on the Million Song Dataset: 50 tags, 16 kHz.",
+                "MSD", 87.68, 28.19),
+}
+PROTOCOL = ("Scores as reported by the musicnn authors in each model's experiment.result "
+            "(MTAT: pons2017 split test set; MSD: its test set); ROC-AUC / PR-AUC, tag-wise macro. "
+            "Not re-measured by keras_clmr.")
+
+
+def reported_scores(preset_name):
+    _, _, dataset, roc, pr = PRESET_INFO[preset_name]
+    return ({"task": "tag", "dataset": dataset, "metric": "ROC-AUC", "value": roc, "head": "own"},
+            {"task": "tag", "dataset": dataset, "metric": "PR-AUC", "value": pr, "head": "own"})
+
+
+def build_preset(preset_name, preset_dir, task="tag", overwrite=False):
+    """Convert the wheel model behind ``preset_name`` (with parity) and write it as a preset folder.
+
+    This is the local builder of the ``musicnn-*`` / ``vgg-*`` presets: ``load_pretrained``
+    calls it on first use when the musicnn wheel is installed. Both tasks store the tagger
+    (``task="embed"`` loads its backbone).
+    """
+    from keras_clmr.conversion.report import save_converted
+
+    if preset_name not in PRESET_INFO:
+        raise ConversionError(f"Unknown musicnn preset {preset_name!r}; choose one of {sorted(PRESET_INFO)}.")
+    wheel_model, description, *_ = PRESET_INFO[preset_name]
+    tagger, metadata = convert_musicnn(wheel_model)
+    if metadata["architecture"].get("vgg_pools") and wheel_model == "MSD_vgg":
+        description += (" Its max-pool sizes are read from the checkpoint's saved training graph: musicnn "
+                         "0.1.0's models.vgg builds MTT_vgg's pools for it, which do not match these weights.")
+    return save_converted(tagger, metadata, preset_dir, name=preset_name, description=description,
+                          reported_scores=reported_scores(preset_name), license_id="isc",
+                          source_url=f"https://pypi.org/project/musicnn/0.1.0/ ({wheel_model})", overwrite=overwrite)

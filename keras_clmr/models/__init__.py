@@ -3,3 +3,4 @@
 from keras_clmr.models.clmr import CLMR
 from keras_clmr.models.sample_cnn import SampleCNN
 from keras_clmr.models.tagger import MusicTagger
+from keras_clmr.models.musicnn import Musicnn, MusicnnLogMel, musicnn_tagger

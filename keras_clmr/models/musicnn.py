@@ -324,3 +324,58 @@ def musicnn_tagger(architecture="musicnn", tags=None, num_classes=50, **kwargs):
                          name=f"{architecture}_tagger")
     tagger.build((None, backbone.input_samples))
     return tagger
+
+
+# Presets: the four released taggers, converted from the musicnn wheel on first use (offline)
+# when it is installed, otherwise downloaded from the Hub.
+_PRESETS = {
+    # name: (architecture, parameters of the backbone, of the tagger)
+    "musicnn-mtt": ("musicnn", 782_029, 792_079),
+    "musicnn-msd": ("musicnn", 782_029, 792_079),
+    "vgg-mtt": ("vgg", 594_180, 607_030),
+    "vgg-msd": ("vgg", 594_180, 607_030),
+}
+
+
+def _local_builder(name):
+    def build(preset_dir, task):
+        from keras_clmr.conversion.musicnn import build_preset
+
+        build_preset(name, preset_dir, task)
+
+    return build
+
+
+def _register_presets():
+    from keras_clmr import presets
+
+    info = {
+        "musicnn-mtt": ("MTAT", 90.67, 38.31, "musicnn trained on MagnaTagATune (50 tags)"),
+        "musicnn-msd": ("MSD", 88.02, 28.91, "musicnn trained on the Million Song Dataset (50 tags)"),
+        "vgg-mtt": ("MTAT", 90.30, 38.23, "musicnn's VGG baseline trained on MagnaTagATune (50 tags)"),
+        "vgg-msd": ("MSD", 87.68, 28.19, "musicnn's VGG baseline trained on the Million Song Dataset (50 tags)"),
+    }
+    for name, (architecture, backbone_params, tagger_params) in _PRESETS.items():
+        if name in presets.preset_names():
+            continue
+        dataset, roc, pr, what = info[name]
+        hub = f"hf://{presets.HUB_ORG}/{name}"
+        presets.register_preset(presets.Preset(
+            name=name,
+            description=(f"{what}, Pons & Serra 2019, 16 kHz, 3 s windows; converted from the musicnn 0.1.0 "
+                         "wheel (parity with the original TF1 graph <= 1e-4)."),
+            architecture="Musicnn",
+            handles={"embed": hub, "tag": hub},
+            sample_rate=SAMPLE_RATE, input_samples=(PATCH_FRAMES - 1) * HOP,
+            params={"embed": backbone_params, "tag": tagger_params},
+            scores=({"task": "tag", "dataset": dataset, "metric": "ROC-AUC", "value": roc, "head": "own"},
+                    {"task": "tag", "dataset": dataset, "metric": "PR-AUC", "value": pr, "head": "own"}),
+            protocol=("As reported by the musicnn authors (experiment.result in the wheel); "
+                      "not re-measured by keras_clmr."),
+            source={"embed": "pip install --no-deps musicnn==0.1.0", "tag": "pip install --no-deps musicnn==0.1.0"},
+            license="isc",
+            local_builder=_local_builder(name),
+        ))
+
+
+_register_presets()
