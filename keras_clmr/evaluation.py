@@ -143,6 +143,26 @@ def prepared_splits(data_dir):
     return splits, list(manifest["labels"]), manifest.get("task") != "multiclass", manifest.get("sample_rate")
 
 
+def load_splits(dataset="demo", data_dir=None, sample_rate=22050, demo_clips=96, demo_seconds=6.0, demo_seed=0):
+    """The scripts' data: ``(splits, tags, multi_label, description)`` from ``data_dir`` (prepared)
+    or the in-memory demo corpus (``dataset="demo"``)."""
+    if data_dir:
+        splits, tags, multi_label, prepared_rate = prepared_splits(data_dir)
+        if prepared_rate and sample_rate and int(prepared_rate) != int(sample_rate):
+            raise ValueError(f"{data_dir} was prepared at {prepared_rate} Hz but the encoder expects {sample_rate} Hz: "
+                             "prepare the data at the encoder's sample rate.")
+        description = (f"prepared {data_dir}: {len(splits['train'])} train / {len(splits['valid'])} valid / "
+                       f"{len(splits['test'])} test clips, {len(tags)} labels")
+        return splits, tags, multi_label, description
+    if dataset != "demo":
+        raise ValueError(f"Unknown dataset {dataset!r}: use 'demo' or pass a prepared data_dir "
+                         "(python -m keras_clmr.data.prepare ...).")
+    splits, tags = demo_splits(n_clips=demo_clips, seconds=demo_seconds, sample_rate=sample_rate, seed=demo_seed)
+    description = (f"demo corpus: {len(splits['train'])} train / {len(splits['valid'])} valid / "
+                   f"{len(splits['test'])} test clips, {len(tags)} tags")
+    return splits, tags, True, description
+
+
 def label_fraction_indices(n, fraction, seed=0):
     """Sorted indices of a reproducible ``fraction`` of ``n`` training clips (at least one).
 
@@ -489,6 +509,23 @@ def cover_song_eval(encoder, clipset, batch_size=64, top_k=10):
     return metrics_lib.cover_song_metrics(metrics_lib.cosine_distance_matrix(embeddings), groups, top_k=top_k)
 
 
+def demo_cover_set(n_clips=96, seconds=6.0, sample_rate=22050, seed=0):
+    """All demo clips as one collection whose version groups are keys (root + mode)."""
+    splits, _ = demo_splits(n_clips=n_clips, seconds=seconds, sample_rate=sample_rate, seed=seed)
+    parts = [splits[name] for name in ("train", "valid", "test")]
+    return ClipSet([c for p in parts for c in p.clips], np.concatenate([p.labels for p in parts]),
+                   [i for p in parts for i in p.ids], [g for p in parts for g in p.groups])
+
+
+def cover_markdown_table(rows):
+    """A Markdown table of cover-song rows (dicts with model, map, mr1, precision_at_10, n_queries)."""
+    lines = ["| Model | MAP | MR1 | P@10 | Queries |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['model']} | {row['map']:.4f} | {row['mr1']:.2f} | {row['precision_at_10']:.4f} | "
+                     f"{row['n_queries']} |")
+    return "\n".join(lines) + "\n"
+
+
 def load_cover_csv(path, sample_rate=22050):
     """A ClipSet from a CSV with ``path`` and ``group`` columns (paths relative to the CSV)."""
     from keras_clmr import audio
@@ -604,7 +641,7 @@ def load_encoder(checkpoint, sample_rate=22050, channels=None, seed=0):
 # ------------------------------------------------------------------------------- outputs
 
 
-def _atomic_write(path, data, mode="w"):
+def atomic_write(path, data, mode="w"):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -670,7 +707,7 @@ def per_tag_plot(results, path, title=None):
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    _atomic_write(path, buffer.getvalue(), mode="wb")
+    atomic_write(path, buffer.getvalue(), mode="wb")
 
 
 RESULT_FILES = ("results.json", "per_tag.csv", "per_tag_auc.png", "results.md", "tagger.keras")
@@ -682,13 +719,13 @@ def write_results(output_dir, results, tagger=None, name=None):
     os.makedirs(output_dir, exist_ok=True)
     paths = {}
     paths["results.json"] = os.path.join(output_dir, "results.json")
-    _atomic_write(paths["results.json"], json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n")
+    atomic_write(paths["results.json"], json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n")
     paths["per_tag.csv"] = os.path.join(output_dir, "per_tag.csv")
-    _atomic_write(paths["per_tag.csv"], per_tag_csv(results))
+    atomic_write(paths["per_tag.csv"], per_tag_csv(results))
     paths["per_tag_auc.png"] = os.path.join(output_dir, "per_tag_auc.png")
     per_tag_plot(results, paths["per_tag_auc.png"])
     paths["results.md"] = os.path.join(output_dir, "results.md")
-    _atomic_write(paths["results.md"], markdown_table([(name or results["encoder"].get("class_name", "model"),
+    atomic_write(paths["results.md"], markdown_table([(name or results["encoder"].get("class_name", "model"),
                                                          results)]))
     if tagger is not None:
         paths["tagger.keras"] = os.path.join(output_dir, "tagger.keras")
@@ -718,7 +755,7 @@ def _jsonable(value):
     return value
 
 
-__all__ = ["ClipSet", "PreparedSplit", "demo_splits", "prepared_splits", "label_fraction_indices", "random_crops",
+__all__ = ["ClipSet", "PreparedSplit", "load_splits", "demo_splits", "prepared_splits", "label_fraction_indices", "random_crops",
            "embed_crops", "clip_embeddings", "predict_clips", "fit_head", "train_probe", "linear_probe",
            "train_supervised", "cover_song_eval", "load_encoder", "random_encoder", "markdown_table",
            "write_results", "non_overlapping_chunks"]
