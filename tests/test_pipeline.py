@@ -148,3 +148,14 @@ def test_supervised_needs_labels(tmp_path):
     prepare.prepare(datasets.folder(str(tmp_path)), str(tmp_path / "out"), workers=1, progress=False)
     with pytest.raises(ValueError, match="no labels"):
         pipeline.supervised_dataset(str(tmp_path / "out"), "train")
+
+
+def test_several_segments_per_clip_read(prepared):
+    dataset = pipeline.pretraining_dataset(prepared, 1000, 3, seed=2, repeat=False, shuffle_buffer=0,
+                                           segments_per_clip=3, deterministic=True)
+    batches = [b.numpy() for b in dataset]
+    assert len(batches) == 5  # 5 clips of >= 1000 samples, 3 segments each
+    clips = [{_identify(w)[0] for w in batch} for batch in batches]
+    assert all(len(c) == 1 for c in clips) and set().union(*clips) == {1, 2, 3, 4, 5}
+    starts = [_identify(w)[1] for batch in batches for w in batch if _identify(w)[0] == 5]
+    assert len(set(starts)) > 1  # independent starts within a clip

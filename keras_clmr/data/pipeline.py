@@ -119,13 +119,15 @@ def _pad_bytes(tf, audio, num_samples, target, max_pad):
     return padded, num_samples + missing
 
 
-def _random_crop(tf, audio, num_samples, length, seed):
-    """A random ``length``-sample window of int16 PCM bytes -> float32 [length]."""
+def _random_crop(tf, audio, num_samples, length, seed, count=None):
+    """Random ``length``-sample windows of int16 PCM bytes -> float32 [length], or [count, length]
+    (independent starts) when ``count`` is given."""
     maxval = num_samples - length + 1
-    start = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=maxval, dtype=tf.int64)
-    window = tf.strings.substr(audio, tf.cast(2 * start, tf.int32), 2 * length)
+    shape = [] if count is None else [count]
+    start = tf.random.stateless_uniform(shape, seed=seed, minval=0, maxval=maxval, dtype=tf.int64)
+    window = tf.strings.substr(audio, tf.cast(2 * start, tf.int32), tf.fill(shape, 2 * length))
     samples = tf.io.decode_raw(window, tf.int16, little_endian=True)
-    return tf.ensure_shape(tf.cast(samples, tf.float32) / 32768.0, [length])
+    return tf.ensure_shape(tf.cast(samples, tf.float32) / 32768.0, shape + [length])
 
 
 def _seeds(tf, seed):
@@ -158,9 +160,9 @@ def _options(tf, deterministic):
     return options
 
 
-def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", shuffle_buffer=1024, seed=None,
-                        deterministic=False, repeat=True, short_clips="skip", input_context=None,
-                        cycle_length=None):
+def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", shuffle_buffer=512, seed=None,
+                        deterministic=False, repeat=True, short_clips="skip", segments_per_clip=1,
+                        input_context=None, cycle_length=None):
     """Batches of random source segments, float32 [batch_size, segment_samples] (x only).
 
     Each clip gives one segment at a uniformly random start per pass; passes over the
@@ -170,8 +172,16 @@ def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", sh
     ``deterministic=True`` the stream is reproducible. ``input_context`` (from
     ``tf.distribute``'s ``distribute_datasets_from_function``) shards the files per input
     pipeline; otherwise tf.distribute auto-shards the dataset across workers.
+
+    Streaming is bound by reading whole clips (MTAT: 1.3 MB each). ``segments_per_clip=k``
+    takes k independent segments from each clip read, k times the segments/s, at the cost
+    of CLMR's one-item-per-clip sampling: siblings can meet in a batch (as false negatives
+    in NT-Xent) with probability about batch_size / shuffle_buffer per pair.
     """
     tf = _tf()
+    segments_per_clip = int(segments_per_clip)
+    if segments_per_clip < 1:
+        raise ValueError(f"segments_per_clip must be >= 1, got {segments_per_clip}.")
     if short_clips not in ("skip", "pad"):
         raise ValueError(f"short_clips must be 'skip' or 'pad', got {short_clips!r}.")
     segment_samples, batch_size = int(segment_samples), int(batch_size)
@@ -190,10 +200,13 @@ def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", sh
         audio, num_samples = p["audio"], p["num_samples"]
         if short_clips == "pad":
             audio, num_samples = _pad_bytes(tf, audio, num_samples, segment_samples, segment_samples)
-        return _random_crop(tf, audio, num_samples, segment_samples, seed_pair)
+        count = None if segments_per_clip == 1 else segments_per_clip
+        return _random_crop(tf, audio, num_samples, segment_samples, seed_pair, count)
 
     dataset = tf.data.Dataset.zip((parsed, _seeds(tf, seed)))
     dataset = dataset.map(segment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if segments_per_clip > 1:
+        dataset = dataset.unbatch()
     if shuffle_buffer and shuffle_buffer > 1:
         dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE,
