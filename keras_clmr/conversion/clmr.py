@@ -20,7 +20,7 @@ import numpy as np
 from keras_clmr.conversion import torch_reference
 from keras_clmr.conversion.common import (
     PARITY_TOLERANCE, ConversionError, KeyLedger, WeightSetter, check_parity, compare_parameter_counts,
-    max_abs_diff, require_torch, summarize_ledger)
+    max_abs_diff, require_torch, summarize_ledger, to_numpy)
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 MTAT_TAGS = (
@@ -225,10 +225,10 @@ def clmr_parity(model, reference, encoder, projector, batch=2, seed=0):
     audio = _parity_audio(encoder.input_samples, batch=batch, seed=seed)
     outputs = torch_reference.run(reference, audio[:, None, :])
     h_ref, z_ref = outputs if isinstance(outputs, tuple) else (outputs, None)
-    h = np.asarray(encoder(audio, training=False))
+    h = to_numpy(encoder(audio, training=False))
     diffs = {"embedding": max_abs_diff(h, h_ref)}
     if projector is not None:
-        z = np.asarray(projector(h, training=False))
+        z = to_numpy(projector(h, training=False))
         diffs["projection"] = max_abs_diff(z, z_ref)
     counts = compare_parameter_counts(model, reference, "CLMR")
     counts["encoder"] = compare_parameter_counts(encoder, getattr(reference, "encoder", reference), "SampleCNN")
@@ -309,7 +309,7 @@ def attach_finetuner(encoder, head_state, parity=True, source="fine-tuner checkp
         head = _load_into(torch_reference.linear_head(embedding_dim, num_classes, mlp=mlp, hidden=hidden), torch_state)
         audio = _parity_audio(encoder.input_samples, batch=parity_batch)
         ref_logits = torch_reference.run(head, torch_reference.run(torch_encoder, audio[:, None, :]))
-        logits = np.asarray(tagger.logits(audio, training=False))
+        logits = to_numpy(tagger.logits(audio, training=False))
         diffs = {"logits": max_abs_diff(logits, ref_logits)}
         torch = require_torch()
         full_ref = torch.nn.Sequential(torch_encoder, head)

@@ -23,32 +23,17 @@ class ParityError(ConversionError):
     """The converted Keras model does not reproduce the PyTorch reference."""
 
 
-class _AttributeDict(dict):
-    """Stand-in for Lightning's ``AttributeDict`` (a plain dict with attribute access).
-
-    Registered under Lightning's own import paths so ``weights_only`` loading accepts the
-    ``hyper_parameters`` entry of a Lightning checkpoint without importing Lightning.
-    """
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError as error:
-            raise AttributeError(key) from error
-
-
 def _safe_globals():
     import argparse
 
-    # The few non-tensor types Lightning checkpoints carry (hyper-parameters); nothing callable
-    # beyond these containers is allowed.
-    return [
-        (_AttributeDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
-        (_AttributeDict, "lightning.pytorch.utilities.parsing.AttributeDict"),
-        (_AttributeDict, "lightning_fabric.utilities.data.AttributeDict"),
-        (_AttributeDict, "lightning.fabric.utilities.data.AttributeDict"),
-        argparse.Namespace,
-    ]
+    # The few non-tensor types Lightning checkpoints carry in ``hyper_parameters``. Lightning's
+    # AttributeDict (a dict subclass) is read as a plain dict: nothing of Lightning is imported
+    # or run, and torch's weights-only unpickler only fills plain dicts.
+    attribute_dict_paths = ("pytorch_lightning.utilities.parsing.AttributeDict",
+                            "lightning.pytorch.utilities.parsing.AttributeDict",
+                            "lightning_fabric.utilities.data.AttributeDict",
+                            "lightning.fabric.utilities.data.AttributeDict")
+    return [(dict, path) for path in attribute_dict_paths] + [argparse.Namespace]
 
 
 def require_torch():
@@ -319,3 +304,10 @@ def check_parity(diffs, tolerance=PARITY_TOLERANCE, what="model"):
     bad = {name: d for name, d in diffs.items() if not (d <= tolerance)}
     if bad:
         raise ParityError(f"{what}: Keras and the reference differ by more than {tolerance:g}: {bad}")
+
+
+def to_numpy(tensor):
+    """A backend tensor (TF, JAX, torch) as a float numpy array."""
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(tensor))

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from keras_clmr.conversion.common import (
-    PARITY_TOLERANCE, ConversionError, KeyLedger, check_parity, max_abs_diff)
+    PARITY_TOLERANCE, ConversionError, KeyLedger, check_parity, max_abs_diff, to_numpy)
 
 MODELS = {
     # original name: (architecture, dataset)
@@ -305,8 +305,8 @@ def musicnn_parity(tagger, name, audio=None, graph=None, audio_label=None):
     own_graph = graph is None
     graph = OriginalGraph(name) if graph is None else graph
     try:
-        patches = np.asarray(tagger.backbone.frontend(windows))
-        keras_probs = np.asarray(tagger(windows, training=False))
+        patches = to_numpy(tagger.backbone.frontend(windows))
+        keras_probs = to_numpy(tagger(windows, training=False))
         graph_probs = graph(patches)
         reference_patches = np.stack([reference_logmel(w) for w in windows]).astype(np.float32)
         graph_reference_probs = graph(reference_patches)
