@@ -2,6 +2,7 @@
 
 import csv
 import json
+import multiprocessing
 import os
 import random
 
@@ -338,3 +339,21 @@ def test_shard_size_planning(small_corpus):
     assert 40 <= plan["clips_per_shard"] <= 48
     assert [s["name"] for s in plan["shards"]] == ["train-00000-of-00001.tfrecord", "valid-00000-of-00001.tfrecord",
                                                     "test-00000-of-00001.tfrecord"]
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs forked workers")
+def test_a_decoder_process_that_dies_skips_only_its_file(tmp_path, monkeypatch):
+    for name in ("a", "b", "crash", "d"):
+        soundfile.write(tmp_path / f"{name}.wav", np.zeros(500, np.int16), 22050, subtype="PCM_16")
+    real_load = audio.load
+
+    def load(path, **kwargs):
+        if "crash" in str(path):
+            os._exit(1)  # e.g. a decoder library segfaulting on a malicious file
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(audio, "load", load)  # inherited by the forked workers
+    monkeypatch.setattr(prepare, "DECODE_TIMEOUT", 5)
+    manifest = prepare.prepare(datasets.folder(str(tmp_path)), str(tmp_path / "out"), workers=2, progress=False)
+    assert manifest["splits"]["train"]["count"] == 3
+    assert [s["id"] for s in manifest["skipped"]] == ["crash"] and "died" in manifest["skipped"][0]["reason"]

@@ -17,9 +17,11 @@ sample_rate), ``plan.json``, ``progress/``, ``clips.tsv`` (one row per prepared 
 ``manifest.json`` (written last: a directory is prepared when it has one).
 """
 
+import collections
 import csv
 import hashlib
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -37,6 +39,7 @@ PLAN = "plan.json"
 CLIPS = "clips.tsv"
 PROGRESS = "progress"
 _ESTIMATE_FILES = 16  # clips whose header durations estimate the bytes per clip when planning
+DECODE_TIMEOUT = 600  # seconds; a file taking longer (or killing its decoder process) is skipped
 
 
 def _gfile():
@@ -111,6 +114,22 @@ def _decode(job):
     except Exception as error:  # a broken file must never stop the run; report what happened
         return ("skip", f"{type(error).__name__}: {error}")
     return ("ok", pcm.astype("<i2").tobytes(), int(pcm.shape[0]))
+
+
+def _decode_in_pool(pool, jobs, window):
+    """Results of ``_decode`` over ``jobs`` in order, with at most ``window`` decoded clips in flight
+    (bounded memory however slow the writer is)."""
+    jobs = iter(jobs)
+    pending = collections.deque(pool.apply_async(_decode, (job,)) for job in itertools.islice(jobs, window))
+    while pending:
+        try:
+            result = pending.popleft().get(timeout=DECODE_TIMEOUT)
+        except multiprocessing.TimeoutError:
+            result = ("skip", f"its decoder process died or took longer than {DECODE_TIMEOUT} s")
+        following = next(jobs, None)
+        if following is not None:
+            pending.append(pool.apply_async(_decode, (following,)))
+        yield result
 
 
 def _example(tf, position, clip_id, label_indices, split, pcm_bytes, num_samples, sample_rate):
@@ -276,7 +295,7 @@ def prepare(spec, output, sample_rate=audio.DEFAULT_SAMPLE_RATE, shard_mb=128, w
             # Workers only decode (no TensorFlow), so forking is safe where it exists.
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             pool = multiprocessing.get_context(method).Pool(min(workers, len(jobs)))
-            results = pool.imap(_decode, jobs, chunksize=1)
+            results = _decode_in_pool(pool, jobs, window=4 * workers)
         else:
             results = map(_decode, jobs)
         for shard in pending:
