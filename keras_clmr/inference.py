@@ -10,8 +10,10 @@ bounded by one block, one batch and the [T, D] outputs. Other formats go through
 """
 
 import dataclasses
+import hashlib
 import os
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -93,6 +95,176 @@ def _padded_size(n, batch_size):
     while size < n:
         size *= 2
     return min(size, batch_size)
+
+
+
+# ------------------------------------------------------------------------------- engines
+#
+# engine="onnxruntime" runs a SampleCNN (or a MusicTagger on one) as an ONNX graph built here
+# from the Keras weights, with each BatchNorm folded into its convolution. Same maths
+# (checked against Keras to 1e-5 in the tests); ONNX Runtime fuses Conv+ReLU and is ~2-3x
+# faster than eager frameworks on this memory-bound model. Other models use Keras.
+
+
+def _np(variable):
+    return np.asarray(variable.numpy())
+
+
+def _sample_cnn_nodes(encoder, helper, numpy_helper, nodes, inits, x):
+    from keras import layers
+
+    from keras_clmr.models.sample_cnn import SampleCNN
+
+    if type(encoder) is not SampleCNN:
+        raise NotImplementedError(type(encoder).__name__)
+    nodes.append(helper.make_node("Reshape", [x, "shape_b1t"], ["h0"]))
+    inits.append(numpy_helper.from_array(np.array([0, 1, -1], np.int64), "shape_b1t"))
+    current, pending_pad, conv, count = "h0", 0, None, 0
+    for layer in encoder.stack:
+        if isinstance(layer, layers.ZeroPadding1D):
+            left, right = layer.padding
+            if left != right:
+                raise NotImplementedError("asymmetric padding")
+            pending_pad = left
+        elif isinstance(layer, layers.Conv1D):
+            kernel = _np(layer.kernel).astype(np.float64)
+            bias = _np(layer.bias).astype(np.float64)
+            k, stride = layer.kernel_size[0], layer.strides[0]
+            if layer.dilation_rate[0] != 1 or layer.groups != 1:
+                raise NotImplementedError("dilation/groups")
+            if layer.padding == "same":
+                if stride != 1:
+                    raise NotImplementedError("strided same padding")
+                pads = [(k - 1) // 2, k - 1 - (k - 1) // 2]
+            else:
+                pads = [pending_pad, pending_pad]
+            pending_pad = 0
+            conv = dict(kernel=kernel, bias=bias, k=k, stride=stride, pads=pads)
+        elif isinstance(layer, layers.BatchNormalization):
+            gamma = _np(layer.gamma).astype(np.float64)
+            beta = _np(layer.beta).astype(np.float64)
+            mean = _np(layer.moving_mean).astype(np.float64)
+            var = _np(layer.moving_variance).astype(np.float64)
+            scale = gamma / np.sqrt(var + layer.epsilon)
+            conv["kernel"] = conv["kernel"] * scale
+            conv["bias"] = (conv["bias"] - mean) * scale + beta
+        elif isinstance(layer, layers.ReLU):
+            count += 1
+            w, b = f"w{count}", f"b{count}"
+            inits.append(numpy_helper.from_array(np.transpose(conv["kernel"], (2, 1, 0)).astype(np.float32), w))
+            inits.append(numpy_helper.from_array(conv["bias"].astype(np.float32), b))
+            nodes.append(helper.make_node("Conv", [current, w, b], [f"c{count}"], kernel_shape=[conv["k"]],
+                                          strides=[conv["stride"]], pads=conv["pads"]))
+            nodes.append(helper.make_node("Relu", [f"c{count}"], [f"r{count}"]))
+            current = f"r{count}"
+        elif isinstance(layer, layers.MaxPooling1D):
+            pool, stride = layer.pool_size[0], layer.strides[0]
+            if layer.padding != "valid":
+                raise NotImplementedError("same pooling")
+            nodes.append(helper.make_node("MaxPool", [current], [f"p{count}"], kernel_shape=[pool], strides=[stride]))
+            current = f"p{count}"
+        else:
+            raise NotImplementedError(type(layer).__name__)
+    nodes.append(helper.make_node("Flatten", [current], ["embedding"], axis=1))
+    return "embedding"
+
+
+def _head_nodes(tagger, helper, numpy_helper, nodes, inits, x):
+    from keras import layers
+
+    current = x
+    for i, layer in enumerate(tagger.head.layers):
+        if isinstance(layer, layers.Dropout):
+            continue
+        if isinstance(layer, layers.Dense):
+            if layer.activation not in (keras.activations.linear, keras.activations.relu):
+                raise NotImplementedError("dense activation")
+            inits.append(numpy_helper.from_array(_np(layer.kernel).astype(np.float32), f"hw{i}"))
+            inputs = [current, f"hw{i}"]
+            if layer.use_bias:
+                inits.append(numpy_helper.from_array(_np(layer.bias).astype(np.float32),
+                                                     f"hb{i}"))
+                inputs.append(f"hb{i}")
+            nodes.append(helper.make_node("Gemm", inputs, [f"d{i}"]))
+            current = f"d{i}"
+            if layer.activation is keras.activations.relu:
+                nodes.append(helper.make_node("Relu", [current], [f"dr{i}"]))
+                current = f"dr{i}"
+        elif isinstance(layer, layers.ReLU):
+            nodes.append(helper.make_node("Relu", [current], [f"hr{i}"]))
+            current = f"hr{i}"
+        else:
+            raise NotImplementedError(type(layer).__name__)
+    if tagger.multi_label:
+        nodes.append(helper.make_node("Sigmoid", [current], ["probabilities"]))
+    else:
+        nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=-1))
+    return "probabilities"
+
+
+def onnx_predictor(net):
+    """A callable [n, input_samples] -> numpy outputs running ``net`` in ONNX Runtime.
+
+    Supports SampleCNN and a MusicTagger on a SampleCNN (float32); raises
+    NotImplementedError for anything else.
+    """
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    if getattr(net, "dtype_policy", None) is not None and net.dtype_policy.compute_dtype != "float32":
+        raise NotImplementedError("float32 only")
+    nodes, inits = [], []
+    tagger = is_tagger(net)
+    encoder = net.backbone if tagger else net
+    out = _sample_cnn_nodes(encoder, helper, numpy_helper, nodes, inits, "audio")
+    if tagger:
+        out = _head_nodes(net, helper, numpy_helper, nodes, inits, out)
+    graph = helper.make_graph(
+        nodes, "keras_clmr", [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", None])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", None])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="keras_clmr")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"audio": batch})[0]
+
+
+_ONNX_CACHE = {}
+
+
+def _fingerprint(net):
+    digest = hashlib.blake2b(digest_size=16)
+    for weight in net.weights:
+        digest.update(np.ascontiguousarray(_np(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def _cached_onnx_predictor(net):
+    # Rebuilt when the weights change (e.g. after more training), reused otherwise.
+    key = id(net)
+    fingerprint = _fingerprint(net)
+    entry = _ONNX_CACHE.get(key)
+    if entry is not None and entry[0]() is net and entry[1] == fingerprint:
+        return entry[2]
+    predictor = onnx_predictor(net)
+    _ONNX_CACHE[key] = (weakref.ref(net), fingerprint, predictor)
+    return predictor
+
+
+def _predictor(net, engine):
+    if engine not in ("auto", "keras", "onnxruntime"):
+        raise ValueError(f"engine must be 'auto', 'keras' or 'onnxruntime', got {engine!r}.")
+    if engine != "keras":
+        try:
+            return _cached_onnx_predictor(net), "onnxruntime"
+        except (NotImplementedError, ImportError) as error:
+            if engine == "onnxruntime":
+                raise ValueError(f"engine='onnxruntime' does not support this model ({error}); "
+                                 "use engine='keras'.") from error
+    return (lambda batch: keras.ops.convert_to_numpy(net.predict_on_batch(batch))), "keras"
 
 
 class _WindowStream:
@@ -203,7 +375,7 @@ def _describe(source):
     return os.fspath(source)
 
 
-def _run(sources, net, *, sample_rate, window, hop, batch_size, short, on_error, block_frames,
+def _run(sources, predict, *, sample_rate, window, hop, batch_size, short, on_error, block_frames,
          source_rate, progress):
     outputs = [[] for _ in sources]
     starts = [[] for _ in sources]
@@ -216,7 +388,7 @@ def _run(sources, net, *, sample_rate, window, hop, batch_size, short, on_error,
         n = len(owners)
         size = _padded_size(n, batch_size)
         batch[n:size] = 0.0
-        out = keras.ops.convert_to_numpy(net.predict_on_batch(batch[:size]))[:n]
+        out = np.asarray(predict(batch[:size]))[:n]
         for row, owner in enumerate(owners):
             outputs[owner].append(out[row])
         owners.clear()
@@ -259,7 +431,8 @@ def _run(sources, net, *, sample_rate, window, hop, batch_size, short, on_error,
     return results
 
 
-def _prepare(audio_or_path, model, task, sample_rate, hop, batch_size, short, on_error, block_seconds):
+def _prepare(audio_or_path, model, task, sample_rate, hop, batch_size, short, on_error, block_seconds,
+             engine):
     single = not isinstance(audio_or_path, (list, tuple))
     sources = [audio_or_path] if single else list(audio_or_path)
     for source in sources:
@@ -280,11 +453,12 @@ def _prepare(audio_or_path, model, task, sample_rate, hop, batch_size, short, on
     if hop_samples < 1:
         raise ValueError(f"hop must be > 0 seconds, got {hop}.")
     block_frames = max(window, int(block_seconds * rate))
-    return single, sources, model, net, int(window), rate, hop_samples, block_frames
+    predict, _ = _predictor(net, engine)
+    return single, sources, model, net, predict, int(window), rate, hop_samples, block_frames
 
 
 def embed(audio_or_path, model=None, *, sample_rate=None, hop=None, batch_size=32, short="pad",
-          on_error="raise", block_seconds=DEFAULT_BLOCK_SECONDS, progress=False):
+          on_error="raise", block_seconds=DEFAULT_BLOCK_SECONDS, progress=False, engine="auto"):
     """Embeddings of one input or a list of inputs (file paths or float arrays).
 
     Args:
@@ -300,13 +474,16 @@ def embed(audio_or_path, model=None, *, sample_rate=None, hop=None, batch_size=3
         on_error: "raise" on the first bad input, or "skip" it (its result has ``.error``).
         block_seconds: how much audio is decoded at a time.
         progress: show a progress bar over the inputs.
+        engine: "keras" (``predict_on_batch``), "onnxruntime" (SampleCNN and taggers on
+            it, as an ONNX graph with BatchNorm folded in; same outputs to ~1e-5, faster
+            on CPU) or "auto" (onnxruntime where supported, else keras).
 
     Returns:
         ``Embeddings`` (``.embeddings`` [T, D], ``.times`` [T] start seconds), or a list of them.
     """
-    single, sources, model, net, window, rate, hop_samples, block_frames = _prepare(
-        audio_or_path, model, "embed", sample_rate, hop, batch_size, short, on_error, block_seconds)
-    runs = _run(sources, net, sample_rate=rate, window=window, hop=hop_samples, batch_size=int(batch_size),
+    single, sources, model, net, predict, window, rate, hop_samples, block_frames = _prepare(
+        audio_or_path, model, "embed", sample_rate, hop, batch_size, short, on_error, block_seconds, engine)
+    runs = _run(sources, predict, sample_rate=rate, window=window, hop=hop_samples, batch_size=int(batch_size),
                 short=short, on_error=on_error, block_frames=block_frames, source_rate=sample_rate,
                 progress=progress)
     results = []
@@ -319,17 +496,17 @@ def embed(audio_or_path, model=None, *, sample_rate=None, hop=None, batch_size=3
 
 
 def tag(audio_or_path, model=None, *, top_k=5, sample_rate=None, hop=None, batch_size=32, short="pad",
-        on_error="raise", block_seconds=DEFAULT_BLOCK_SECONDS, progress=False):
+        on_error="raise", block_seconds=DEFAULT_BLOCK_SECONDS, progress=False, engine="auto"):
     """Tag probabilities per window and per clip (mean over windows), with the top-k tag names.
 
     ``model`` is a tagger (``MusicTagger``), a preset name (loaded with ``task="tag"``), an
     hf:// handle or a folder. Other arguments as in ``embed``. Returns ``TagResult`` or a list.
     """
-    single, sources, model, net, window, rate, hop_samples, block_frames = _prepare(
-        audio_or_path, model, "tag", sample_rate, hop, batch_size, short, on_error, block_seconds)
+    single, sources, model, net, predict, window, rate, hop_samples, block_frames = _prepare(
+        audio_or_path, model, "tag", sample_rate, hop, batch_size, short, on_error, block_seconds, engine)
     names = tuple(str(t) for t in model.tags) if model.tags else tuple(
         f"tag_{i}" for i in range(int(model_attribute(model, "num_classes", 0) or 0)))
-    runs = _run(sources, net, sample_rate=rate, window=window, hop=hop_samples, batch_size=int(batch_size),
+    runs = _run(sources, predict, sample_rate=rate, window=window, hop=hop_samples, batch_size=int(batch_size),
                 short=short, on_error=on_error, block_frames=block_frames, source_rate=sample_rate,
                 progress=progress)
     results = []

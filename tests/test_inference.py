@@ -10,6 +10,7 @@ import soundfile as sf
 from conftest import tiny_sample_cnn
 
 from keras_clmr import audio, hub, inference
+from keras_clmr.models import SampleCNN
 from keras_clmr.models.tagger import MusicTagger
 
 SR = 8000  # tiny_sample_cnn windows are 7776 samples
@@ -108,10 +109,11 @@ def test_many_files_batched_across_files_and_errors(tmp_path):
 
 
 @pytest.mark.multibackend
-def test_tag_per_window_clip_mean_and_top_k(tmp_path):
+@pytest.mark.parametrize("engine", ["keras", "onnxruntime"])
+def test_tag_per_window_clip_mean_and_top_k(engine):
     tagger = MusicTagger(_model(), num_classes=len(TAGS), tags=TAGS)
     signal = np.random.default_rng(4).uniform(-0.5, 0.5, 3 * W).astype("float32")
-    result = inference.tag(signal, model=tagger, top_k=2)
+    result = inference.tag(signal, model=tagger, top_k=2, engine=engine)
     windows = signal.reshape(3, W)
     expected = keras.ops.convert_to_numpy(tagger(windows))
     np.testing.assert_allclose(result.probabilities, expected, rtol=1e-5, atol=1e-5)
@@ -119,12 +121,42 @@ def test_tag_per_window_clip_mean_and_top_k(tmp_path):
     order = np.argsort(-expected.mean(axis=0))[:2]
     assert [name for name, _ in result.top] == [TAGS[j] for j in order]
     # embed() on a tagger uses its backbone; tag() on an encoder is refused.
-    embedded = inference.embed(signal, model=tagger)
+    embedded = inference.embed(signal, model=tagger, engine=engine)
     np.testing.assert_allclose(embedded.embeddings,
                                keras.ops.convert_to_numpy(tagger.backbone(windows, training=False)),
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="needs a tagger"):
-        inference.tag(signal, model=_model())
+        inference.tag(signal, model=_model(), engine=engine)
+
+
+@pytest.mark.multibackend
+@pytest.mark.parametrize("build", [
+    lambda: SampleCNN.for_sample_rate(8000, channels=(4,) * 9 + (8, 8)),  # ZeroPadding1D + even kernels
+    lambda: MusicTagger(_model(), num_classes=3, head="mlp", hidden_dim=6),
+    lambda: MusicTagger(_model(), num_classes=3, multi_label=False),
+])
+def test_onnxruntime_engine_matches_keras(build):
+    model = build()
+    x = np.random.default_rng(6).uniform(-1, 1, (3, model.input_samples)).astype("float32")
+    model(x[:1], training=False)
+    # Non-trivial BatchNorm statistics, so that folding them into the convolutions is exercised.
+    for weight in model.weights:
+        if "moving" in weight.path or "gamma" in weight.path or "beta" in weight.path:
+            value = keras.ops.convert_to_numpy(weight)
+            weight.assign(np.random.default_rng(len(weight.path)).uniform(0.5, 1.5, value.shape).astype("float32"))
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(inference.onnx_predictor(model)(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_engine_refuses_unsupported_models():
+    from keras_clmr.models.fcn import FCN
+
+    fcn = FCN(channels=(4, 4, 4, 4), pools=((2, 2),) * 4, input_samples=4096, n_mels=32)
+    signal = np.random.default_rng(7).uniform(-0.5, 0.5, 3 * 4096).astype("float32")
+    with pytest.raises(ValueError, match="engine='keras'"):
+        inference.embed(signal, model=fcn, engine="onnxruntime")
+    result = inference.embed(signal, model=fcn)  # "auto" falls back to Keras
+    assert result.embeddings.shape == (3, fcn.embedding_dim)
 
 
 def test_model_given_as_preset_folder(tmp_path):
