@@ -60,6 +60,8 @@ class CLMR(keras.Model):
         self.crop = RandomCrop(self.input_samples, seed=seed, name="crop")
         self.augmentation = augmentation
         self.projector = build_projector(embedding_dim, self.hidden_dim, self.projection_dim)
+        if self.augmentation is not None and not self.augmentation.built:
+            self.augmentation.build((None, self.input_samples))
 
     def build(self, input_shape):
         self.crop._check(input_shape)

@@ -84,6 +84,7 @@ class SampleCNN(keras.Model):
             self.stack.append(layers.MaxPooling1D(stride, strides=stride, name=f"block_{i}_pool"))
         self.stack += _conv_bn_relu(channels[10], 3, 1, "same", "block_10", channels[9])
         self.flatten = layers.Flatten(name="flatten")
+        self.build((None, self.input_samples))
 
     @classmethod
     def for_sample_rate(cls, sample_rate, **kwargs):

@@ -1,0 +1,158 @@
+"""Pretraining machinery shared by the scripts: in-memory segment batches, atomic
+checkpoints with resume, and the fit loop. The absl front end is training/pretrain.py."""
+
+import glob
+import json
+import os
+import re
+import tempfile
+
+import keras
+import numpy as np
+
+CHECKPOINT_PATTERN = "epoch-{epoch:05d}.keras"
+STATE_FILE = "state.json"
+
+
+def _make_readable(path):
+    # mkstemp creates 0600 files; give finished files the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be resumed from; the message says why and what to do."""
+
+
+def atomic_write_json(path, payload):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as file:
+            json.dump(payload, file, indent=2, sort_keys=True)
+            file.flush()
+            os.fsync(file.fileno())
+        _make_readable(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def atomic_save_model(model, path):
+    """``model.save(path)`` through a temporary file in the same folder and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
+    os.close(fd)
+    try:
+        model.save(temporary)
+        _make_readable(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+class SegmentBatches(keras.utils.PyDataset):
+    """Batches of random source segments [batch_size, segment_samples] from in-memory clips.
+
+    Epoch ``e``, batch ``i`` is a pure function of (seed, e, i), so a resumed run sees the
+    same data order it would have seen. Each epoch visits the clips in a new random order;
+    each segment starts at a uniform random offset within its clip.
+    """
+
+    def __init__(self, clips, segment_samples, batch_size, steps_per_epoch=None, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.clips = [np.asarray(c, dtype=np.float32) for c in clips]
+        self.segment_samples = int(segment_samples)
+        self.batch_size = int(batch_size)
+        if not self.clips:
+            raise ValueError("No clips to pretrain on.")
+        short = [i for i, c in enumerate(self.clips) if len(c) < self.segment_samples]
+        if short:
+            raise ValueError(
+                f"{len(short)} clips are shorter than the {self.segment_samples}-sample source segment "
+                f"(e.g. clip {short[0]} has {len(self.clips[short[0]])} samples): drop them or shorten "
+                f"--segment_samples.")
+        self.steps = int(steps_per_epoch or max(1, len(self.clips) // self.batch_size))
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(
+            np.resize(np.arange(len(self.clips)), max(len(self.clips), self.batch_size * self.steps)))
+        chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
+        batch = np.empty((self.batch_size, self.segment_samples), np.float32)
+        for row, clip_index in enumerate(chosen):
+            clip = self.clips[clip_index]
+            start = rng.integers(0, len(clip) - self.segment_samples + 1)
+            batch[row] = clip[start:start + self.segment_samples]
+        return batch
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the whole model (weights + optimizer state) to
+    ``<directory>/epoch-NNNNN.keras`` atomically, then ``state.json`` naming it.
+
+    A kill at any moment leaves either the previous complete checkpoint or the new one,
+    never a truncated file that looks finished. Only the newest ``keep`` are kept.
+    """
+
+    def __init__(self, directory, keep=3, extra_state=None):
+        super().__init__()
+        self.directory = directory
+        self.keep = int(keep)
+        self.extra_state = dict(extra_state or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = os.path.join(self.directory, CHECKPOINT_PATTERN.format(epoch=epoch + 1))
+        atomic_save_model(self.model, path)
+        state = {"epoch": epoch + 1, "checkpoint": os.path.basename(path),
+                 "logs": {k: float(v) for k, v in (logs or {}).items()}, **self.extra_state}
+        atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
+        for old in list_checkpoints(self.directory)[:-self.keep]:
+            os.remove(old)
+
+
+def list_checkpoints(directory):
+    """Finished checkpoints in ``directory``, oldest first."""
+    paths = glob.glob(os.path.join(directory, "epoch-*.keras"))
+    return sorted(paths, key=lambda p: int(re.search(r"epoch-(\d+)", os.path.basename(p)).group(1)))
+
+
+def latest_checkpoint(directory):
+    """(path, epoch) of the checkpoint named in ``state.json``; raises CheckpointError."""
+    state_path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(state_path):
+        raise CheckpointError(
+            f"No checkpoint to resume from in {directory} (no {STATE_FILE}). Start without --resume, "
+            f"or point --output_dir at the folder of an earlier run.")
+    with open(state_path) as file:
+        state = json.load(file)
+    path = os.path.join(directory, state["checkpoint"])
+    if not os.path.exists(path):
+        raise CheckpointError(f"{state_path} names {state['checkpoint']}, which is missing; "
+                              f"delete {state_path} to start over.")
+    return path, int(state["epoch"])
+
+
+def load_checkpoint(path):
+    """A pretrainer (with its optimizer state) from a checkpoint written by EpochCheckpoint."""
+    import keras_clmr.models  # noqa: F401  (registers the classes)
+
+    try:
+        return keras.saving.load_model(path, compile=True, safe_mode=True)
+    except Exception as error:
+        raise CheckpointError(f"Could not load checkpoint {path}: {error}") from error

@@ -1,0 +1,133 @@
+import keras
+import numpy as np
+import pytest
+
+from conftest import tiny_sample_cnn
+from keras_clmr.models import SampleCNN
+
+
+def _trainable_count(model):
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def test_full_size_shapes_and_parameter_count():
+    model = SampleCNN()
+    assert model.input_samples == 59049
+    assert _trainable_count(model) == 2_368_512  # convs 2,362,624 + BN affine 5,888 (clmr_reference §1)
+    # BN running statistics are non-trainable state, as in PyTorch's buffers.
+    assert model.count_params() - _trainable_count(model) == 5_888
+    out = model(np.zeros((2, 59049), "float32"), training=False)
+    assert tuple(out.shape) == (2, 512)
+    # Intermediate lengths of the original: 19683 after the stem, then /3 per block down to 1.
+    shape, pooled = (1, 59049, 1), []
+    for layer in model.stack:
+        shape = layer.compute_output_shape(shape)
+        if layer.name == "block_0_relu":
+            assert shape[1] == 19683
+        if layer.name.endswith("_pool"):
+            pooled.append(shape[1])
+    assert pooled == [6561, 2187, 729, 243, 81, 27, 9, 3, 1]
+
+
+@pytest.mark.parametrize("sample_rate,length", [(22050, 59049), (16000, 43740), (8000, 20736)])
+def test_sample_rate_variants(sample_rate, length):
+    model = SampleCNN.for_sample_rate(sample_rate, channels=(4,) * 10 + (8,))
+    assert model.input_samples == length
+    out = model(np.zeros((1, length), "float32"))
+    assert tuple(out.shape) == (1, 8)
+
+
+def test_unknown_sample_rate_names_the_choices():
+    with pytest.raises(ValueError, match="22050"):
+        SampleCNN.for_sample_rate(44100)
+
+
+def test_bn_matches_pytorch_defaults():
+    model = tiny_sample_cnn()
+    bns = [layer for layer in model.stack if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 11
+    assert all(bn.epsilon == 1e-5 and bn.momentum == 0.9 for bn in bns)
+    convs = [layer for layer in model.stack if isinstance(layer, keras.layers.Conv1D)]
+    assert len(convs) == 11 and all(conv.use_bias for conv in convs)
+
+
+@pytest.mark.multibackend
+def test_tiny_forward_accepts_both_layouts():
+    model = tiny_sample_cnn()
+    x = np.random.default_rng(0).standard_normal((3, model.input_samples)).astype("float32")
+    a = keras.ops.convert_to_numpy(model(x, training=False))
+    b = keras.ops.convert_to_numpy(model(x[..., None], training=False))
+    assert a.shape == (3, 16)
+    np.testing.assert_array_equal(a, b)
+    assert np.all(np.isfinite(a)) and np.all(a >= 0)  # ends in ReLU
+
+
+@pytest.mark.multibackend
+def test_tiny_forward_matches_numpy_reference():
+    """The whole stack against a float64 numpy re-implementation (inference-mode BN)."""
+    model = SampleCNN(strides=(3,) * 9, channels=(2, 2, 2, 3, 3, 3, 3, 3, 3, 4, 4))
+    rng = np.random.default_rng(1)
+    for layer in model.stack:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c),
+                               rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c)])
+    x = rng.standard_normal((2, 59049)).astype("float32")
+    got = keras.ops.convert_to_numpy(model(x, training=False))
+
+    def conv(h, kernel, bias, stride, same):
+        if same:
+            h = np.pad(h, ((0, 0), (1, 1), (0, 0)))
+        k = kernel.shape[0]
+        n_out = (h.shape[1] - k) // stride + 1
+        windows = np.stack([h[:, i * stride:i * stride + k, :] for i in range(n_out)], axis=1)
+        return np.einsum("btkc,kco->bto", windows, kernel) + bias
+
+    h = x.astype(np.float64)[..., None]
+    layers = model.stack
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, keras.layers.Conv1D):
+            kernel, bias = [np.asarray(w, np.float64) for w in layer.get_weights()]
+            h = conv(h, kernel, bias, layer.strides[0], layer.padding == "same")
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = [np.asarray(w, np.float64) for w in layer.get_weights()]
+            h = (h - mean) / np.sqrt(var + 1e-5) * gamma + beta
+        elif isinstance(layer, keras.layers.ReLU):
+            h = np.maximum(h, 0)
+        elif isinstance(layer, keras.layers.MaxPooling1D):
+            p = layer.pool_size[0]
+            h = h[:, : h.shape[1] // p * p].reshape(h.shape[0], -1, p, h.shape[2]).max(axis=2)
+        i += 1
+    want = h.reshape(2, -1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_length_names_expected_length():
+    model = tiny_sample_cnn()
+    with pytest.raises(ValueError, match=str(model.input_samples)):
+        model(np.zeros((1, model.input_samples + 1), "float32"))
+    with pytest.raises(ValueError, match="mono"):
+        model(np.zeros((1, model.input_samples, 2), "float32"))
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="9 strides"):
+        SampleCNN(strides=(3, 3))
+    with pytest.raises(ValueError, match="11 channel"):
+        SampleCNN(channels=(8, 8))
+
+
+@pytest.mark.multibackend
+def test_keras_round_trip_identical_outputs(tmp_path):
+    model = tiny_sample_cnn()
+    x = np.random.default_rng(2).standard_normal((2, model.input_samples)).astype("float32")
+    model(x, training=True)  # move BN statistics away from their initial values
+    before = keras.ops.convert_to_numpy(model(x, training=False))
+    path = tmp_path / "sample_cnn.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, SampleCNN)
+    assert restored.get_config() == model.get_config()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored(x, training=False)), before)

@@ -1,0 +1,183 @@
+"""Self-supervised pretraining.
+
+    python -m training.pretrain --model=clmr --dataset=demo --epochs=5 --output_dir=runs/demo
+    python -m training.pretrain --model=clmr --data_dir=/data/audio --batch_size=48
+    python -m training.pretrain ... --resume        # continue from the last epoch checkpoint
+
+Writes <output_dir>/checkpoints/epoch-NNNNN.keras after every epoch (atomically; the newest
+three are kept), TensorBoard logs in <output_dir>/logs, and at the end model.keras (the
+pretrainer) and encoder.keras (the backbone for evaluation and export).
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "clmr", ["clmr"], "Which pretrainer to train.")
+flags.DEFINE_string("dataset", "demo", "'demo' (the offline synthetic corpus) when --data_dir is not given.")
+flags.DEFINE_string("data_dir", None, "A prepared directory (keras_clmr.data.prepare) or a folder of audio files.")
+flags.DEFINE_integer("batch_size", 48, "Source segments (pairs of views) per step.")
+flags.DEFINE_integer("epochs", 100, "Epochs to train (an epoch = --steps_per_epoch steps).")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: clips // batch_size).")
+flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.")
+flags.DEFINE_integer("projection_dim", 128, "Projector output size.")
+flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.")
+flags.DEFINE_enum("augment", "clmr", ["clmr", "crop", "none"],
+                  "'clmr': CLMR's augmentation chain after the crops; 'crop'/'none': random crops only.")
+flags.DEFINE_integer("sample_rate", 22050, "Audio sample rate; picks the SampleCNN stride set.")
+flags.DEFINE_list("channels", None, "SampleCNN widths (11 ints) for a smaller encoder; default CLMR's.")
+flags.DEFINE_integer("segment_samples", None, "Source segment length (default: 2 x the crop).")
+flags.DEFINE_bool("jit_compile", True, "XLA-compile the train step (TensorFlow and JAX backends).")
+flags.DEFINE_integer("seed", 42, "Seed of the weights, crops, augmentations and data order.")
+flags.DEFINE_string("output_dir", "runs/pretrain", "Where checkpoints, logs and the final model go.")
+flags.DEFINE_bool("resume", False, "Continue from the last checkpoint in --output_dir.")
+flags.DEFINE_integer("keep_checkpoints", 3, "How many epoch checkpoints to keep.")
+flags.DEFINE_integer("demo_clips", 96, "Clips in the demo corpus (--dataset=demo).")
+
+
+def build_pretrainer(model, *, sample_rate=22050, channels=None, projection_dim=128, temperature=0.5,
+                     augment="clmr", seed=None):
+    """The pretrainer named ``model``, uncompiled."""
+    from keras_clmr.models import CLMR, SampleCNN
+
+    if model == "clmr":
+        kwargs = {"channels": tuple(int(c) for c in channels)} if channels else {}
+        encoder = SampleCNN.for_sample_rate(sample_rate, **kwargs)
+        return CLMR(encoder, projection_dim=projection_dim, temperature=temperature,
+                    augmentation=build_augmentation(augment, sample_rate, seed), seed=seed)
+    raise ValueError(f"Unknown model {model!r}.")
+
+
+def build_augmentation(augment, sample_rate, seed, pitch_shift=True):
+    if augment in ("crop", "none"):
+        return None
+    from keras_clmr.layers import augmentations
+
+    if not hasattr(augmentations, "clmr_augmentation"):
+        raise RuntimeError("The CLMR augmentation chain is not available in this build; use --augment=crop.")
+    return augmentations.clmr_augmentation(sample_rate=sample_rate, seed=seed, pitch_shift=pitch_shift)
+
+
+def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
+    """A dataset of source segments for ``fit`` and a one-line description of it."""
+    from keras_clmr import audio
+    from keras_clmr.pretraining import SegmentBatches
+
+    if FLAGS.data_dir:
+        prepared = _prepared_pipeline()
+        if prepared is not None and prepared.is_prepared(FLAGS.data_dir):
+            dataset = prepared.pretraining_dataset(FLAGS.data_dir, segment_samples=segment_samples,
+                                                   batch_size=batch_size, seed=seed)
+            if steps_per_epoch is None:
+                manifest = prepared.load_manifest(FLAGS.data_dir)
+                train = manifest.get("splits", {}).get("train", {})
+                count = train.get("count", train) if isinstance(train, dict) else train
+                steps_per_epoch = max(1, int(count or 0) // batch_size) if count else None
+            if steps_per_epoch is None:
+                raise app.UsageError("Pass --steps_per_epoch for this prepared directory.")
+            return dataset, steps_per_epoch, f"prepared shards in {FLAGS.data_dir}"
+        try:
+            paths = audio.list_audio_files(FLAGS.data_dir)
+        except FileNotFoundError as error:
+            raise app.UsageError(str(error))
+        if not paths:
+            raise app.UsageError(
+                f"--data_dir {FLAGS.data_dir} holds no audio files ({', '.join(audio.AUDIO_EXTENSIONS)}): "
+                f"point it at a folder of audio or at a directory written by keras_clmr.data.prepare.")
+        clips, skipped = audio.load_many(paths, sample_rate=FLAGS.sample_rate, min_samples=segment_samples)
+        for path, reason in skipped:
+            logging.warning("Skipped %s: %s", path, reason)
+        if not clips:
+            raise app.UsageError(
+                f"None of the {len(paths)} files in {FLAGS.data_dir} could be used (see the warnings above); "
+                f"each needs at least {segment_samples} samples at {FLAGS.sample_rate} Hz.")
+        description = f"{len(clips)} audio files from {FLAGS.data_dir} ({len(skipped)} skipped)"
+    else:
+        if FLAGS.dataset != "demo":
+            raise app.UsageError(f"Unknown --dataset {FLAGS.dataset!r}: use 'demo' or pass --data_dir.")
+        from keras_clmr.data.demo import make_demo_corpus
+
+        corpus = make_demo_corpus(n_clips=FLAGS.demo_clips, sample_rate=FLAGS.sample_rate)
+        clips = list(corpus.subset("train").audio)
+        description = f"demo corpus ({len(clips)} training clips)"
+    batch_size = min(batch_size, len(clips)) if steps_per_epoch is None else batch_size
+    data = SegmentBatches(clips, segment_samples, batch_size, steps_per_epoch=steps_per_epoch, seed=seed)
+    return data, len(data), description
+
+
+def _prepared_pipeline():
+    try:
+        from keras_clmr.data import pipeline
+    except ImportError:
+        return None
+    return pipeline
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from keras_clmr.pretraining import EpochCheckpoint, CheckpointError, atomic_save_model, latest_checkpoint, load_checkpoint
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
+    backend = keras.backend.backend()
+    jit_compile = FLAGS.jit_compile and backend in ("tensorflow", "jax")
+    if FLAGS.jit_compile and not jit_compile:
+        logging.info("jit_compile is not used on the %s backend.", backend)
+
+    initial_epoch = 0
+    if FLAGS.resume:
+        try:
+            path, initial_epoch = latest_checkpoint(checkpoint_dir)
+        except CheckpointError as error:
+            raise app.UsageError(str(error))
+        model = load_checkpoint(path)
+        logging.info("Resuming from %s (epoch %d).", path, initial_epoch)
+        if initial_epoch >= FLAGS.epochs:
+            print(f"Already trained {initial_epoch} >= --epochs={FLAGS.epochs} epochs; nothing to do.")
+            return
+    else:
+        model = build_pretrainer(FLAGS.model, sample_rate=FLAGS.sample_rate, channels=FLAGS.channels,
+                                 projection_dim=FLAGS.projection_dim, temperature=FLAGS.temperature,
+                                 augment=FLAGS.augment, seed=FLAGS.seed)
+        model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate), jit_compile=jit_compile)
+
+    crop = model.input_samples
+    segment_samples = FLAGS.segment_samples or 2 * crop
+    if segment_samples < crop:
+        raise app.UsageError(f"--segment_samples={segment_samples} is shorter than the {crop}-sample crop.")
+    data, steps, description = load_training_data(segment_samples, FLAGS.batch_size, FLAGS.steps_per_epoch,
+                                                  FLAGS.seed)
+    if hasattr(data, "epoch"):
+        data.epoch = initial_epoch
+    print(f"Pretraining {FLAGS.model} ({model.encoder.count_params():,} encoder parameters) on {description}: "
+          f"{steps} steps/epoch, backend {backend}, jit_compile={jit_compile}.", flush=True)
+
+    callbacks = [
+        EpochCheckpoint(checkpoint_dir, keep=FLAGS.keep_checkpoints,
+                        extra_state={"flags": {k: str(v) for k, v in FLAGS.flag_values_dict().items()
+                                               if k in _OWN_FLAGS}}),
+        keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "logs")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    try:
+        model.fit(data, epochs=FLAGS.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Finished epochs are in {checkpoint_dir}; continue with --resume.")
+        raise SystemExit(130)
+    atomic_save_model(model, os.path.join(FLAGS.output_dir, "model.keras"))
+    atomic_save_model(model.encoder, os.path.join(FLAGS.output_dir, "encoder.keras"))
+    print(f"Saved the pretrainer to {os.path.join(FLAGS.output_dir, 'model.keras')} and its encoder to "
+          f"{os.path.join(FLAGS.output_dir, 'encoder.keras')}.")
+
+
+_OWN_FLAGS = ("model", "dataset", "data_dir", "batch_size", "epochs", "steps_per_epoch", "learning_rate",
+              "projection_dim", "temperature", "augment", "sample_rate", "channels", "segment_samples",
+              "jit_compile", "seed")
+
+if __name__ == "__main__":
+    app.run(main)
