@@ -41,6 +41,7 @@ def test_int16_round_trip_is_bit_exact_for_every_value():
     ("flac", "FLAC", "PCM_16", 44100),
     ("ogg", "OGG", "VORBIS", 32000),
     ("mp3", "MP3", "MPEG_LAYER_III", 16000),
+    ("opus", "OGG", "OPUS", 48000),
 ])
 def test_compressed_stereo_files_decode_to_mono_22050(tmp_path, ext, fmt, subtype, rate):
     path = tmp_path / f"tone.{ext}"
