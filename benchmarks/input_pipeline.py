@@ -10,12 +10,15 @@
    59049 samples and of 2 x 59049 (the pretrainer's default source segment, from which it
    crops a pair of 59049-sample views), with 1 and 4 segments per clip read.
 
-Figures are wall-clock on whatever machine runs this; compare ratios from the same run.
+Figures are wall-clock on whatever machine runs this; compare ratios from the same run. The
+CPU-time figures (this process's threads + finished worker processes) depend less on other
+load: 1000 / cpu_seconds_per_1000_segments is the segments/s one free core would give.
 """
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -37,19 +40,27 @@ def _write_mp3s(directory, clips, seconds, rate=16000):
                         format="MP3", subtype="MPEG_LAYER_III")
 
 
+def _cpu_seconds():
+    """CPU time of this process (all threads) plus its finished children: robust to other load."""
+    own = time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own + children.ru_utime + children.ru_stime
+
+
 def _prepare_speed(source, output, workers, clips_per_shard):
     from keras_clmr.data import datasets, prepare
 
     shutil.rmtree(output, ignore_errors=True)
     spec = datasets.folder(source)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     manifest = prepare.prepare(spec, output, workers=workers, clips_per_shard=clips_per_shard, progress=False)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     hours = manifest["total_seconds"] / 3600
     return {"workers": workers, "clips": manifest["num_clips"], "audio_hours": round(hours, 4),
             "wall_seconds": round(wall, 2), "audio_hours_per_wall_minute": round(hours / (wall / 60), 3),
             "x_real_time": round(manifest["total_seconds"] / wall, 1),
-            "x_real_time_per_worker": round(manifest["total_seconds"] / wall / workers, 1)}
+            "x_real_time_per_worker": round(manifest["total_seconds"] / wall / workers, 1),
+            "cpu_seconds": round(cpu, 2), "x_real_time_per_cpu_second": round(manifest["total_seconds"] / cpu, 1)}
 
 
 def _decode_speed(source):
@@ -70,15 +81,16 @@ def _pipeline_speed(prepared, segment_samples, batch_size, batches, warmup, segm
     iterator = iter(dataset)
     for _ in range(warmup):
         next(iterator)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         batch = next(iterator)
     batch.numpy()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {"segment_samples": segment_samples, "segments_per_clip": segments_per_clip,
             "batch_size": batch_size, "batches": batches,
             "segments_per_second": round(batches * batch_size / wall, 1),
             "batches_per_second": round(batches / wall, 2),
+            "cpu_seconds_per_1000_segments": round(cpu / (batches * batch_size) * 1000, 3),
             "megabytes_per_second_float32": round(batches * batch_size * segment_samples * 4 / wall / 1e6, 1)}
 
 
