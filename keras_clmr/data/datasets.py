@@ -245,11 +245,12 @@ def gtzan(source, split_dir=None, seed=0, fractions=(0.8, 0.1)):
 # ----------------------------------------------------------------------------- folder, CSV
 
 def folder(source):
-    """Any tree of audio files, unlabelled, all in the "train" split (for pretraining)."""
+    """Any tree of audio files, unlabelled, all in the "train" split (for pretraining); ids are
+    the paths relative to ``source``."""
     paths = list_audio_files(source)
     if not paths:
         raise FileNotFoundError(f"{source}: no audio files found (looked for wav/flac/ogg/opus/mp3/...).")
-    clips = [Clip(os.path.splitext(os.path.relpath(p, source))[0].replace(os.sep, "/"), p) for p in paths]
+    clips = [Clip(os.path.relpath(p, source).replace(os.sep, "/"), p) for p in paths]
     return DatasetSpec("folder", clips, (), "none")
 
 
