@@ -29,7 +29,7 @@ def _simclr(config, projection_dim=12, seed=0, layout="sequential"):
     return tr.simclr(encoder, config["channels"][-1], projection_dim)
 
 
-def _audio(n, batch=3, seed=5):
+def _audio(n, batch=2, seed=5):
     return (0.3 * np.random.default_rng(seed).standard_normal((batch, n))).astype(np.float32)
 
 
@@ -69,8 +69,9 @@ def test_release_2_0_full_size_zip(tmp_path):
     _check_against(model, reference, 59049)
 
 
-@pytest.mark.multibackend
-@pytest.mark.parametrize("config", [TINY, TINY_16K], ids=["22k-tiny", "16k-strides-tiny"])
+@pytest.mark.parametrize("config", [
+    pytest.param(TINY, marks=pytest.mark.multibackend, id="22k-tiny"),
+    pytest.param(TINY_16K, id="16k-strides-tiny")])
 def test_release_2_0_tiny(tmp_path, config):
     reference = _simclr(config)
     path = tmp_path / "clmr.pt"
