@@ -357,3 +357,15 @@ def test_a_decoder_process_that_dies_skips_only_its_file(tmp_path, monkeypatch):
     manifest = prepare.prepare(datasets.folder(str(tmp_path)), str(tmp_path / "out"), workers=2, progress=False)
     assert manifest["splits"]["train"]["count"] == 3
     assert [s["id"] for s in manifest["skipped"]] == ["crash.wav"] and "died" in manifest["skipped"][0]["reason"]
+
+
+def test_records_serialize_the_same_whatever_the_map_order():
+    """Shard bytes (and so the manifest's sha256) must not depend on the process: map keys sorted."""
+    import tensorflow as tf
+
+    record = prepare._example(tf, 3, "x.wav", [1, 4], "train", b"\x01\x00\x02\x00", 2, 22050)
+    example = tf.train.Example.FromString(record)
+    reordered = tf.train.Example()
+    for key in sorted(example.features.feature, reverse=True):
+        reordered.features.feature[key].CopyFrom(example.features.feature[key])
+    assert reordered.SerializeToString(deterministic=True) == record

@@ -142,7 +142,7 @@ def _example(tf, position, clip_id, label_indices, split, pcm_bytes, num_samples
         "split": feature(bytes_list=tf.train.BytesList(value=[split.encode("utf-8")])),
         "num_samples": feature(int64_list=tf.train.Int64List(value=[num_samples])),
         "sample_rate": feature(int64_list=tf.train.Int64List(value=[sample_rate])),
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)  # sorted map keys: same bytes in every process
 
 
 def _relative(path, source):
