@@ -293,3 +293,69 @@ def test_cli_writes_preset_with_parity(tmp_path):
     encoder = load_preset(str(tmp_path / "encoder"))
     np.testing.assert_allclose(common.to_numpy(encoder(audio)), tr.run(reference.encoder, audio[:, None, :]),
                                atol=1e-4)
+
+
+def _pemr_checkpoint(path, seed=0):
+    """PEMR's Lightning layout: encoder twice, model.projector, training-only unitedmodule and loss BN."""
+    torch.manual_seed(seed)
+    encoder = tr.randomize_batchnorm(tr.fcn(), seed=seed)
+    with torch.no_grad():  # dB input: give spec_bn statistics of a real log-mel (mean -30 dB, std 20 dB)
+        encoder.spec_bn.running_mean.fill_(-30.0)
+        encoder.spec_bn.running_var.fill_(400.0)
+    module = tr.pemr(encoder, 512, 256)
+    state = dict(module.state_dict())
+    for prefix in ("encoder.", "model.encoder."):
+        state[prefix + "unitedmodule.CLS_emb.weight"] = torch.randn(1, 128)
+        state[prefix + "unitedmodule.MASK_emb.weight"] = torch.randn(1, 128)
+        state[prefix + "unitedmodule.masking.layers.0.enc_self_attn.W_Q.weight"] = torch.randn(384, 128)
+        state[prefix + "unitedmodule.pred_layer.fc.0.weight"] = torch.randn(512, 128, 1)
+    for name, value in (("weight", torch.ones(256)), ("bias", torch.zeros(256)), ("running_mean", torch.zeros(256)),
+                        ("running_var", torch.ones(256)), ("num_batches_tracked", torch.tensor(7))):
+        state[f"criterion_B.bn.{name}"] = value
+    attribute_dict, saved = _fake_lightning_module()
+    try:
+        torch.save({"state_dict": state, "pytorch-lightning_version": "1.5.10", "epoch": 299,
+                    "hyper_parameters": attribute_dict(projection_dim=256, clips_num=462)}, path)
+    finally:
+        _restore_modules(saved)
+    return module
+
+
+def test_pemr_lightning_ckpt_and_head(tmp_path):
+    pytest.importorskip("keras_clmr.models.fcn", reason="the PEMR FCN model is not in this checkout")
+    from keras_clmr.conversion.pemr import torch_logmel
+
+    path = tmp_path / "pre-trained_model.ckpt"
+    module = _pemr_checkpoint(path)
+    head = tr.linear_head(512, 50)
+    head_path = tmp_path / "pemr_finetuner.ckpt"
+    torch.save({"model." + k: v for k, v in head.state_dict().items()}, head_path)
+
+    encoder, meta = convert_checkpoint(str(path))
+    assert meta["source_format"] == "pemr" and type(encoder).__name__ == "FCN"
+    counts = meta["parity"]["parameter_counts"]
+    assert counts["torch_parameters"] == counts["keras_parameters"] == 370_562
+    assert counts["torch_buffers"] == counts["keras_bn_statistics"] == 898
+    assert max(meta["parity"]["max_abs_diff"].values()) <= 1e-4
+    reasons = " ".join(meta["keys"]["ignored_keys"])
+    assert "training-only mask generation" in reasons and "Barlow-Twins" in reasons and "duplicate" in reasons
+    # Independent end-to-end check: torch frontend + torch FCN vs the Keras encoder on audio.
+    audio = _audio(encoder.input_samples)
+    expected = tr.run(module.encoder, torch_logmel(audio))
+    np.testing.assert_allclose(common.to_numpy(encoder(audio)), expected, atol=1e-4)
+    assert float(np.abs(expected).max()) > 1e-2
+
+    tagger, meta = convert_checkpoint(str(path), finetuner=str(head_path))
+    assert type(tagger).__name__ == "MusicTagger" and meta["finetuner"]["parity"]["max_abs_diff"]["logits"] <= 1e-4
+    np.testing.assert_allclose(common.to_numpy(tagger.logits(audio)), tr.run(head, expected), atol=1e-4)
+
+
+def test_pemr_missing_key_is_named(tmp_path):
+    pytest.importorskip("keras_clmr.models.fcn", reason="the PEMR FCN model is not in this checkout")
+    module = tr.pemr(tr.fcn(), 512, 256)
+    state = dict(module.state_dict())
+    state.pop("model.encoder.layer2.bn.running_mean")
+    path = tmp_path / "broken.ckpt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(ConversionError, match=r"missing keys: model\.encoder\.layer2\.bn\.running_mean"):
+        convert_checkpoint(str(path))

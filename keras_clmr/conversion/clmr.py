@@ -257,7 +257,8 @@ def attach_finetuner(encoder, head_state, parity=True, source="fine-tuner checkp
     """A ``MusicTagger`` of ``encoder`` + the head in ``head_state`` (``0.*``, optional ``2.*``).
 
     The head's shapes decide linear vs MLP and the number of tags. With ``parity``, the
-    PyTorch head on ``encoder_reference`` is compared with the Keras tagger's logits.
+    PyTorch head on ``encoder_reference`` (a torch module on [B, 1, T] audio, or a
+    ``(module, audio -> embedding)`` pair) is compared with the Keras tagger's logits.
     """
     from keras_clmr.models.tagger import MusicTagger
 
@@ -305,10 +306,16 @@ def attach_finetuner(encoder, head_state, parity=True, source="fine-tuner checkp
     if parity:
         if encoder_reference is None:
             raise ConversionError("Fine-tuner parity needs the PyTorch encoder reference.")
-        torch_encoder = getattr(encoder_reference, "encoder", encoder_reference)
+        if isinstance(encoder_reference, tuple):  # (torch encoder, audio -> torch embedding), e.g. PEMR
+            torch_encoder, reference_embed = encoder_reference
+        else:
+            torch_encoder = getattr(encoder_reference, "encoder", encoder_reference)
+
+            def reference_embed(batch):
+                return torch_reference.run(torch_encoder, batch[:, None, :])
         head = _load_into(torch_reference.linear_head(embedding_dim, num_classes, mlp=mlp, hidden=hidden), torch_state)
         audio = _parity_audio(encoder.input_samples, batch=parity_batch)
-        ref_logits = torch_reference.run(head, torch_reference.run(torch_encoder, audio[:, None, :]))
+        ref_logits = torch_reference.run(head, reference_embed(audio))
         logits = to_numpy(tagger.logits(audio, training=False))
         diffs = {"logits": max_abs_diff(logits, ref_logits)}
         torch = require_torch()
