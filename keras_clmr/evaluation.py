@@ -291,12 +291,12 @@ def _history_summary(history):
 
 def fit_head(train_x, train_y, valid_x, valid_y, *, head="linear", multi_label=True, epochs=200,
              learning_rate=1e-3, weight_decay=1e-6, batch_size=48, patience=10, lr_patience=5,
-             lr_factor=0.1, hidden_dim=512, seed=0, verbose=0):
+             lr_factor=0.1, hidden_dim=512, seed=0, jit_compile="auto", run_eagerly=False, verbose=0):
     """Train a probe head on static features (CLMR's linear evaluation). Returns (head, history dict)."""
     keras.utils.set_random_seed(int(seed))
     model = build_head(train_x.shape[1], train_y.shape[1], head=head, hidden_dim=hidden_dim)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None),
-                  loss=_loss(multi_label))
+                  loss=_loss(multi_label), jit_compile=jit_compile, run_eagerly=run_eagerly)
     history = model.fit(train_x, train_y, validation_data=(valid_x, valid_y), epochs=int(epochs),
                         batch_size=int(batch_size), shuffle=True, verbose=verbose,
                         callbacks=_callbacks(patience, lr_patience, lr_factor))
@@ -365,16 +365,25 @@ def _valid_data(split, crop_samples, batch_size, seed):
 
 
 def fit_end_to_end(tagger, train, valid, *, optimizer, epochs, batch_size, patience, lr_patience, lr_factor,
-                   train_indices=None, seed=0, verbose=0):
+                   train_indices=None, seed=0, jit_compile="auto", run_eagerly=False, verbose=0):
     """Train a MusicTagger end to end on random crops (fine-tuning / supervised). Returns history dict."""
     indices = np.arange(len(train)) if train_indices is None else np.asarray(train_indices)
     view = tagger.logits_model()
-    view.compile(optimizer=optimizer, loss=_loss(tagger.multi_label))
+    view.compile(optimizer=optimizer, loss=_loss(tagger.multi_label), jit_compile=jit_compile, run_eagerly=run_eagerly)
     data = _train_data(train, tagger.input_samples, batch_size, seed, indices)
     valid_data = _valid_data(valid, tagger.input_samples, batch_size, seed + 1)
     history = view.fit(data, validation_data=valid_data, epochs=int(epochs), verbose=verbose,
                        callbacks=_callbacks(patience, lr_patience, lr_factor), validation_batch_size=batch_size)
     return _history_summary(history)
+
+
+def frozen_clip_scores(encoder, head_model, split, multi_label=True, batch_size=64):
+    """Clip-level probabilities [N, C] with a frozen encoder: embed every chunk once, apply the
+    head (logits), then average the per-chunk sigmoid (softmax) outputs per clip. Equals
+    ``MusicTagger.predict_clips`` of the same encoder and head, computed faster."""
+    per_clip = clip_embeddings(encoder, split, batch_size)
+    probs = _activation(_predict_fixed(head_model, np.concatenate(per_clip), 1024), multi_label)
+    return np.stack([p.mean(axis=0) for p in np.split(probs, np.cumsum([len(p) for p in per_clip])[:-1])])
 
 
 def _test_metrics(scores, labels, multi_label, tags):
@@ -393,7 +402,7 @@ def _data_summary(train, valid, test, indices, label_fraction):
 def train_probe(encoder, train, valid, test, *, tags=None, multi_label=True, head="linear", finetune=False,
                 label_fraction=1.0, epochs=200, learning_rate=1e-3, weight_decay=1e-6, batch_size=48,
                 patience=10, lr_patience=5, crops_per_clip=1, seed=0, encoder_identity=None,
-                extraction_batch_size=64, verbose=0):
+                extraction_batch_size=64, jit_compile="auto", run_eagerly=False, verbose=0):
     """Linear/MLP probe (frozen encoder) or fine-tuning. Returns (MusicTagger, results dict).
 
     ``train``/``valid``/``test`` are ClipSets or PreparedSplits. The results dict holds
@@ -417,20 +426,15 @@ def train_probe(encoder, train, valid, test, *, tags=None, multi_label=True, hea
         head_model, history = fit_head(train_x, train_y, valid_x, valid_y, head=head, multi_label=multi_label,
                                        epochs=epochs, learning_rate=learning_rate, weight_decay=weight_decay,
                                        batch_size=batch_size, patience=patience, lr_patience=lr_patience,
-                                       seed=seed, verbose=verbose)
+                                       seed=seed, jit_compile=jit_compile, run_eagerly=run_eagerly, verbose=verbose)
         tagger.head.set_weights(head_model.get_weights())
-        # Frozen encoder: embed every test chunk once, apply the head, average probabilities per clip.
-        per_clip = chunk_outputs(lambda x: keras.ops.convert_to_numpy(encoder.predict_on_batch(x)), test,
-                                 tagger.input_samples, extraction_batch_size)
-        flat = np.concatenate(per_clip)
-        probs = _activation(_predict_fixed(head_model, flat, 1024), multi_label)
-        scores = np.stack([p.mean(axis=0) for p in np.split(probs, np.cumsum([len(p) for p in per_clip])[:-1])])
+        scores = frozen_clip_scores(encoder, head_model, test, multi_label, extraction_batch_size)
     else:
         keras.utils.set_random_seed(int(seed))
         optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
         history = fit_end_to_end(tagger, train, valid, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                                  patience=patience, lr_patience=lr_patience, lr_factor=0.1, train_indices=indices,
-                                 seed=seed, verbose=verbose)
+                                 seed=seed, jit_compile=jit_compile, run_eagerly=run_eagerly, verbose=verbose)
         scores = predict_clips(tagger, test, extraction_batch_size)
     summary, per_tag = _test_metrics(scores, np.asarray(test.labels), multi_label, tags)
     results = {
@@ -458,7 +462,8 @@ def linear_probe(encoder, train, valid, test, **kwargs):
 
 def train_supervised(encoder, train, valid, test, *, tags=None, multi_label=True, label_fraction=1.0,
                      epochs=200, learning_rate=0.01, weight_decay=1e-6, momentum=0.9, dropout=0.5, batch_size=48,
-                     patience=10, lr_patience=5, seed=0, extraction_batch_size=64, verbose=0):
+                     patience=10, lr_patience=5, seed=0, extraction_batch_size=64, jit_compile="auto",
+                     run_eagerly=False, verbose=0):
     """CLMR's supervised baseline: ``encoder`` (fresh SampleCNN) + linear head trained end to end."""
     num_classes = int(np.asarray(train.labels).shape[1])
     tags = list(tags) if tags is not None else [f"tag_{j}" for j in range(num_classes)]
@@ -471,7 +476,7 @@ def train_supervised(encoder, train, valid, test, *, tags=None, multi_label=True
                                      weight_decay=weight_decay or None)
     history = fit_end_to_end(tagger, train, valid, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                              patience=patience, lr_patience=lr_patience, lr_factor=0.2, train_indices=indices,
-                             seed=seed, verbose=verbose)
+                             seed=seed, jit_compile=jit_compile, run_eagerly=run_eagerly, verbose=verbose)
     scores = predict_clips(tagger, test, extraction_batch_size)
     summary, per_tag = _test_metrics(scores, np.asarray(test.labels), multi_label, tags)
     results = {
@@ -577,9 +582,9 @@ def _as_encoder(model, source):
                      "with an `.encoder` (pretrainer) or `.backbone` (tagger).")
 
 
-def random_encoder(sample_rate=22050, channels=None, seed=0, like=None):
-    """A randomly initialised SampleCNN (CLMR's stride set for ``sample_rate``), or one with
-    the configuration of encoder ``like``."""
+def random_encoder(sample_rate=22050, channels=None, seed=0, like=None, strides=None):
+    """A randomly initialised SampleCNN (CLMR's stride set for ``sample_rate`` unless
+    ``strides`` is given), or one with the configuration of encoder ``like``."""
     from keras_clmr.models import SampleCNN
 
     keras.utils.set_random_seed(int(seed))
@@ -587,13 +592,16 @@ def random_encoder(sample_rate=22050, channels=None, seed=0, like=None):
         encoder = type(like).from_config(like.get_config())
     else:
         kwargs = {"channels": tuple(int(c) for c in channels)} if channels else {}
-        encoder = SampleCNN.for_sample_rate(int(sample_rate), **kwargs)
+        if strides:
+            encoder = SampleCNN(strides=tuple(int(s) for s in strides), sample_rate=int(sample_rate), **kwargs)
+        else:
+            encoder = SampleCNN.for_sample_rate(int(sample_rate), **kwargs)
     if not encoder.built:
         encoder.build((None, encoder.input_samples))
     return encoder
 
 
-def load_encoder(checkpoint, sample_rate=22050, channels=None, seed=0):
+def load_encoder(checkpoint, sample_rate=22050, channels=None, seed=0, strides=None):
     """Resolve ``--checkpoint``: (encoder, identity dict).
 
     Accepts ``random`` (a fresh SampleCNN for ``sample_rate``/``channels``), ``random:<ckpt>``
@@ -606,7 +614,7 @@ def load_encoder(checkpoint, sample_rate=22050, channels=None, seed=0):
         raise ValueError("--checkpoint is required: a pretraining .keras file, a preset folder or name, or 'random'.")
     checkpoint = str(checkpoint)
     if checkpoint == "random":
-        encoder = random_encoder(sample_rate, channels, seed)
+        encoder = random_encoder(sample_rate, channels, seed, strides=strides)
         return encoder, describe_encoder(encoder, kind="random", seed=int(seed), config=_config_of(encoder))
     if checkpoint.startswith("random:"):
         template, identity = load_encoder(checkpoint[len("random:"):], sample_rate, channels, seed)

@@ -21,6 +21,7 @@ flags.DEFINE_string("checkpoint", None, "Encoder source: pretraining dir/.keras,
 flags.DEFINE_string("dataset", "demo", "'demo' when --csv is not given.")
 flags.DEFINE_string("csv", None, "CSV with path,group columns.")
 flags.DEFINE_integer("sample_rate", 22050, "Sample rate for --checkpoint=random and the demo corpus.")
+flags.DEFINE_list("strides", None, "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.")
 flags.DEFINE_list("channels", None, "SampleCNN widths (11 ints) for --checkpoint=random.")
 flags.DEFINE_bool("compare_random", False, "Also evaluate a randomly initialised encoder of the same architecture.")
 flags.DEFINE_integer("demo_clips", 96, "Clips in the demo corpus.")
@@ -36,7 +37,8 @@ def main(argv):
     if not FLAGS.checkpoint:
         raise app.UsageError("--checkpoint is required (a pretraining dir or .keras file, a preset, or 'random').")
     try:
-        encoder, identity = evaluation.load_encoder(FLAGS.checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed)
+        encoder, identity = evaluation.load_encoder(FLAGS.checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed,
+                                                      FLAGS.strides)
         sample_rate = getattr(encoder, "sample_rate", None) or FLAGS.sample_rate
         if FLAGS.csv:
             clipset, description = evaluation.load_cover_csv(FLAGS.csv, sample_rate), FLAGS.csv

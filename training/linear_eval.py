@@ -34,12 +34,15 @@ flags.DEFINE_integer("batch_size", 48, "Training batch size.")
 flags.DEFINE_integer("patience", 10, "Early-stopping patience (epochs without a better validation loss).")
 flags.DEFINE_integer("crops_per_clip", 1, "Random crops per training/validation clip for the static features.")
 flags.DEFINE_integer("sample_rate", 22050, "Sample rate for --checkpoint=random and the demo corpus.")
+flags.DEFINE_list("strides", None, "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.")
 flags.DEFINE_list("channels", None, "SampleCNN widths (11 ints) for --checkpoint=random.")
 flags.DEFINE_bool("compare_random", False, "Also probe a randomly initialised encoder of the same architecture.")
 flags.DEFINE_integer("demo_clips", 96, "Clips in the demo corpus (--dataset=demo).")
 flags.DEFINE_float("demo_seconds", 6.0, "Seconds per demo clip.")
 flags.DEFINE_integer("seed", 42, "Seed of the crops, label subset and head initialisation.")
 flags.DEFINE_string("output_dir", "runs/linear_eval", "Where the results and the trained tagger go.")
+flags.DEFINE_bool("jit_compile", True, "XLA-compile training steps where the backend supports it.")
+flags.DEFINE_bool("run_eagerly", False, "Train eagerly (debugging; faster start for tiny runs).")
 flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.")
 
 
@@ -47,7 +50,8 @@ def run(checkpoint, output_dir, random_baseline=False):
     from keras_clmr import evaluation
 
     try:
-        encoder, identity = evaluation.load_encoder(checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed)
+        encoder, identity = evaluation.load_encoder(checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed,
+                                                      FLAGS.strides)
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error))
     sample_rate = getattr(encoder, "sample_rate", None) or FLAGS.sample_rate
@@ -72,7 +76,9 @@ def run(checkpoint, output_dir, random_baseline=False):
             head=FLAGS.head, finetune=FLAGS.finetune, label_fraction=FLAGS.label_fraction, epochs=FLAGS.epochs,
             learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay, batch_size=FLAGS.batch_size,
             patience=FLAGS.patience, crops_per_clip=FLAGS.crops_per_clip, seed=FLAGS.seed,
-            encoder_identity=ident, verbose=FLAGS.verbose)
+            encoder_identity=ident,
+            jit_compile="auto" if FLAGS.jit_compile else False, run_eagerly=FLAGS.run_eagerly,
+            verbose=FLAGS.verbose)
         results["dataset"] = description
         target = output_dir if name != "random init" or len(candidates) == 1 else os.path.join(output_dir,
                                                                                                "random_init")

@@ -17,6 +17,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "demo", "'demo' (the offline synthetic corpus) when --data_dir is not given.")
 flags.DEFINE_string("data_dir", None, "A directory prepared by keras_clmr.data.prepare (train/valid/test splits).")
 flags.DEFINE_integer("sample_rate", 22050, "Sample rate; picks the SampleCNN stride set.")
+flags.DEFINE_list("strides", None, "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.")
 flags.DEFINE_list("channels", None, "SampleCNN widths (11 ints) for a smaller model; default CLMR's.")
 flags.DEFINE_float("label_fraction", 1.0, "Fraction of the training clips whose labels are used (seeded subset).")
 flags.DEFINE_integer("epochs", 200, "Maximum epochs (early stopping on the validation loss).")
@@ -30,6 +31,8 @@ flags.DEFINE_integer("demo_clips", 96, "Clips in the demo corpus (--dataset=demo
 flags.DEFINE_float("demo_seconds", 6.0, "Seconds per demo clip.")
 flags.DEFINE_integer("seed", 42, "Seed of the weights, crops and label subset.")
 flags.DEFINE_string("output_dir", "runs/supervised", "Where the results and the trained tagger go.")
+flags.DEFINE_bool("jit_compile", True, "XLA-compile training steps where the backend supports it.")
+flags.DEFINE_bool("run_eagerly", False, "Train eagerly (debugging; faster start for tiny runs).")
 flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.")
 
 
@@ -38,7 +41,7 @@ def main(argv):
     from keras_clmr import evaluation
 
     try:
-        encoder = evaluation.random_encoder(FLAGS.sample_rate, FLAGS.channels, FLAGS.seed)
+        encoder = evaluation.random_encoder(FLAGS.sample_rate, FLAGS.channels, FLAGS.seed, strides=FLAGS.strides)
         splits, tags, multi_label, description = evaluation.load_splits(
             FLAGS.dataset, FLAGS.data_dir, FLAGS.sample_rate, FLAGS.demo_clips, FLAGS.demo_seconds)
     except (ValueError, FileNotFoundError) as error:
@@ -49,7 +52,9 @@ def main(argv):
         encoder, splits["train"], splits["valid"], splits["test"], tags=tags, multi_label=multi_label,
         label_fraction=FLAGS.label_fraction, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
         weight_decay=FLAGS.weight_decay, momentum=FLAGS.momentum, dropout=FLAGS.dropout,
-        batch_size=FLAGS.batch_size, patience=FLAGS.patience, seed=FLAGS.seed, verbose=FLAGS.verbose)
+        batch_size=FLAGS.batch_size, patience=FLAGS.patience, seed=FLAGS.seed,
+        jit_compile="auto" if FLAGS.jit_compile else False, run_eagerly=FLAGS.run_eagerly,
+            verbose=FLAGS.verbose)
     results["dataset"] = description
     evaluation.write_results(FLAGS.output_dir, results, tagger, name="supervised SampleCNN")
     print()
