@@ -85,7 +85,10 @@ def main(argv):
                           name=FLAGS.name, description=FLAGS.description, source_url=FLAGS.source_url,
                           sample_rate=FLAGS.sample_rate, tags=FLAGS.tags, keep_projector=FLAGS.keep_projector,
                           parity_audio=FLAGS.parity_audio, overwrite=FLAGS.overwrite)
-    except (ConversionError, FileExistsError, FileNotFoundError) as error:
+    except FileExistsError:
+        print(f"convert_checkpoint: {FLAGS.output} already exists; pass --overwrite to replace it.", file=sys.stderr)
+        return 1
+    except (ConversionError, FileNotFoundError) as error:
         print(f"convert_checkpoint: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
