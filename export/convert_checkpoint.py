@@ -16,21 +16,32 @@ import sys
 
 from absl import app, flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("source", None, "A .pt/.ckpt checkpoint, a release .zip, or musicnn:<MTT_musicnn|MSD_musicnn|"
-                    "MTT_vgg|MSD_vgg> (from the installed musicnn wheel).")
-flags.DEFINE_enum("format", "auto", ["auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr"],
-                  "Checkpoint family; 'auto' reads it from the keys.")
-flags.DEFINE_string("finetuner", None, "Optional head checkpoint to attach (CLMR: 0.weight [50, 512], 0.bias).")
-flags.DEFINE_string("output", None, "The preset folder to write.")
-flags.DEFINE_string("name", None, "Preset name for metadata and the card (default: the output folder name).")
-flags.DEFINE_string("description", None, "One-line description for metadata and the card.")
-flags.DEFINE_string("source_url", None, "Where the checkpoint was downloaded from (recorded in metadata.json).")
-flags.DEFINE_integer("sample_rate", None, "Override the sample rate (default: from the SampleCNN strides).")
-flags.DEFINE_list("tags", None, "Names of the head's outputs (default: the 50 MTAT tags for a 50-way head).")
-flags.DEFINE_bool("keep_projector", False, "Store the whole pretrainer (encoder + projector), not just the encoder.")
-flags.DEFINE_string("parity_audio", None, "musicnn: an audio file for the parity check (default: a synthetic clip).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --output folder.")
+FORMATS = ["auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr"]
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """Define this script's flags (only when run as a script, so importing it defines nothing)."""
+    fv = flag_values
+    flags.DEFINE_string("source", None, "A .pt/.ckpt checkpoint, a release .zip, or musicnn:<MTT_musicnn|"
+                        "MSD_musicnn|MTT_vgg|MSD_vgg> (from the installed musicnn wheel).", flag_values=fv)
+    flags.DEFINE_enum("format", "auto", FORMATS, "Checkpoint family; 'auto' reads it from the keys.", flag_values=fv)
+    flags.DEFINE_string("finetuner", None, "Optional head checkpoint to attach (CLMR: 0.weight [50, 512], 0.bias).",
+                        flag_values=fv)
+    flags.DEFINE_string("output", None, "The preset folder to write.", flag_values=fv)
+    flags.DEFINE_string("name", None, "Preset name for metadata and the card (default: the output folder name).",
+                        flag_values=fv)
+    flags.DEFINE_string("description", None, "One-line description for metadata and the card.", flag_values=fv)
+    flags.DEFINE_string("source_url", None, "Where the checkpoint was downloaded from (recorded in metadata.json).",
+                        flag_values=fv)
+    flags.DEFINE_integer("sample_rate", None, "Override the sample rate (default: from the SampleCNN strides).",
+                         flag_values=fv)
+    flags.DEFINE_list("tags", None, "Names of the head's outputs (default: the 50 MTAT tags for a 50-way head).",
+                      flag_values=fv)
+    flags.DEFINE_bool("keep_projector", False, "CLMR: store the whole pretrainer (encoder + projector), not just "
+                      "the encoder.", flag_values=fv)
+    flags.DEFINE_string("parity_audio", None, "musicnn: an audio file for the parity check (default: a synthetic "
+                        "clip).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --output folder.", flag_values=fv)
 
 
 def convert(source, output, format="auto", finetuner=None, name=None, description=None, source_url=None,
@@ -69,12 +80,17 @@ def convert(source, output, format="auto", finetuner=None, name=None, descriptio
     counts = metadata.get("parameter_counts") or metadata.get("parity", {}).get("parameter_counts")
     if metadata.get("finetuner", {}).get("parity"):
         counts = metadata["finetuner"]["parity"]["parameter_counts"]
-    return {"output": path, "source_format": metadata.get("source_format"), "model": type(model).__name__,
+    from keras_clmr.hub import read_metadata
+
+    stored = read_metadata(path)
+    return {"output": path, "source_format": metadata.get("source_format"), "model": stored["class_name"],
+            "stored_from": stored.get("stored_from"), "parameter_count": stored.get("parameter_count"),
             "max_abs_diff": parity, "parameter_counts": counts}
 
 
-def main(argv):
+def main(argv, flag_values=flags.FLAGS):
     del argv
+    FLAGS = flag_values
     if not FLAGS.source or not FLAGS.output:
         print("convert_checkpoint: --source and --output are required (see --help).", file=sys.stderr)
         return 2
@@ -96,4 +112,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -359,3 +359,30 @@ def test_pemr_missing_key_is_named(tmp_path):
     torch.save({"state_dict": state}, path)
     with pytest.raises(ConversionError, match=r"missing keys: model\.encoder\.layer2\.bn\.running_mean"):
         convert_checkpoint(str(path))
+
+
+def test_cli_main_exit_codes(tmp_path, capsys):
+    from absl import flags
+
+    from export import convert_checkpoint as cli
+
+    def run(*args):
+        fv = flags.FlagValues()
+        cli.define_flags(fv)
+        fv(["convert_checkpoint", *args])
+        return cli.main([], flag_values=fv)
+
+    path = tmp_path / "clmr.pt"
+    torch.save(_simclr(TINY).state_dict(), path)
+    out = tmp_path / "preset"
+    assert run(f"--source={path}", f"--output={out}", "--name=tiny") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["source_format"] == "clmr-2.0" and summary["model"] == "SampleCNN"
+    assert max(summary["max_abs_diff"]["model"].values()) <= 1e-4
+    assert run(f"--source={path}", f"--output={out}") == 1
+    assert "--overwrite" in capsys.readouterr().err
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": _Exploit(tmp_path / "pwned")}, evil)
+    assert run(f"--source={evil}", f"--output={tmp_path / 'evil'}") == 1
+    assert "Refused" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
+    assert run(f"--source={path}") == 2
