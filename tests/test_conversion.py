@@ -386,3 +386,18 @@ def test_cli_main_exit_codes(tmp_path, capsys):
     assert run(f"--source={evil}", f"--output={tmp_path / 'evil'}") == 1
     assert "Refused" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
     assert run(f"--source={path}") == 2
+
+
+def test_supervised_fc_and_dataparallel_prefix(tmp_path):
+    """A supervised SampleCNN (encoder.fc kept) saved through DataParallel ('module.' prefix)."""
+    torch.manual_seed(4)
+    encoder = tr.randomize_batchnorm(tr.sample_cnn(n_classes=50, **TINY), seed=4)
+    wrapper = torch.nn.Module()
+    wrapper.encoder = encoder
+    path = tmp_path / "supervised.pt"
+    torch.save({"module." + k: v for k, v in wrapper.state_dict().items()}, path)
+    tagger, meta = convert_checkpoint(str(path))
+    assert meta["converted_from"]["stripped_prefix"] == "module."
+    assert type(tagger).__name__ == "MusicTagger" and meta["finetuner"]["head"] == "linear"
+    audio = _audio(tagger.input_samples)
+    np.testing.assert_allclose(common.to_numpy(tagger.logits(audio)), tr.run(encoder, audio[:, None, :]), atol=1e-4)

@@ -37,6 +37,10 @@ def read_checkpoint(path):
         raise ConversionError(
             f"{path}: expected a state dict or a Lightning checkpoint (a dict with 'state_dict'), "
             f"got a {type(obj).__name__}.")
+    if state and all(str(k).startswith("module.") for k in state):
+        # Saved from a DataParallel/DistributedDataParallel wrapper without unwrapping it.
+        state = {str(k)[len("module."):]: v for k, v in state.items()}
+        info["stripped_prefix"] = "module."
     return to_numpy_state_dict(state), info
 
 
