@@ -95,14 +95,24 @@ def test_conversion_parity_with_original_graph(name):
     assert "Adam optimizer state" in meta["keys"]["ignored_keys"]
     # Independent check on a different clip: the original graph vs the Keras tagger.
     audio = parity_audio(seconds=3.2, seed=11)[: tagger.input_samples][None]
+    patches = keras.ops.convert_to_numpy(tagger.backbone.frontend(audio))
     graph = OriginalGraph(name)
     try:
-        expected = graph(keras.ops.convert_to_numpy(tagger.backbone.frontend(audio)))
+        expected = graph(patches)
+        expected_features = graph.features(patches)
     finally:
         graph.close()
     got = keras.ops.convert_to_numpy(tagger(audio))
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert expected.std() > 1e-3  # not a degenerate output
+    # The extractor's intermediate features too (float32 agreement relative to their scale).
+    features = tagger.backbone.features(audio)
+    assert set(expected_features) <= set(features)
+    for key, value in expected_features.items():
+        value_keras = keras.ops.convert_to_numpy(features[key])
+        assert value_keras.shape == value.shape, key
+        scale = max(1.0, float(np.abs(value).max()))
+        assert float(np.abs(value_keras - value).max()) <= 1e-5 * scale, key
     assert len(tagger.tags) == 50 and tagger.tags[0] == ("guitar" if name.startswith("MTT") else "rock")
 
 

@@ -223,6 +223,17 @@ def assign_variables(tagger, variables, name):
     return report
 
 
+# The original graph's tensors behind musicnn's extractor features (names in its saved graph).
+GRAPH_FEATURES = {
+    "musicnn": {"timbral": ("model/Squeeze:0", "model/Squeeze_1:0"),
+                "temporal": ("model/Squeeze_2:0", "model/Squeeze_3:0", "model/Squeeze_4:0"),
+                "cnn1": ("model/transpose:0",), "cnn2": ("model/Add:0",), "cnn3": ("model/Add_1:0",),
+                "max_pool": ("model/Max:0",), "mean_pool": ("model/moments/Squeeze:0",),
+                "penultimate": ("model/batch_normalization_10/batchnorm/add_1:0",)},
+    "vgg": {f"pool{i}": (f"model/max_pooling2d{'' if i == 1 else f'_{i - 1}'}/MaxPool:0",) for i in range(1, 6)},
+}
+
+
 class OriginalGraph:
     """The original TF1 inference graph of a wheel model (``model/Sigmoid``) with its weights frozen in."""
 
@@ -255,11 +266,28 @@ class OriginalGraph:
             tf.import_graph_def(frozen, name="")
         self.session = tf.compat.v1.Session(graph=self.graph)
 
-    def __call__(self, patches):
-        """Tag probabilities [B, n_tags] of log-mel patches [B, 187, 96] (inference mode)."""
+    def run(self, patches, tensors):
         feed = {"model/Placeholder:0": np.asarray(patches, np.float32)}
         feed.update({name: False for name in self.bool_inputs})
-        return self.session.run("model/Sigmoid:0", feed_dict=feed)
+        return self.session.run(list(tensors), feed_dict=feed)
+
+    def __call__(self, patches):
+        """Tag probabilities [B, n_tags] of log-mel patches [B, 187, 96] (inference mode)."""
+        return self.run(patches, ["model/Sigmoid:0"])[0]
+
+    def features(self, patches):
+        """The extractor features of the original graph, shaped like ``Musicnn.logmel_features``."""
+        architecture = MODELS[self.name][0]
+        table = GRAPH_FEATURES[architecture]
+        names = [t for tensors in table.values() for t in tensors]
+        values = dict(zip(names, self.run(patches, names)))
+        out = {}
+        for key, tensors in table.items():
+            parts = [values[t] for t in tensors]
+            parts = [p[:, :, :, 0] if p.ndim == 4 and key.startswith("cnn") else p for p in parts]
+            parts = [p[..., 0] if key in ("max_pool", "mean_pool") else p for p in parts]
+            out[key] = np.concatenate(parts, axis=-1)
+        return out
 
     def close(self):
         self.session.close()

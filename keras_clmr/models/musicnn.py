@@ -264,35 +264,55 @@ class Musicnn(keras.Model):
         if length < N_FFT:
             raise ValueError(f"musicnn needs at least {N_FFT} samples at {self.sample_rate} Hz, got {length}.")
 
-    def logmel_embedding(self, logmel, training=None):
-        """The embedding of log-mel patches [B, frames, n_mels] (the original graph's input)."""
+    def logmel_features(self, logmel, training=None):
+        """Intermediate representations of log-mel patches [B, frames, n_mels], as musicnn's ``extractor``.
+
+        musicnn: ``timbral`` [B, T, 408], ``temporal`` [B, T, 153], ``cnn1``/``cnn2``/``cnn3``
+        [B, T, 64], ``max_pool``/``mean_pool`` [B, 753], ``penultimate`` [B, 200] (the embedding).
+        vgg: ``pool1`` ... ``pool5`` (after each max-pool) and ``embedding`` (pool5 flattened).
+        """
         x = self.bn_input(ops.expand_dims(logmel, -1), training=training)
+        features = {}
         if self.architecture == "vgg":
-            for block in self.vgg_blocks:
+            for i, block in enumerate(self.vgg_blocks, start=1):
                 x = block["pool"](block["bn"](block["conv"](x), training=training))
+                features[f"pool{i}"] = x
                 if "dropout" in block:
                     x = block["dropout"](x, training=training)
-            return self.flatten(x)
+            features["embedding"] = self.flatten(x)
+            return features
         padded = ops.pad(x, [[0, 0], [3, 3], [0, 0], [0, 0]])
-        features = []
-        for conv, bn in self.timbral:
-            features.append(ops.max(bn(conv(padded), training=training), axis=2))
-        for conv, bn in self.temporal:
-            features.append(ops.max(bn(conv(x), training=training), axis=2))
-        front = ops.concatenate(features, axis=-1)
+        timbral = [ops.max(bn(conv(padded), training=training), axis=2) for conv, bn in self.timbral]
+        temporal = [ops.max(bn(conv(x), training=training), axis=2) for conv, bn in self.temporal]
+        features["timbral"] = ops.concatenate(timbral, axis=-1)
+        features["temporal"] = ops.concatenate(temporal, axis=-1)
+        front = ops.concatenate(timbral + temporal, axis=-1)
         outputs = [front]
         h = front
-        for i, (conv, bn) in enumerate(self.midend):
+        for i, (conv, bn) in enumerate(self.midend, start=1):
             y = bn(conv(ops.pad(h, [[0, 0], [3, 3], [0, 0]])), training=training)
-            h = y if i == 0 else y + h
+            h = y if i == 1 else y + h  # residual connections from the second layer on
+            features[f"cnn{i}"] = h
             outputs.append(h)
         midend = ops.concatenate(outputs, axis=-1)
-        max_pool = ops.max(midend, axis=1)
-        mean_pool = ops.mean(midend, axis=1)
+        features["max_pool"] = ops.max(midend, axis=1)
+        features["mean_pool"] = ops.mean(midend, axis=1)
         # The original concatenates [max, mean] on a trailing axis and flattens: interleaved.
-        pooled = ops.reshape(ops.stack([max_pool, mean_pool], axis=-1), (-1, 2 * midend.shape[-1]))
+        pooled = ops.reshape(ops.stack([features["max_pool"], features["mean_pool"]], axis=-1),
+                             (-1, 2 * midend.shape[-1]))
         pooled = self.pool_dropout(self.pool_bn(pooled, training=training), training=training)
-        return self.penultimate_bn(self.penultimate(pooled), training=training)
+        features["penultimate"] = self.penultimate_bn(self.penultimate(pooled), training=training)
+        return features
+
+    def logmel_embedding(self, logmel, training=None):
+        """The embedding of log-mel patches [B, frames, n_mels] (the original graph's input)."""
+        features = self.logmel_features(logmel, training=training)
+        return features["embedding" if self.architecture == "vgg" else "penultimate"]
+
+    def features(self, audio):
+        """``logmel_features`` of audio windows [B, input_samples] (inference mode)."""
+        self._check_length(audio.shape)
+        return self.logmel_features(self.frontend(audio), training=False)
 
     def call(self, audio, training=None):
         self._check_length(audio.shape)
