@@ -533,12 +533,13 @@ def export_preset(model, output=None, formats="all", *, task=None, opset=DEFAULT
     source_dir = None
     if not isinstance(model, keras.Model):
         handle = os.fspath(model)
-        model, source_dir = load_model(handle, task=task)
         if output is None:
             if not os.path.isdir(handle):
-                raise ExportError(f"{handle} is a registry name or Hub handle: pass --output, the folder to write "
-                                  "(the Hugging Face and keras_clmr caches are never modified).")
+                raise ExportError(f"{handle} is not a local preset folder (a registry name or Hub handle): pass "
+                                  "--output, the folder to write (the Hugging Face and keras_clmr caches are never "
+                                  "modified).")
             output = handle
+        model, source_dir = load_model(handle, task=task)
     elif output is None:
         raise ExportError("Exporting a keras.Model needs an output folder.")
     output = os.path.abspath(os.fspath(output))
