@@ -177,7 +177,8 @@ def build_tagger(name):
         if rep.get(key) != value:
             raise ConversionError(f"{name}/config.json: audio_rep.{key} is {rep.get(key)}, expected {value}.")
     if config.get("xInput") != 187 or config.get("yInput") != 96:
-        raise ConversionError(f"{name}/config.json: input {config.get('xInput')}x{config.get('yInput')}, expected 187x96.")
+        raise ConversionError(f"{name}/config.json: input {config.get('xInput')}x{config.get('yInput')}, "
+                              "expected 187x96.")
     extra = {"vgg_pools": graph_vgg_pools(name)} if architecture == "vgg" else {}
     return musicnn_tagger(architecture, tags=labels(dataset), n_frames=config["xInput"], n_mels=config["yInput"],
                           **extra)

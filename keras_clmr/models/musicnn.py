@@ -143,7 +143,9 @@ class Musicnn(keras.Model):
     exactly 187 frames.
 
     ``logmel_embedding(patches)`` runs the network on precomputed log-mel patches
-    [B, 187, 96] (what the original TF graph takes).
+    [B, 187, 96] (what the original TF graph takes); ``features(audio)`` /
+    ``logmel_features(patches)`` return the intermediate representations of musicnn's
+    ``extractor`` (timbral, temporal, cnn1-3, max/mean pool, penultimate; vgg: pool1-5).
     """
 
     def __init__(self, architecture="musicnn", num_filt_midend=64, num_units_backend=200, vgg_filters=128,
@@ -207,7 +209,8 @@ class Musicnn(keras.Model):
         pools = self.vgg_pools
         for i, (ph, pw, sh, sw) in enumerate(pools, start=1):
             block = {
-                "conv": layers.Conv2D(self.vgg_filters, (3, 3), padding="same", activation="relu", name=f"vgg_{i}_conv"),
+                "conv": layers.Conv2D(self.vgg_filters, (3, 3), padding="same", activation="relu",
+                                      name=f"vgg_{i}_conv"),
                 "bn": _bn(f"vgg_{i}_bn"),
                 "pool": layers.MaxPooling2D((ph, pw), strides=(sh, sw), padding="valid", name=f"vgg_{i}_pool"),
             }
@@ -325,7 +328,8 @@ class Musicnn(keras.Model):
         config = super().get_config()
         config.update(architecture=self.architecture, num_filt_midend=self.num_filt_midend,
                       num_units_backend=self.num_units_backend, vgg_filters=self.vgg_filters,
-                      vgg_pools=[list(pool) for pool in self.vgg_pools], n_frames=self.n_frames, sample_rate=self.sample_rate, n_mels=self.n_mels,
+                      vgg_pools=[list(pool) for pool in self.vgg_pools], n_frames=self.n_frames,
+                      sample_rate=self.sample_rate, n_mels=self.n_mels,
                       float16_rounding=self.float16_rounding)
         return config
 
