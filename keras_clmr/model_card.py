@@ -1,0 +1,484 @@
+"""Model cards: a Hugging Face ``README.md`` (YAML metadata + sections) and a ``model.json`` sidecar.
+
+The card's YAML goes through ``huggingface_hub.ModelCardData`` (library_name, license, tags,
+datasets, pipeline_tag and a ``model-index`` built from evaluation results: the original
+authors' published scores from the preset registry, and keras_clmr's own ``results.json``
+files from ``keras_clmr.evaluation``). Sections: the model, how it was trained, how to load
+it (Python one-liner, ONNX), evaluation with its protocol, limitations and deviations from
+the original, citation. ``model.json`` is the machine-readable part (classes, sample rate,
+input samples, input/output names and shapes, files), read by the Node.js example.
+
+Cards can be rendered for a preset folder (``write_card``, which also updates the folder's
+``metadata.json`` hashes) or for a registry entry without weights (``write_registry_cards``,
+used for ``model_cards/``).
+"""
+
+import json
+import os
+import tempfile
+
+from keras_clmr import hub, presets
+
+CARD_FILE = "README.md"
+MODEL_JSON = "model.json"
+
+CITATIONS = {
+    "clmr": """@inproceedings{spijkervet2021contrastive,
+  title     = {Contrastive Learning of Musical Representations},
+  author    = {Spijkervet, Janne and Burgoyne, John Ashley},
+  booktitle = {Proceedings of the 22nd International Society for Music Information Retrieval Conference (ISMIR)},
+  year      = {2021},
+  eprint    = {2103.09410},
+  archivePrefix = {arXiv}
+}""",
+    "samplecnn": """@inproceedings{lee2017samplecnn,
+  title     = {Sample-level Deep Convolutional Neural Networks for Music Auto-tagging Using Raw Waveforms},
+  author    = {Lee, Jongpil and Park, Jiyoung and Kim, Keunhyoung Luke and Nam, Juhan},
+  booktitle = {Proceedings of the 14th Sound and Music Computing Conference (SMC)},
+  year      = {2017},
+  eprint    = {1703.01789},
+  archivePrefix = {arXiv}
+}""",
+    "pemr": """@inproceedings{yao2022pemr,
+  title     = {Contrastive Learning with Positive-Negative Frame Mask for Music Representation},
+  author    = {Yao, Dong and others},
+  booktitle = {Proceedings of the ACM Web Conference 2022 (WWW)},
+  year      = {2022},
+  eprint    = {2203.09129},
+  archivePrefix = {arXiv}
+}""",
+    "musicnn": """@inproceedings{pons2019musicnn,
+  title     = {musicnn: Pre-trained Convolutional Neural Networks for Music Audio Tagging},
+  author    = {Pons, Jordi and Serra, Xavier},
+  booktitle = {Late-Breaking/Demo Session of the 20th International Society for Music Information Retrieval Conference (ISMIR)},
+  year      = {2019},
+  eprint    = {1909.06654},
+  archivePrefix = {arXiv}
+}""",
+}
+
+_EXPORT_NOTE = ("The ONNX export folds each BatchNorm into its convolution (exact algebra, checked against the "
+                "Keras model); exports are float32 only.")
+
+ARCHITECTURES = {
+    "SampleCNN": {
+        "family": "clmr", "embedding_dim": 512, "citations": ("clmr", "samplecnn"),
+        "what": ("SampleCNN (Lee et al. 2017) on raw waveforms, as used by CLMR (Spijkervet & Burgoyne 2021): a "
+                 "stride-3 stem convolution, nine Conv1D(3)-BatchNorm-ReLU-MaxPool(3) blocks and a final conv "
+                 "block (128 to 512 channels), giving one 512-d embedding per window."),
+        "limitations": (
+            "Input must be mono audio at the model's sample rate, float32 in [-1, 1]; longer audio is cut into "
+            "non-overlapping windows (`keras_clmr.embed`/`tag` do this; a remainder shorter than a window is "
+            "dropped, a clip shorter than one window is zero-padded with a warning).",
+            "Decoding and resampling use soundfile/ffmpeg and soxr; CLMR used torchaudio/ffmpeg. Inputs, and so "
+            "outputs, can differ slightly from the original pipeline's on the same file.",
+            "Published scores are the CLMR authors' figures (MTAT, their protocol); keras_clmr has not re-measured "
+            "them unless a keras_clmr result is listed.",
+            "Trained on MagnaTagATune: 50 crowd-sourced tags with a Western pop/rock/classical bias; "
+            "tags such as 'female vocal' vs 'woman' overlap.",
+        ),
+    },
+    "FCN": {
+        "family": "pemr", "embedding_dim": 512, "citations": ("pemr", "clmr"),
+        "what": ("PEMR's encoder (Yao et al. 2022): a torchaudio-exact log-mel frontend (n_fft 256, hop 128, "
+                 "128 mels -> 128 x 462 frames per 59049-sample window), BatchNorm over the spectrogram and four "
+                 "Conv2D(3x3)-BatchNorm-ReLU-MaxPool blocks (64/128/128/128 channels), flattened in PyTorch's "
+                 "(channel, freq, time) order to 512-d."),
+        "limitations": (
+            "As in the official code, the mel filterbank is built for 16 kHz (torchaudio's default) although the "
+            "audio is 22050 Hz; kept for checkpoint compatibility. With 129 FFT bins some of the 128 mel filters "
+            "are empty.",
+            "Encoder only: the PEMR authors released no tagging head, and no published PEMR scores were verified.",
+            "Input must be mono 22050 Hz audio in windows of 59049 samples.",
+        ),
+    },
+    "Musicnn": {
+        "family": "musicnn", "embedding_dim": 200, "citations": ("musicnn",),
+        "what": ("musicnn (Pons & Serra 2019) ported to Keras 3: a 16 kHz log-mel frontend (librosa conventions, "
+                 "log10(1 + 10000 mel)) and musically motivated CNN front/mid/back ends, or its VGG-like baseline; "
+                 "converted from the musicnn 0.1.0 wheel with parity against the original TF1 graph."),
+        "limitations": (
+            "Input must be mono 16 kHz audio, in 3 s windows.",
+            "The mel power is rounded to float16 before the log, as musicnn's own input pipeline did; switch it off "
+            "(`float16_rounding=False`) only for new training.",
+            "Scores are those reported by the musicnn authors (experiment.result), not re-measured by keras_clmr.",
+            "Weights are licensed by their authors (ISC); check the musicnn repository before commercial use.",
+        ),
+    },
+}
+
+HOMEPAGES = {
+    "clmr": "https://github.com/Spijkervet/CLMR",
+    "pemr": "https://github.com/yaoodng7/PEMR",
+    "musicnn": "https://github.com/jordipons/musicnn",
+}
+
+DATASETS = {
+    "MTAT": ("magnatagatune", "MagnaTagATune"),
+    "MSD": ("million-song-dataset", "Million Song Dataset"),
+    "GTZAN": ("gtzan", "GTZAN"),
+    "demo": ("keras-clmr-demo", "keras_clmr synthetic demo corpus"),
+}
+
+METRICS = {  # results.json metric key -> (metric_type, name)
+    "roc_auc_tag": ("roc_auc", "ROC-AUC, tag-wise macro (%)"),
+    "pr_auc_tag": ("pr_auc", "PR-AUC, tag-wise macro (%)"),
+    "roc_auc_clip": ("roc_auc", "ROC-AUC, clip-wise macro (%)"),
+    "pr_auc_clip": ("pr_auc", "PR-AUC, clip-wise macro (%)"),
+    "accuracy": ("accuracy", "Accuracy (%)"),
+}
+
+
+class ModelCardError(ValueError):
+    """Inputs a card cannot be rendered from (missing metadata, unreadable results.json)."""
+
+
+# ------------------------------------------------------------------------------- description of a model
+
+
+def _architecture(preset_dir, metadata):
+    """The backbone class of a preset folder (MusicTagger -> its backbone's class)."""
+    if metadata.get("class_name") != "MusicTagger" or preset_dir is None:
+        return metadata.get("class_name")
+    try:
+        with open(os.path.join(preset_dir, hub.CONFIG_FILE)) as f:
+            return json.load(f)["config"]["backbone"]["class_name"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return "MusicTagger"
+
+
+def describe_folder(preset_dir):
+    """The card inputs of a preset folder: its metadata.json plus the backbone class."""
+    metadata = hub.read_metadata(preset_dir)
+    info = dict(metadata)
+    info["architecture"] = _architecture(preset_dir, metadata)
+    info["has_onnx"] = os.path.isfile(os.path.join(preset_dir, "model.onnx"))
+    info["has_savedmodel"] = os.path.isdir(os.path.join(preset_dir, "saved_model"))
+    return info
+
+
+def describe_registry(name, task):
+    """Card inputs of a registry preset (no weights needed): what the registry knows."""
+    preset = presets.get_preset(name)
+    stored_task = "tag" if (task == "tag" or preset.handles.get("embed") == preset.handles.get("tag")) else "embed"
+    if stored_task not in preset.tasks:
+        raise ModelCardError(f"Preset {name!r} has no {task!r} variant.")
+    arch = ARCHITECTURES.get(preset.architecture, {})
+    tags = None
+    if stored_task == "tag" and preset.architecture == "SampleCNN":
+        from keras_clmr.conversion.clmr import MTAT_TAGS
+
+        tags = list(MTAT_TAGS)
+    return {
+        "name": name if stored_task == "embed" or preset.handles.get("embed") == preset.handles.get("tag")
+        else f"{name}-tagger",
+        "registry_name": name,
+        "description": preset.description,
+        "class_name": "MusicTagger" if stored_task == "tag" else preset.architecture,
+        "architecture": preset.architecture,
+        "task": stored_task,
+        "parameter_count": preset.params.get(stored_task),
+        "sample_rate": preset.sample_rate,
+        "input_samples": preset.input_samples,
+        "embedding_dim": arch.get("embedding_dim"),
+        "num_classes": 50 if stored_task == "tag" else None,
+        "tags": tags,
+        "source_checkpoint": {"url": preset.source.get(stored_task)} if preset.source.get(stored_task) else None,
+        "license": preset.license,
+        "has_onnx": False,
+        "has_savedmodel": False,
+    }
+
+
+def _dataset(name):
+    if name in DATASETS:
+        return DATASETS[name]
+    slug = "".join(c if c.isalnum() else "-" for c in str(name).lower()).strip("-") or "unknown"
+    return slug, str(name)
+
+
+def read_results(path, dataset=None):
+    """A keras_clmr ``results.json`` (from ``keras_clmr.evaluation.write_results``) as a card result."""
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelCardError(f"Cannot read evaluation results {path}: {error}. Pass a results.json written by "
+                             "training/linear_eval.py or training/supervised.py.") from error
+    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
+        raise ModelCardError(f"{path} has no 'metrics' table; it is not a keras_clmr results.json.")
+    results = dict(results)
+    results["dataset"] = dataset or results.get("dataset") or "unknown"
+    results["path"] = os.fspath(path)
+    return results
+
+
+def eval_results(info, registry=None, results=()):
+    """``EvalResult``s: the registry's published scores (authors') and keras_clmr results.json files."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    task_type, task_name = "audio-classification", "Music auto-tagging"
+    for score in (registry.scores if registry is not None else ()):
+        dataset_type, dataset_name = _dataset(score["dataset"])
+        family = ARCHITECTURES.get(registry.architecture, {}).get("family")
+        out.append(EvalResult(
+            task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
+            metric_type=score["metric"].lower().replace("-", "_"),
+            metric_name=f"{score['metric']}, tag-wise macro (%), {score['head']} head", metric_value=score["value"],
+            verified=False, source_name="published by the original authors",
+            source_url=HOMEPAGES.get(family, "https://github.com/Spijkervet/CLMR")))
+    for result in results:
+        dataset_type, dataset_name = _dataset(result["dataset"])
+        for key, (metric_type, metric_name) in METRICS.items():
+            value = result["metrics"].get(key)
+            if value is None:
+                continue
+            out.append(EvalResult(
+                task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
+                metric_type=metric_type, metric_name=f"{metric_name}, {result.get('task', 'probe')}",
+                metric_value=round(100.0 * float(value), 2), verified=False))
+    return out
+
+
+# ------------------------------------------------------------------------------- rendering
+
+
+def model_json(info):
+    """The machine-readable sidecar: classes, sample rate, input samples, I/O names and shapes, files."""
+    samples = info.get("input_samples")
+    rate = info.get("sample_rate")
+    tagger = info.get("task") == "tag"
+    classes = info.get("tags")
+    num_classes = len(classes) if classes else info.get("num_classes")
+    outputs = [{"name": "embedding", "shape": ["batch", info.get("embedding_dim")], "dtype": "float32"}]
+    if tagger:
+        outputs.append({"name": "tags", "shape": ["batch", num_classes], "dtype": "float32",
+                        "activation": "sigmoid (independent per-tag probabilities)"})
+    exports = info.get("exports") or {}
+    files = {"keras_config": hub.CONFIG_FILE, "keras_weights": hub.WEIGHTS_FILE}
+    if info.get("has_onnx") or "onnx" in exports:
+        files["onnx"] = "model.onnx"
+    if info.get("has_savedmodel") or "savedmodel" in exports:
+        files["savedmodel"] = "saved_model"
+    return {
+        "schema": "keras_clmr.model/1",
+        "name": info.get("name"),
+        "architecture": info.get("architecture"),
+        "class_name": info.get("class_name"),
+        "task": info.get("task"),
+        "sample_rate": rate,
+        "input_samples": samples,
+        "window_seconds": round(samples / rate, 4) if samples and rate else None,
+        "channels": 1,
+        "input": {"name": "audio", "shape": ["batch", samples], "dtype": "float32",
+                  "range": [-1.0, 1.0]},
+        "outputs": outputs,
+        "classes": list(classes) if classes else None,
+        "num_classes": num_classes if tagger else None,
+        "preprocessing": (f"decode, mix to mono, resample to {rate} Hz, float32 in [-1, 1]; cut into "
+                          f"non-overlapping windows of {samples} samples; clip-level tags = mean over windows"),
+        "parameter_count": info.get("parameter_count"),
+        "files": files,
+        "onnx": {k: exports["onnx"].get(k) for k in ("opset", "sha256") if k in exports["onnx"]}
+        if "onnx" in exports else None,
+        "license": info.get("license") or "apache-2.0",
+    }
+
+
+def _fmt(value, digits=2):
+    return "-" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}")
+
+
+def _card_text(info, card_data, repo_id, registry, results, training):
+    arch = ARCHITECTURES.get(info.get("architecture"), {})
+    name = info.get("name") or info.get("architecture") or "keras_clmr model"
+    handle = f"hf://{repo_id}" if repo_id else (info.get("registry_name") or "path/to/this/folder")
+    tagger = info.get("task") == "tag"
+    samples, rate = info.get("input_samples"), info.get("sample_rate")
+    seconds = f"{samples / rate:.2f} s" if samples and rate else "?"
+    sidecar = model_json(info)
+    lines = [f"# {name}", "", info.get("description") or arch.get("what", ""), ""]
+
+    lines += ["## Model", "", arch.get("what", f"A keras_clmr {info.get('class_name')}."), "",
+              "| | |", "|---|---|",
+              f"| architecture | {info.get('architecture')}{' + linear/MLP tagging head (MusicTagger)' if tagger else ''} |",
+              f"| parameters | {_fmt(info.get('parameter_count'))} |",
+              f"| input | mono float32 audio, {rate} Hz, windows of {samples} samples ({seconds}) |",
+              f"| outputs | `embedding` [batch, {info.get('embedding_dim')}]"
+              + (f", `tags` [batch, {sidecar['num_classes']}] sigmoid probabilities" if tagger else "") + " |"]
+    if info.get("tags"):
+        lines.append(f"| classes | {', '.join(info['tags'])} |")
+    lines.append("")
+
+    lines += ["## Training", ""]
+    if training:
+        lines += [training, ""]
+    source = info.get("source_checkpoint") or {}
+    if source:
+        where = source.get("url") or source.get("file")
+        digest = f" (sha256 `{source['sha256']}`)" if source.get("sha256") else ""
+        lines += [f"Weights converted from the original release {where}{digest} with "
+                  "`python -m export.convert_checkpoint`, numerically checked against the original network.", ""]
+    if not training and not source:
+        lines += ["Trained with keras_clmr (see `training/`); the preset's metadata.json records the details.", ""]
+
+    lines += ["## How to use", "", "```python",
+              "from keras_clmr.hub import load_pretrained",
+              "from keras_clmr.inference import embed" + (", tag" if tagger else ""), "",
+              (f'model = load_pretrained("{info["registry_name"]}"' + (', task="tag"' if tagger else "")
+               + f')  # or load_pretrained("{handle}")' if info.get("registry_name") else f'model = load_pretrained("{handle}")'),
+              'result = embed("song.mp3", model=model)  # result.embeddings [T, D], result.times [T] (s)']
+    if tagger:
+        lines.append('tags = tag("song.mp3", model=model, top_k=5)  # tags.top: [(name, probability)]')
+    lines += ["```", "",
+              "Without Keras, with ONNX Runtime (`model.onnx`, written by `python -m export.export`; input `audio`, "
+              f"outputs {', '.join('`' + o['name'] + '`' for o in sidecar['outputs'])}):", "",
+              "```python", "import numpy as np, onnxruntime as ort, soundfile as sf", "",
+              f'audio, rate = sf.read("song.wav", dtype="float32")  # mono, {rate} Hz',
+              f"n = {samples}",
+              "windows = audio[: len(audio) // n * n].reshape(-1, n)",
+              'session = ort.InferenceSession("model.onnx")',
+              'outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"audio": windows})))',
+              "```", "",
+              "A SavedModel (`saved_model/`, signatures `embed`" + (" and `tag`" if tagger else "")
+              + ") serves TF Serving and TF.js; `model.json` describes inputs, outputs and classes for other "
+              "runtimes (see keras_clmr's `export/examples/onnxruntime-node` for Node.js).", ""]
+
+    lines += ["## Evaluation", ""]
+    rows = []
+    for result in card_data.eval_results or []:
+        source = result.source_name or "keras_clmr evaluation (results.json)"
+        rows.append(f"| {result.dataset_name} | {result.metric_name} | {result.metric_value} | {source} |")
+    if rows:
+        lines += ["| dataset | metric | value | source |", "|---|---|---|---|", *rows, ""]
+    else:
+        lines += ["No evaluation results are recorded for this model.", ""]
+    if registry is not None and registry.protocol:
+        lines += [f"Protocol (published scores): {registry.protocol}", ""]
+    for result in results:
+        protocol = result.get("protocol") or {}
+        data = result.get("data") or {}
+        details = ", ".join(f"{k}: {v}" for k, v in protocol.items() if not isinstance(v, dict))
+        lines += [f"Protocol (keras_clmr, `{os.path.basename(result['path'])}`, {result.get('task')}): "
+                  f"{details}. Data: {json.dumps(data)}.", ""]
+    exports = info.get("exports") or {}
+    for fmt, export in exports.items():
+        figures = (export.get("parity") or {}).get("max_abs_diff") or {}
+        worst = max((max(v.values()) for v in figures.values()), default=None)
+        if worst is not None:
+            lines += [f"Export parity ({fmt}): max abs difference to the Keras model {worst:.2e} over batches "
+                      f"{(export.get('parity') or {}).get('batches')} (tolerance {(export.get('parity') or {}).get('atol')}).", ""]
+
+    lines += ["## Limitations and deviations from the original", ""]
+    lines += [f"- {text}" for text in arch.get("limitations", ("See the keras_clmr documentation.",))]
+    if exports or info.get("has_onnx"):
+        lines.append(f"- {_EXPORT_NOTE}")
+    lines.append("")
+
+    lines += ["## Citation", "", "```bibtex"]
+    lines += ["\n\n".join(CITATIONS[key] for key in arch.get("citations", ("clmr",)))]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def render_card(info, *, repo_id=None, results=(), training=None, registry=None):
+    """A ``huggingface_hub.ModelCard`` for ``info`` (``describe_folder``/``describe_registry``)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    if not info.get("sample_rate") or not info.get("input_samples"):
+        raise ModelCardError("The model's sample_rate and input_samples are unknown; re-save the preset with "
+                             "keras_clmr.save_preset (metadata.json records them).")
+    if registry is None and info.get("registry_name"):
+        registry = presets.get_preset(info["registry_name"])
+    arch = ARCHITECTURES.get(info.get("architecture"), {})
+    evals = eval_results(info, registry, results)
+    datasets = sorted({e.dataset_type for e in evals})
+    tags = ["keras", "keras_clmr", "audio", "music", str(info.get("architecture", "")).lower()]
+    tags += [arch["family"]] if arch.get("family") and arch["family"] not in tags else []
+    tags += ["music-tagging"] if info.get("task") == "tag" else ["music-representation"]
+    if info.get("has_onnx") or "onnx" in (info.get("exports") or {}):
+        tags.append("onnx")
+    card_data = ModelCardData(
+        library_name="keras", license=info.get("license") or (registry.license if registry else "apache-2.0"),
+        tags=tags, datasets=datasets or None,
+        pipeline_tag="audio-classification" if info.get("task") == "tag" else "feature-extraction",
+        model_name=info.get("name") or "keras_clmr model", eval_results=evals or None)
+    text = _card_text(info, card_data, repo_id, registry, list(results), training)
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}")
+
+
+# ------------------------------------------------------------------------------- writing
+
+
+def _write_text(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write(folder, card, sidecar):
+    os.makedirs(folder, exist_ok=True)
+    _write_text(os.path.join(folder, MODEL_JSON), json.dumps(sidecar, indent=2) + "\n")
+    _write_text(os.path.join(folder, CARD_FILE), str(card) if str(card).endswith("\n") else f"{card}\n")
+
+
+def write_card(preset_dir, *, repo_id=None, results=(), training=None, license=None, update_metadata=True):
+    """Render the card of a preset folder into its README.md and model.json; re-hash metadata.json.
+
+    ``results``: paths of keras_clmr results.json files, or ``(path, dataset)`` pairs.
+    Returns (card, model.json dict).
+    """
+    preset_dir = os.fspath(preset_dir)
+    info = describe_folder(preset_dir)
+    if license:
+        info["license"] = license
+    loaded = [read_results(*r) if isinstance(r, (tuple, list)) else read_results(r) for r in results]
+    card = render_card(info, repo_id=repo_id, results=loaded, training=training)
+    sidecar = model_json(info)
+    _write(preset_dir, card, sidecar)
+    if update_metadata:
+        from keras_clmr.export import update_metadata as _update
+
+        _update(preset_dir, card={"rendered_by": "keras_clmr.model_card", "repo_id": repo_id,
+                                  "results": [os.path.basename(r["path"]) for r in loaded]})
+    return card, sidecar
+
+
+def registry_variants():
+    """(name, task, folder name) of every published registry preset (one card per Hub repository)."""
+    out = []
+    for name in presets.preset_names():
+        preset = presets.get_preset(name)
+        seen = set()
+        for task in preset.tasks:
+            handle = preset.handles.get(task)
+            if handle is None:
+                continue
+            repo = hub.parse_hf_handle(handle)[0].split("/")[1]
+            if repo not in seen:
+                seen.add(repo)
+                out.append((name, task, repo))
+    return out
+
+
+def write_registry_cards(output_dir="model_cards"):
+    """Write ``<output_dir>/<repo>/README.md`` and ``model.json`` for every registry preset; return folders."""
+    import keras_clmr.models  # noqa: F401  (registers the musicnn presets)
+
+    written = []
+    for name, task, repo in registry_variants():
+        preset = presets.get_preset(name)
+        info = describe_registry(name, task)
+        card = render_card(info, repo_id=f"{presets.HUB_ORG}/{repo}", registry=preset)
+        folder = os.path.join(output_dir, repo)
+        _write(folder, card, model_json(info))
+        written.append(folder)
+    return written
