@@ -1,0 +1,153 @@
+"""Throughput of the full-size pretraining train step, per backend, with and without XLA.
+
+    python -m benchmarks.train_step                       # all backends, CLMR, 48 pairs
+    python -m benchmarks.train_step --backends=tensorflow --steps=3 --reference
+
+Each configuration runs in its own subprocess (the Keras backend is fixed per process):
+one warm-up step (it includes compilation) and --steps timed steps; the figure is the
+median step time. Prints one JSON object. With --reference, the original PyTorch CLMR train
+step (../shared/bench/reference_clmr.py train, same batch) runs in the same invocation, so
+the ratio is measured side by side on the same, possibly busy, machine.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.path.join(os.path.dirname(REPO), "shared", "bench", "reference_clmr.py")
+REFERENCE_PYTHON = "/tmp/refvenv/bin/python"
+
+
+def cpu_times():
+    with open("/proc/stat") as file:
+        fields = [float(x) for x in file.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def build_model(model_name, augment):
+    import keras
+
+    if model_name == "clmr":
+        from keras_clmr.models import CLMR, SampleCNN
+
+        augmentation = None
+        if augment == "clmr":
+            from keras_clmr.layers.augmentations import clmr_augmentation
+
+            augmentation = clmr_augmentation(22050, seed=0)
+        return CLMR(SampleCNN(), projection_dim=128, augmentation=augmentation, seed=0)
+    if model_name == "pemr":
+        from keras_clmr.models.pemr import PEMR
+
+        return PEMR()
+    raise ValueError(model_name)
+    del keras
+
+
+def worker(args):
+    """Runs in the subprocess: time the train step of one configuration."""
+    import keras
+    import numpy as np
+
+    model = build_model(args.model, args.augment)
+    model.compile(optimizer=keras.optimizers.Adam(3e-4), jit_compile=args.jit_compile)
+    rng = np.random.default_rng(0)
+    x = (0.1 * rng.standard_normal((args.batch, model.input_samples + 4096))).astype("float32")
+    start = time.perf_counter()
+    model.train_on_batch(x)
+    warmup = time.perf_counter() - start
+    total0, idle0 = cpu_times()
+    own0 = os.times()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        loss = model.train_on_batch(x)
+        times.append(time.perf_counter() - start)
+    total1, idle1 = cpu_times()
+    own1 = os.times()
+    busy = (total1 - total0) - (idle1 - idle0)
+    own = (own1.user + own1.system) - (own0.user + own0.system)
+    step = statistics.median(times)
+    return {
+        "model": args.model, "backend": keras.backend.backend(), "jit_compile": args.jit_compile,
+        "augment": args.augment, "pairs": args.batch, "views": 2 * args.batch,
+        "step_s": round(step, 3), "views_per_s": round(2 * args.batch / step, 3),
+        "step_s_all": [round(t, 3) for t in times], "warmup_s": round(warmup, 1),
+        "loss": float(np.asarray(loss).reshape(-1)[0]),
+        # share of the machine used by other processes while timing (0..1): > 0.05 is contended
+        "others_cpu_share": round(max(0.0, busy / 100.0 - own) / max(1e-9, sum(times)) / os.cpu_count(), 3),
+    }
+
+
+def run_config(backend, model, jit_compile, augment, batch, steps):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, "-m", "benchmarks.train_step", "--worker", f"--model={model}",
+               f"--batch={batch}", f"--steps={steps}", f"--augment={augment}"]
+    command.append("--jit_compile" if jit_compile else "--no-jit_compile")
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"model": model, "backend": backend, "jit_compile": jit_compile, "augment": augment,
+                "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_reference(batch, steps):
+    if not (os.path.exists(REFERENCE_PYTHON) and os.path.exists(REFERENCE)):
+        return {"error": f"reference harness not set up ({REFERENCE_PYTHON}); run ../shared/bench/setup_reference.sh"}
+    env = dict(os.environ, CLMR_TRAIN_BATCHES=str(batch), CLMR_BENCH_REPS=str(steps))
+    result = subprocess.run([REFERENCE_PYTHON, REFERENCE, "train"], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": result.stderr.strip()[-500:]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def reference_views_per_s(reference, batch):
+    """The median views/s of the requested batch in the reference harness's JSON."""
+    return reference.get(f"b{batch}", {}).get("views_per_s_median")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--model", default="clmr", choices=["clmr", "pemr"])
+    parser.add_argument("--augment", default="crop", choices=["crop", "clmr"])
+    parser.add_argument("--batch", type=int, default=48, help="pairs per step (views = 2 x batch)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--jit", default="both", choices=["both", "on", "off"])
+    parser.add_argument("--reference", action="store_true", help="also run the original PyTorch train step")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    results = []
+    for backend in args.backends.split(","):
+        jits = {"both": [True, False], "on": [True], "off": [False]}[args.jit]
+        if backend == "torch":
+            jits = [False]  # XLA is a TensorFlow/JAX option
+        for jit in jits:
+            results.append(run_config(backend, args.model, jit, args.augment, args.batch, args.steps))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    summary = {"benchmark": "train_step", "model": args.model, "augment": args.augment,
+               "pairs": args.batch, "results": results}
+    if args.reference:
+        reference = run_reference(args.batch, args.steps)
+        ref_views = reference_views_per_s(reference, args.batch)
+        summary["reference"] = {"views_per_s": ref_views, "raw": reference}
+        if ref_views:
+            for row in results:
+                if "views_per_s" in row:
+                    row["ratio_to_reference"] = round(row["views_per_s"] / ref_views, 2)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
