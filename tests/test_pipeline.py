@@ -159,3 +159,17 @@ def test_several_segments_per_clip_read(prepared):
     assert all(len(c) == 1 for c in clips) and set().union(*clips) == {1, 2, 3, 4, 5}
     starts = [_identify(w)[1] for batch in batches for w in batch if _identify(w)[0] == 5]
     assert len(set(starts)) > 1  # independent starts within a clip
+
+
+def test_tf_distribute_auto_shards_by_file(prepared):
+    """What tf.distribute does to the dataset on each of 2 workers: every worker reads its own shards."""
+    try:
+        from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
+    except ImportError:  # private TF API; the behaviour is covered by input_context otherwise
+        pytest.skip("tf.data auto-shard internals not available")
+    seen = []
+    for worker in range(2):
+        dataset = pipeline.pretraining_dataset(prepared, 500, 2, seed=0, shuffle_buffer=64)
+        dataset = _AutoShardDataset(dataset, num_workers=2, index=worker)
+        seen.append({_identify(w)[0] for b in dataset.take(20) for w in b.numpy()})
+    assert seen == [{0, 1, 4, 5}, {2, 3}]  # 3 train shards of 2 clips: shards 0 and 2, shard 1

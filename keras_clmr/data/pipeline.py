@@ -130,9 +130,13 @@ def _random_crop(tf, audio, num_samples, length, seed, count=None):
     return tf.ensure_shape(tf.cast(samples, tf.float32) / 32768.0, shape + [length])
 
 
-def _seeds(tf, seed):
-    """An infinite dataset of stateless-random seeds [2]; reproducible when ``seed`` is set."""
-    return tf.data.Dataset.random(seed=seed).batch(2)
+def _with_seeds(tf, dataset, seed):
+    """Attach a stateless-random seed pair [2] to every element: (element, seed_pair).
+
+    A sequential map with a seeded stateful op is reproducible when ``seed`` is set, and,
+    unlike zipping with ``Dataset.random``, keeps tf.distribute's FILE auto-sharding working.
+    """
+    return dataset.map(lambda element: (element, tf.random.uniform([2], 0, 2 ** 62, dtype=tf.int64, seed=seed)))
 
 
 def _records(tf, files, *, shuffle_files, repeat, seed, deterministic, input_context=None, cycle_length=None):
@@ -144,12 +148,13 @@ def _records(tf, files, *, shuffle_files, repeat, seed, deterministic, input_con
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle_files:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    return dataset.interleave(
+    dataset = dataset.interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 22),
         cycle_length=cycle_length or min(len(files), 8), block_length=1,
         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    # Repeat the records, not the file list: FILE auto-sharding needs the file list unrepeated
+    # (each pass still gets a new file order from the shuffle above).
+    return dataset.repeat() if repeat else dataset
 
 
 def _options(tf, deterministic):
@@ -203,8 +208,7 @@ def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", sh
         count = None if segments_per_clip == 1 else segments_per_clip
         return _random_crop(tf, audio, num_samples, segment_samples, seed_pair, count)
 
-    dataset = tf.data.Dataset.zip((parsed, _seeds(tf, seed)))
-    dataset = dataset.map(segment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = _with_seeds(tf, parsed, seed).map(segment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if segments_per_clip > 1:
         dataset = dataset.unbatch()
     if shuffle_buffer and shuffle_buffer > 1:
@@ -291,8 +295,7 @@ def supervised_dataset(data_dir, split, crop_samples=59049, batch_size=32, shuff
         audio, num_samples = _pad_bytes(tf, p["audio"], p["num_samples"], crop_samples, crop_samples)
         return _random_crop(tf, audio, num_samples, crop_samples, seed_pair), _label_vector(p["labels"], num_labels)
 
-    dataset = tf.data.Dataset.zip((records, _seeds(tf, seed)))
-    dataset = dataset.map(example, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = _with_seeds(tf, records, seed).map(example, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if shuffle and shuffle_buffer and shuffle_buffer > 1:
         dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)
