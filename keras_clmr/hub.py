@@ -635,3 +635,47 @@ def populate_local_cache(preset_dir, repo_id, cache_dir=None, revision=None):
             f.write(commit)
         os.replace(tmp, refs)
     return target
+
+
+def preset_demo(model, output_dir, audio_path, repo_id="keras-clmr/demo", name="demo", top_k=3):
+    """Save ``model`` as a preset, load it back (folder; local HF cache with HF_HUB_OFFLINE=1), run it.
+
+    Writes ``output_dir/preset`` and ``output_dir/hf_cache`` (a Hugging Face cache holding the
+    preset as ``repo_id``), checks that both loaded copies give the same outputs as ``model``,
+    then tags (a tagger) or embeds (an encoder) ``audio_path``. Returns a JSON-able summary.
+    Used by ``make demo``.
+    """
+    from keras_clmr import inference
+
+    output_dir = os.fspath(output_dir)
+    preset_dir = save_preset(model, os.path.join(output_dir, "preset"), name=name, overwrite=True)
+    from_folder = load_pretrained(preset_dir)
+    cache = os.path.join(output_dir, "hf_cache")
+    snapshot_dir = populate_local_cache(preset_dir, repo_id, cache_dir=cache)
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from_hub = load_pretrained(f"hf://{repo_id}", cache_dir=cache)
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+    stored = model.encoder if _is_pretrainer(model) else model
+    window = np.random.default_rng(0).uniform(-0.5, 0.5, (2, int(model_attribute(stored, "input_samples"))))
+    window = window.astype("float32")
+    expected = keras.ops.convert_to_numpy(stored(window, training=False))
+    max_diff = max(float(np.max(np.abs(keras.ops.convert_to_numpy(m(window, training=False)) - expected)))
+                   for m in (from_folder, from_hub))
+    if max_diff > 1e-6:
+        raise PresetError(f"Preset round trip changed the outputs (max |diff| {max_diff}).")
+    summary = {"preset_dir": preset_dir, "hf_cache": cache, "snapshot": snapshot_dir,
+               "handle": f"hf://{repo_id}", "round_trip_max_abs_diff": max_diff,
+               "files": sorted(read_metadata(preset_dir)["files"])}
+    if is_tagger(from_hub):
+        result = inference.tag(audio_path, model=from_hub, top_k=top_k)
+        summary.update(audio=os.fspath(audio_path), windows=int(result.probabilities.shape[0]), top_tags=result.top)
+    else:
+        result = inference.embed(audio_path, model=from_hub)
+        summary.update(audio=os.fspath(audio_path), embeddings_shape=list(result.embeddings.shape))
+    return summary

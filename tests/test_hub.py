@@ -274,3 +274,18 @@ def test_list_presets_prints_the_registry(capsys):
     assert "88.7" in out and "hf://keras-clmr/clmr-mtat" in out
     assert presets.get_preset("clmr-mtat").tasks == ("embed", "tag")
     assert presets.get_preset("pemr-mtat").tasks == ("embed",)
+
+
+def test_preset_demo_round_trip_and_tags(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # preset_demo sets it itself for the cache load
+    tagger = _tagger()
+    wav = str(tmp_path / "demo.wav")
+    sf.write(wav, np.random.default_rng(1).uniform(-0.5, 0.5, 3 * tagger.input_samples + 10).astype("float32"), 8000)
+    summary = hub.preset_demo(tagger, tmp_path / "demo", wav, repo_id="test-org/demo")
+    assert summary["round_trip_max_abs_diff"] == 0.0 and summary["windows"] == 3
+    assert [name for name, _ in summary["top_tags"]] and set(dict(summary["top_tags"])) <= set(TAGS)
+    assert os.path.isdir(tmp_path / "demo" / "hf_cache" / "models--test-org--demo" / "snapshots")
+    assert os.environ.get("HF_HUB_OFFLINE") is None
+    json.dumps(summary)
