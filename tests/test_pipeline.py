@@ -173,3 +173,9 @@ def test_tf_distribute_auto_shards_by_file(prepared):
         dataset = _AutoShardDataset(dataset, num_workers=2, index=worker)
         seen.append({_identify(w)[0] for b in dataset.take(20) for w in b.numpy()})
     assert seen == [{0, 1, 4, 5}, {2, 3}]  # 3 train shards of 2 clips: shards 0 and 2, shard 1
+
+
+def test_segments_longer_than_every_clip_are_refused(prepared):
+    with pytest.raises(ValueError, match="no 'train' clip has 6000 samples.*longest has 5200"):
+        pipeline.pretraining_dataset(prepared, 6000, 2)
+    assert pipeline.pretraining_dataset(prepared, 6000, 2, short_clips="pad").element_spec.shape[1] == 6000

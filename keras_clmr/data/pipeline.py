@@ -194,6 +194,12 @@ def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", sh
         raise ValueError("segment_samples and batch_size must be >= 1.")
     manifest = load_manifest(data_dir)
     files = shard_files(data_dir, split, manifest)
+    if short_clips == "skip":
+        lengths = clip_table(data_dir, split)["num_samples"]
+        if not np.any(lengths >= segment_samples):
+            # Otherwise the filter below would wait forever on a repeated stream.
+            raise ValueError(f"{data_dir}: no {split!r} clip has {segment_samples} samples (the longest has "
+                             f"{int(lengths.max())}); use shorter segments or short_clips='pad'.")
     records = _records(tf, files, shuffle_files=True, repeat=repeat, seed=seed, deterministic=deterministic,
                        input_context=input_context, cycle_length=cycle_length)
     parsed = records.map(lambda r: _parse(r, with_labels=False), num_parallel_calls=AUTOTUNE,
