@@ -145,3 +145,57 @@ def test_duration_from_header(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"garbage")
     assert audio.duration(bad) is None
+
+
+FAKE_FFMPEG = '''#!{python}
+import sys
+import numpy as np
+
+args = sys.argv[1:]
+source = args[args.index("-i") + 1]
+if "bad" in source:
+    sys.stderr.write("Invalid data found when processing input\\n")
+    sys.exit(1)
+rate, channels = int(args[args.index("-ar") + 1]), int(args[args.index("-ac") + 1])
+frames = np.zeros((rate // 10, channels), np.float32)
+frames[:, 0] = 0.25
+if channels > 1:
+    frames[:, 1] = -0.75
+sys.stdout.buffer.write(frames.tobytes())
+'''
+
+FAKE_FFPROBE = '''#!{python}
+import sys
+print("2" if "stream=channels" in sys.argv else "44100")
+'''
+
+
+@pytest.fixture
+def fake_ffmpeg(tmp_path, monkeypatch):
+    """ffmpeg/ffprobe stand-ins on PATH that emit a known signal, to test the fallback path."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("ffmpeg", FAKE_FFMPEG), ("ffprobe", FAKE_FFPROBE)):
+        (bin_dir / name).write_text(text.replace("{python}", sys.executable))
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return bin_dir
+
+
+def test_ffmpeg_fallback_for_formats_soundfile_cannot_read(tmp_path, fake_ffmpeg):
+    path = tmp_path / "song.m4a"
+    path.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(200))
+    mono = audio.load(path)  # ffmpeg decodes at 22050 Hz and downmixes (-ac 1)
+    assert mono.shape == (2205,) and np.all(mono == 0.25)
+    stereo = audio.load(path, mono=False, sample_rate=None)  # native rate/channels from ffprobe
+    assert stereo.shape == (4410, 2)
+    np.testing.assert_array_equal(stereo[0], [0.25, -0.75])
+
+
+def test_ffmpeg_failure_is_a_corrupt_audio_error(tmp_path, fake_ffmpeg):
+    path = tmp_path / "bad.m4a"
+    path.write_bytes(b"not audio at all" * 10)
+    with pytest.raises(audio.CorruptAudioError, match="bad.m4a.*ffmpeg could not decode it: Invalid data"):
+        audio.load(path)
