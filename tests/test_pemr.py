@@ -246,3 +246,24 @@ def test_keras_file_round_trip(tmp_path):
     np.testing.assert_allclose(to_np(clone(x, training=False)["projections"]),
                                to_np(model(x, training=False)["projections"]), atol=1e-6)
     np.testing.assert_allclose(to_np(clone.encoder(x[:, :992])), to_np(model.encoder(x[:, :992])), atol=1e-6)
+
+
+def test_pretrain_script_builds_pemr_with_its_options():
+    from training.pretrain import build_pretrainer
+
+    model = build_pretrainer("pemr", channels=["8", "16", "16", "16"], augment="clmr", seed=0, mask_ratio=0.2,
+                             pred_weight=0.1, neg_weight=1e-2, offdiag_weight=1e-3, transformer_layers=2,
+                             transformer_heads=1, mel_sample_rate=22050)
+    assert isinstance(model, PEMR) and model.encoder.channels == (8, 16, 16, 16)
+    assert (model.num_masked, model.projection_dim, model.pred_weight, model.neg_weight, model.offdiag_weight) == \
+        (92, 256, 0.1, 1e-2, 1e-3)
+    assert (model.generator.num_layers, model.generator.num_heads) == (2, 1)
+    assert model.encoder.frontend.sample_rate == 22050 and model.encoder.sample_rate == 22050
+    names = [layer.name for layer in model.augmentation._flatten_layers()]
+    assert model.augmentation is not None and not any("pitch" in name for name in names)
+    from keras_clmr.layers.augmentations import clmr_augmentation
+
+    assert any("pitch" in layer.name for layer in clmr_augmentation(22050, seed=0)._flatten_layers())
+    assert build_pretrainer("pemr", augment="crop").augmentation is None
+    with pytest.raises(ValueError, match="only apply to --model=pemr"):
+        build_pretrainer("clmr", mask_ratio=0.1)

@@ -2,6 +2,7 @@
 
     python -m training.pretrain --model=clmr --dataset=demo --epochs=5 --output_dir=runs/demo
     python -m training.pretrain --model=clmr --data_dir=/data/audio --batch_size=48
+    python -m training.pretrain --model=pemr --data_dir=/data/audio --batch_size=48 --mask_ratio=0.1
     python -m training.pretrain ... --resume        # continue from the last epoch checkpoint
 
 Writes <output_dir>/checkpoints/epoch-NNNNN.keras after every epoch (atomically; the newest
@@ -15,19 +16,19 @@ import sys
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "clmr", ["clmr"], "Which pretrainer to train.")
+flags.DEFINE_enum("model", "clmr", ["clmr", "pemr"], "Which pretrainer to train.")
 flags.DEFINE_string("dataset", "demo", "'demo' (the offline synthetic corpus) when --data_dir is not given.")
 flags.DEFINE_string("data_dir", None, "A prepared directory (keras_clmr.data.prepare) or a folder of audio files.")
 flags.DEFINE_integer("batch_size", 48, "Source segments (pairs of views) per step.")
 flags.DEFINE_integer("epochs", 100, "Epochs to train (an epoch = --steps_per_epoch steps).")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: clips // batch_size).")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.")
-flags.DEFINE_integer("projection_dim", 128, "Projector output size.")
+flags.DEFINE_integer("projection_dim", None, "Projector output size (default: 128 for clmr, 256 for pemr).")
 flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.")
 flags.DEFINE_enum("augment", "clmr", ["clmr", "crop", "none"],
                   "'clmr': CLMR's augmentation chain after the crops; 'crop'/'none': random crops only.")
 flags.DEFINE_integer("sample_rate", 22050, "Audio sample rate; picks the SampleCNN stride set.")
-flags.DEFINE_list("channels", None, "SampleCNN widths (11 ints) for a smaller encoder; default CLMR's.")
+flags.DEFINE_list("channels", None, "Encoder widths for a smaller encoder: 11 ints (SampleCNN) or 4 (PEMR's FCN).")
 flags.DEFINE_integer("segment_samples", None, "Source segment length (default: 2 x the crop).")
 flags.DEFINE_bool("jit_compile", True, "XLA-compile the train step (TensorFlow and JAX backends).")
 flags.DEFINE_integer("seed", 42, "Seed of the weights, crops, augmentations and data order.")
@@ -35,18 +36,46 @@ flags.DEFINE_string("output_dir", "runs/pretrain", "Where checkpoints, logs and 
 flags.DEFINE_bool("resume", False, "Continue from the last checkpoint in --output_dir.")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many epoch checkpoints to keep.")
 flags.DEFINE_integer("demo_clips", 96, "Clips in the demo corpus (--dataset=demo).")
+flags.DEFINE_float("mask_ratio", 0.1, "PEMR: fraction of the 462 frames masked (the code's masked_factor).")
+flags.DEFINE_float("pred_weight", 0.01, "PEMR: weight of the prediction loss L_pred.")
+flags.DEFINE_float("neg_weight", 5e-3, "PEMR: weight of L_neg (the code's lambd1).")
+flags.DEFINE_float("offdiag_weight", 5e-3, "PEMR: off-diagonal weight of L_pos (the code's lambd2).")
+flags.DEFINE_integer("transformer_layers", 3, "PEMR: layers of the mask-generator transformer.")
+flags.DEFINE_integer("transformer_heads", 3, "PEMR: heads of the mask-generator transformer (128-d each).")
+flags.DEFINE_integer("mel_sample_rate", 16000,
+                     "PEMR: rate of the mel filterbank (16000 as in the official code, whatever the audio rate).")
 
 
-def build_pretrainer(model, *, sample_rate=22050, channels=None, projection_dim=128, temperature=0.5,
-                     augment="clmr", seed=None):
-    """The pretrainer named ``model``, uncompiled."""
+def build_pretrainer(model, *, sample_rate=22050, channels=None, projection_dim=None, temperature=0.5,
+                     augment="clmr", seed=None, **pemr_options):
+    """The pretrainer named ``model``, uncompiled.
+
+    ``pemr_options`` (model "pemr" only): mask_ratio, pred_weight, neg_weight, offdiag_weight,
+    transformer_layers, transformer_heads, mel_sample_rate.
+    """
     from keras_clmr.models import CLMR, SampleCNN
 
+    kwargs = {"channels": tuple(int(c) for c in channels)} if channels else {}
     if model == "clmr":
-        kwargs = {"channels": tuple(int(c) for c in channels)} if channels else {}
+        if pemr_options:
+            raise ValueError(f"Options {sorted(pemr_options)} only apply to --model=pemr.")
         encoder = SampleCNN.for_sample_rate(sample_rate, **kwargs)
-        return CLMR(encoder, projection_dim=projection_dim, temperature=temperature,
+        return CLMR(encoder, projection_dim=projection_dim or 128, temperature=temperature,
                     augmentation=build_augmentation(augment, sample_rate, seed), seed=seed)
+    if model == "pemr":
+        from keras_clmr.models import FCN, PEMR
+
+        options = dict(pemr_options)
+        mel_sample_rate = options.pop("mel_sample_rate", 16000)
+        if "transformer_layers" in options:
+            options["num_layers"] = options.pop("transformer_layers")
+        if "transformer_heads" in options:
+            options["num_heads"] = options.pop("transformer_heads")
+        encoder = FCN(sample_rate=sample_rate, mel_sample_rate=mel_sample_rate, **kwargs)
+        # PEMR uses CLMR's chain without the pitch shift.
+        return PEMR(encoder, projection_dim=projection_dim or 256,
+                    augmentation=build_augmentation(augment, sample_rate, seed, pitch_shift=False), seed=seed,
+                    **options)
     raise ValueError(f"Unknown model {model!r}.")
 
 
@@ -140,9 +169,12 @@ def main(argv):
             print(f"Already trained {initial_epoch} >= --epochs={FLAGS.epochs} epochs; nothing to do.")
             return
     else:
+        pemr_options = {}
+        if FLAGS.model == "pemr":
+            pemr_options = {name: getattr(FLAGS, name) for name in _PEMR_FLAGS}
         model = build_pretrainer(FLAGS.model, sample_rate=FLAGS.sample_rate, channels=FLAGS.channels,
                                  projection_dim=FLAGS.projection_dim, temperature=FLAGS.temperature,
-                                 augment=FLAGS.augment, seed=FLAGS.seed)
+                                 augment=FLAGS.augment, seed=FLAGS.seed, **pemr_options)
         model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate), jit_compile=jit_compile)
 
     crop = model.input_samples
@@ -177,7 +209,10 @@ def main(argv):
 
 _OWN_FLAGS = ("model", "dataset", "data_dir", "batch_size", "epochs", "steps_per_epoch", "learning_rate",
               "projection_dim", "temperature", "augment", "sample_rate", "channels", "segment_samples",
-              "jit_compile", "seed")
+              "jit_compile", "seed", "mask_ratio", "pred_weight", "neg_weight", "offdiag_weight",
+              "transformer_layers", "transformer_heads", "mel_sample_rate")
+_PEMR_FLAGS = ("mask_ratio", "pred_weight", "neg_weight", "offdiag_weight", "transformer_layers",
+               "transformer_heads", "mel_sample_rate")
 
 if __name__ == "__main__":
     app.run(main)

@@ -79,6 +79,8 @@ class FCN(keras.Model):
                 layers.MaxPooling2D(pool, name=f"layer{i}_pool"),
             ])
             in_channels = width
+        # The input shape is fixed by the config: build now so weights exist before the first call.
+        self.build((None, self.input_samples))
 
     def _check_audio(self, shape):
         if len(shape) != 2:
