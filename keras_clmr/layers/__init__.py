@@ -5,3 +5,4 @@ from keras_clmr.layers.augmentations import (AugmentationChain, Delay, Gain, Hig
                                              PolarityInversion, RandomApply, Reverb, clmr_augmentation)
 from keras_clmr.layers.frontends import LogMelSpectrogram
 from keras_clmr.layers.transformer import PEMREncoderLayer, PEMRFeedForward, PEMRLayerNormalization, PEMRMultiHeadSelfAttention
+from keras_clmr.layers.augmentations import FilterDelayReverb
