@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_step                       # all backends, CLMR, 48 pairs
     python -m benchmarks.train_step --backends=tensorflow --steps=3 --reference
+    python -m benchmarks.train_step --model=pemr --jit=on --steps=2   # PEMR, 48 pairs
 
 Each configuration runs in its own subprocess (the Keras backend is fixed per process):
 one warm-up step (it includes compilation) and --steps timed steps; the figure is the
@@ -44,7 +45,12 @@ def build_model(model_name, augment):
     if model_name == "pemr":
         from keras_clmr.models.pemr import PEMR
 
-        return PEMR()
+        augmentation = None
+        if augment == "clmr":
+            from keras_clmr.layers.augmentations import clmr_augmentation
+
+            augmentation = clmr_augmentation(22050, seed=0, pitch_shift=False)  # PEMR's chain
+        return PEMR(augmentation=augmentation, seed=0)  # full size: FCN + 3-layer mask transformer
     raise ValueError(model_name)
     del keras
 
