@@ -642,8 +642,10 @@ def load_encoder(checkpoint, sample_rate=22050, channels=None, seed=0, strides=N
     model = hub.load_pretrained(checkpoint, task="embed")
     encoder = _as_encoder(model, checkpoint)
     metadata = getattr(model, "preset_metadata", None) or getattr(encoder, "preset_metadata", None) or {}
-    return encoder, describe_encoder(encoder, kind="preset", preset=checkpoint,
-                                     preset_name=metadata.get("name"), preset_version=metadata.get("version"))
+    weights_file = (metadata.get("files") or {}).get("model.weights.h5") or {}
+    return encoder, describe_encoder(encoder, kind="preset", preset=checkpoint, preset_name=metadata.get("name"),
+                                     preset_saved_with=metadata.get("keras_clmr_version"),
+                                     sha256=weights_file.get("sha256"))
 
 
 # ------------------------------------------------------------------------------- outputs
@@ -763,7 +765,8 @@ def _jsonable(value):
     return value
 
 
-__all__ = ["ClipSet", "PreparedSplit", "load_splits", "demo_splits", "prepared_splits", "label_fraction_indices", "random_crops",
-           "embed_crops", "clip_embeddings", "predict_clips", "fit_head", "train_probe", "linear_probe",
-           "train_supervised", "cover_song_eval", "load_encoder", "random_encoder", "markdown_table",
-           "write_results", "non_overlapping_chunks"]
+__all__ = ["ClipSet", "PreparedSplit", "load_splits", "demo_splits", "demo_cover_set", "prepared_splits",
+           "label_fraction_indices", "random_crops", "embed_crops", "clip_embeddings", "predict_clips",
+           "frozen_clip_scores", "fit_head", "fit_end_to_end", "train_probe", "linear_probe", "train_supervised",
+           "cover_song_eval", "load_cover_csv", "load_encoder", "random_encoder", "describe_encoder",
+           "markdown_table", "cover_markdown_table", "write_results", "atomic_write", "non_overlapping_chunks"]

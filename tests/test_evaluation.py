@@ -73,7 +73,8 @@ def test_frozen_probe_results_match_the_saved_tagger(tmp_path):
     encoder = tiny_sample_cnn()
     before = [keras.ops.convert_to_numpy(w).copy() for w in encoder.weights]
     tagger, results = evaluation.train_probe(encoder, train, valid, test, tags=list("abcd"), epochs=3,
-                                             batch_size=8, label_fraction=0.5, seed=1, jit_compile=False, run_eagerly=True)
+                                             batch_size=8, label_fraction=0.5, seed=1, jit_compile=False,
+                                             run_eagerly=True)
     assert results["data"]["n_train_used"] == 8
     for b, w in zip(before, encoder.weights):  # frozen: the encoder is untouched
         np.testing.assert_array_equal(b, keras.ops.convert_to_numpy(w))
@@ -117,6 +118,12 @@ def test_load_encoder_sources(tmp_path):
         encoder, identity = evaluation.load_encoder(source)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(encoder(x, training=False)), expected, atol=1e-6)
         assert identity["kind"] == "keras_file" and len(identity["sha256"]) == 64
+    from keras_clmr import hub
+
+    hub.save_preset(clmr, str(tmp_path / "preset"))  # a pretrainer is stored encoder-only
+    encoder, identity = evaluation.load_encoder(str(tmp_path / "preset"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(encoder(x, training=False)), expected, atol=1e-6)
+    assert identity["kind"] == "preset" and len(identity["sha256"]) == 64
     fresh, identity = evaluation.load_encoder("random:" + str(run_dir))
     assert fresh.get_config()["channels"] == clmr.encoder.get_config()["channels"] and identity["kind"] == "random"
     assert not np.allclose(keras.ops.convert_to_numpy(fresh(x, training=False)), expected)
