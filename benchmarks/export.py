@@ -1,0 +1,157 @@
+"""Exported-model figures: windows/s of the full-size SampleCNN encoder at batch 32 through
+
+- our ONNX export (Keras ``model.export`` + keras_clmr's BatchNorm-folding pass) in onnxruntime,
+- the same export without the pass (what tf2onnx alone gives),
+- our SavedModel (``tf.saved_model.load``, signature ``embed``),
+- the original PyTorch encoder exported to ONNX by ``/work/shared/bench/reference_clmr.py infer``
+  (``torch.onnx.export``, opset 17), run in the same onnxruntime, in the same process.
+
+    python -m benchmarks.export                 # ~2-4 min on a loaded 2-core machine
+    python -m benchmarks.export --reps 7 --skip-reference-run
+
+The ONNX sessions are timed interleaved (round-robin, one batch each per round) so every ratio
+comes from the same minutes of machine load; medians over ``--reps`` rounds. The reference
+harness itself is run first (unless ``--skip-reference-run``) to write its ONNX file and its own
+figures, which are included. Prints one JSON object.
+"""
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REFERENCE_PY = "/tmp/refvenv/bin/python"
+REFERENCE_SCRIPT = "/work/shared/bench/reference_clmr.py"
+REFERENCE_ONNX = "/tmp/clmr_ref_samplecnn.onnx"
+
+
+def _cpu_times():
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def _reference_run():
+    if not os.path.exists(REFERENCE_PY):
+        return {"skipped": f"{REFERENCE_PY} not found"}
+    env = dict(os.environ, CLMR_ONNX_PATH=REFERENCE_ONNX)
+    done = subprocess.run([REFERENCE_PY, REFERENCE_SCRIPT, "infer"], capture_output=True, text=True, env=env,
+                          timeout=1800)
+    if done.returncode != 0:
+        return {"failed": done.stderr[-1000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _model():
+    import keras
+    import numpy as np
+
+    from keras_clmr.models import SampleCNN
+
+    keras.utils.set_random_seed(0)
+    model = SampleCNN()
+    rng = np.random.default_rng(0)
+    for layer in model.stack:  # non-trivial BN statistics (as in a trained model)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape).astype("float32"))
+    return model
+
+
+def _op_counts(path):
+    import onnx
+
+    return dict(collections.Counter(node.op_type for node in onnx.load(path).graph.node))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--skip-reference-run", action="store_true",
+                        help="do not run reference_clmr.py infer (reuse its ONNX file if it exists)")
+    args = parser.parse_args()
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_clmr import export
+
+    result = {"batch": args.batch, "reps": args.reps, "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    if not args.skip_reference_run:
+        result["reference_harness"] = _reference_run()
+    model = _model()
+    work = tempfile.mkdtemp(prefix="keras_clmr_bench_export-")
+    ours, raw, saved = (os.path.join(work, name) for name in ("model.onnx", "raw.onnx", "saved_model"))
+    info = export.export_onnx(model, ours)
+    export.export_onnx(model, raw, optimize=False)
+    export.export_savedmodel(model, saved)
+    parity = {"onnx": export.check_onnx_parity(model, ours)["max_abs_diff"],
+              "onnx_unoptimized": export.check_onnx_parity(model, raw)["max_abs_diff"],
+              "savedmodel": export.check_savedmodel_parity(model, saved)["max_abs_diff"]}
+
+    audio = np.random.default_rng(1).uniform(-0.5, 0.5, (args.batch, model.input_samples)).astype("float32")
+    runners = {"keras_clmr_onnx": (export.onnx_session(ours), audio),
+               "keras_clmr_onnx_unoptimized": (export.onnx_session(raw), audio)}
+    if os.path.exists(REFERENCE_ONNX):
+        runners["pytorch_reference_onnx"] = (export.onnx_session(REFERENCE_ONNX), audio[:, None, :])
+    loaded = tf.saved_model.load(saved)
+    embed = loaded.signatures["embed"]
+    tf_audio = tf.constant(audio)
+
+    def run(name):
+        if name == "keras_clmr_savedmodel":
+            embed(audio=tf_audio)["embedding"].numpy()
+        else:
+            session, x = runners[name]
+            session.run(None, {session.get_inputs()[0].name: x})
+
+    names = [*runners, "keras_clmr_savedmodel"]
+    for name in names:  # warm-up
+        run(name)
+    times = {name: [] for name in names}
+    total0, idle0 = _cpu_times()
+    own0 = time.process_time()
+    wall0 = time.perf_counter()
+    for _ in range(args.reps):
+        for name in names:
+            start = time.perf_counter()
+            run(name)
+            times[name].append(time.perf_counter() - start)
+    wall = time.perf_counter() - wall0
+    total1, idle1 = _cpu_times()
+    busy_share = 1.0 - (idle1 - idle0) / max(total1 - total0, 1e-9)
+    own_share = (time.process_time() - own0) / (wall * (os.cpu_count() or 1))
+    figures = {}
+    for name in names:
+        median = statistics.median(times[name])
+        figures[name] = {"windows_per_s_median": round(args.batch / median, 2),
+                         "windows_per_s_best": round(args.batch / min(times[name]), 2),
+                         "s_per_batch": [round(t, 4) for t in times[name]]}
+    result["figures"] = figures
+    if "pytorch_reference_onnx" in figures:
+        ref = figures["pytorch_reference_onnx"]["windows_per_s_median"]
+        result["ratios_vs_pytorch_onnx"] = {name: round(f["windows_per_s_median"] / ref, 3)
+                                            for name, f in figures.items() if name != "pytorch_reference_onnx"}
+    result["parity_max_abs_diff"] = parity
+    result["graphs"] = {"keras_clmr_onnx": _op_counts(ours), "keras_clmr_onnx_unoptimized": _op_counts(raw)}
+    if os.path.exists(REFERENCE_ONNX):
+        result["graphs"]["pytorch_reference_onnx"] = _op_counts(REFERENCE_ONNX)
+    result["optimize_pass"] = info["optimized"]
+    result["cpu_share_during_timing"] = {"all": round(busy_share, 3), "own": round(own_share, 3),
+                                         "others": round(max(busy_share - own_share, 0.0), 3)}
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    import onnxruntime
+
+    result["versions"] = {"onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
