@@ -208,3 +208,18 @@ def test_bad_data_arguments_raise_clear_errors(tmp_path, prepared_demo):
         evaluation.load_splits(dataset="mtat")
     with pytest.raises(ValueError, match="prepared at 22050 Hz"):
         evaluation.load_splits(data_dir=prepared_demo[1], sample_rate=16000)
+
+
+def test_single_label_probe_reports_accuracy():
+    rng = np.random.default_rng(5)
+    sets = []
+    for n, seed in ((12, 1), (4, 2), (6, 3)):
+        clipset = _clipset(n, seed=seed)
+        clipset.labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+        sets.append(clipset)
+    tagger, results = evaluation.train_probe(tiny_sample_cnn(), *sets, tags=["x", "y", "z"], multi_label=False,
+                                             epochs=2, batch_size=4, jit_compile=False, run_eagerly=True)
+    scores = tagger.predict_clips(sets[2].clips)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)  # softmax
+    assert results["metrics"]["accuracy"] == pytest.approx(metrics.accuracy(sets[2].labels, scores))
+    assert "| Accuracy |" in evaluation.markdown_table([("m", results)])
