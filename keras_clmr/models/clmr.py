@@ -3,6 +3,7 @@
 import keras
 from keras import layers, ops
 
+from keras_clmr import distributed
 from keras_clmr.layers.augmentations import RandomCrop
 from keras_clmr.losses import nt_xent
 from keras_clmr.models.sample_cnn import SampleCNN, torch_default_kernel_initializer
@@ -43,10 +44,13 @@ class CLMR(keras.Model):
         temperature: NT-Xent temperature.
         augmentation: a layer applied to each view batch [B, n] after the crop, or None.
         seed: seed of the crops.
+        negatives: ``"global"`` (default): under data parallelism every view is contrasted
+            against the whole global batch; ``"local"``: against its replica's slice only, as
+            the original CLMR did under DDP (for reproducing the paper). The same on one device.
     """
 
     def __init__(self, encoder=None, projection_dim=128, hidden_dim=None, temperature=0.5,
-                 augmentation=None, seed=None, **kwargs):
+                 augmentation=None, seed=None, negatives="global", **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder if encoder is not None else SampleCNN()
         embedding_dim = self.encoder.embedding_dim
@@ -56,6 +60,9 @@ class CLMR(keras.Model):
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.seed = seed
+        if negatives not in ("global", "local"):
+            raise ValueError(f"negatives must be 'global' or 'local', got {negatives!r}.")
+        self.negatives = negatives
         self.input_samples = self.encoder.input_samples
         self.crop = RandomCrop(self.input_samples, seed=seed, name="crop")
         self.augmentation = augmentation
@@ -88,10 +95,15 @@ class CLMR(keras.Model):
         return ops.stack([z_i, z_j], axis=1)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = nt_xent(y_pred[:, 0], y_pred[:, 1], temperature=self.temperature)
+        # Per-replica negatives in an SPMD program (JAX DataParallel) = one group per device.
+        groups = distributed.data_parallel_size() if self.negatives == "local" else 1
+        loss = nt_xent(y_pred[:, 0], y_pred[:, 1], temperature=self.temperature, negatives=self.negatives,
+                       groups=groups)
         if self.losses:
             loss = loss + ops.cast(ops.sum(self.losses), loss.dtype)
-        return loss
+        # Under tf.distribute each replica's loss is divided by the replica count so that the
+        # summed gradients are those of the mean (Keras un-scales the logged value).
+        return distributed.scale_loss_for_replicas(loss)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 2, self.projection_dim)
@@ -106,6 +118,7 @@ class CLMR(keras.Model):
             augmentation=(keras.saving.serialize_keras_object(self.augmentation)
                           if self.augmentation is not None else None),
             seed=self.seed,
+            negatives=self.negatives,
         )
         return config
 
