@@ -223,3 +223,36 @@ def test_single_label_probe_reports_accuracy():
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)  # softmax
     assert results["metrics"]["accuracy"] == pytest.approx(metrics.accuracy(sets[2].labels, scores))
     assert "| Accuracy |" in evaluation.markdown_table([("m", results)])
+
+
+@keras.saving.register_keras_serializable(package="keras_clmr_tests")
+class Identity8(keras.Model):
+    """A backbone whose embedding is the 8-sample chunk itself."""
+
+    input_samples = 8
+    embedding_dim = 8
+
+    def call(self, audio, training=None):
+        return audio
+
+
+def test_cover_song_eval_from_csv(tmp_path):
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for group in range(3):
+        chunks = rng.uniform(-0.5, 0.5, (4, 8)).astype(np.float32)
+        for version in range(3):  # versions: the same chunks in another order (+ a dropped partial chunk)
+            audio = np.concatenate([chunks[rng.permutation(4)].ravel(), rng.uniform(-0.5, 0.5, 5)])
+            name = f"g{group}_v{version}.wav"
+            soundfile.write(str(tmp_path / name), audio, 22050, subtype="FLOAT")
+            rows.append(f"{name},work{group}")
+    (tmp_path / "covers.csv").write_text("path,group\n" + "\n".join(rows) + "\n")
+    clipset = evaluation.load_cover_csv(str(tmp_path / "covers.csv"))
+    assert clipset.groups == [f"work{g}" for g in range(3) for _ in range(3)]
+    scores = evaluation.cover_song_eval(Identity8(), clipset, batch_size=5)
+    assert scores["map"] == pytest.approx(1.0) and scores["mr1"] == pytest.approx(1.0)
+    assert scores["precision_at_10"] == pytest.approx(2 / 8) and scores["n_queries"] == 9
+    with pytest.raises(ValueError, match="group"):
+        evaluation.cover_song_eval(Identity8(), evaluation.ClipSet(clipset.clips, None))
