@@ -478,13 +478,18 @@ def hf_cache_dir(cache_dir=None):
 def snapshot(handle, revision=None, cache_dir=None):
     """Download (or find in the cache) the snapshot of an hf:// handle; return its folder."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     repo_id, handle_revision = parse_hf_handle(handle)
     revision = revision or handle_revision
     offline = _offline()
     try:
         return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline)
+    except RevisionNotFoundError as error:
+        raise PresetError(f"{handle}: revision {revision!r} does not exist on the Hub ({error}).") from error
+    except RepositoryNotFoundError as error:
+        raise PresetError(f"{handle}: no such repository on the Hugging Face Hub (or it is private/gated and no "
+                          f"token is set: `hf auth login`). ({error})") from error
     except LocalEntryNotFoundError as error:
         where = hf_cache_dir(cache_dir)
         reason = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
@@ -548,7 +553,7 @@ def resolve(name_or_handle, task=None, revision=None, cache_dir=None):
     if handle is not None:
         try:
             return snapshot(handle, revision=revision, cache_dir=cache_dir)
-        except (PresetNotCachedError, OSError) as error:
+        except (PresetError, OSError) as error:
             if preset.local_builder is None:
                 raise
             first_error = error
