@@ -8,6 +8,7 @@
 
     python -m benchmarks.export                 # ~2-4 min on a loaded 2-core machine
     python -m benchmarks.export --reps 7 --skip-reference-run
+    python -m benchmarks.export --only-models --models=tagger,pemr,musicnn-mtt,vgg-mtt
 
 The ONNX sessions are timed interleaved (round-robin, one batch each per round) so every ratio
 comes from the same minutes of machine load; medians over ``--reps`` rounds. The reference
@@ -69,13 +70,92 @@ def _op_counts(path):
     return dict(collections.Counter(node.op_type for node in onnx.load(path).graph.node))
 
 
+def _other_model(name):
+    """Full-size models besides the SampleCNN encoder: 'tagger', 'pemr' or a musicnn preset name."""
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    if name == "tagger":
+        from keras_clmr.models import MusicTagger
+
+        tagger = MusicTagger(_model(), 50)
+        tagger.build((None, 59049))
+        return tagger
+    if name == "pemr":
+        from keras_clmr.models.fcn import FCN
+
+        model = FCN()
+        model(np.zeros((1, model.input_samples), "float32"))
+        return model
+    from keras_clmr.hub import load_pretrained
+
+    return load_pretrained(name, task="tag")
+
+
+def _parity_figures(parity):
+    figures = {"max_abs_diff": parity["max_abs_diff"]}
+    if "without_float16_rounding" in parity:
+        figures["without_float16_rounding"] = parity["without_float16_rounding"]["max_abs_diff"]
+    return figures
+
+
+def other_models(names, batch, reps):
+    """Parity and windows/s (ONNX Runtime, SavedModel) of each full-size model, exported both ways."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_clmr import export
+
+    out = {}
+    for name in names:
+        model = _other_model(name)
+        work = tempfile.mkdtemp(prefix=f"keras_clmr_bench_{name}-")
+        onnx_path, saved = os.path.join(work, "model.onnx"), os.path.join(work, "saved_model")
+        onnx_info = export.export_onnx(model, onnx_path)
+        saved_info = export.export_savedmodel(model, saved)
+        entry = {"class": type(model).__name__, "parameters": int(model.count_params()),
+                 "input_samples": export.input_samples(model),
+                 "onnx_parity": _parity_figures(export.checked_parity("onnx", model, onnx_path)),
+                 "savedmodel_parity": _parity_figures(export.checked_parity("savedmodel", model, saved)),
+                 "onnx_export_s": onnx_info["export_seconds"], "savedmodel_export_s": saved_info["export_seconds"],
+                 "onnx_ops_removed_by_pass": onnx_info["optimized"]["nodes_before"] - onnx_info["optimized"]["nodes_after"]}
+        audio = np.random.default_rng(1).uniform(-0.5, 0.5, (batch, entry["input_samples"])).astype("float32")
+        session = export.onnx_session(onnx_path)
+        signature = tf.saved_model.load(saved).signatures["tag" if export.split_model(model)[1] else "embed"]
+        runs = {"onnxruntime": lambda: session.run(None, {"audio": audio}),
+                "savedmodel": lambda: signature(audio=tf.constant(audio))}
+        times = {k: [] for k in runs}
+        for fn in runs.values():
+            fn()
+        for _ in range(reps):
+            for key, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+        for key, values in times.items():
+            entry[f"{key}_windows_per_s_median"] = round(batch / statistics.median(values), 2)
+        out[name] = entry
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--skip-reference-run", action="store_true",
                         help="do not run reference_clmr.py infer (reuse its ONNX file if it exists)")
+    parser.add_argument("--models", default="",
+                        help="also export and time these full-size models (comma list of: tagger, pemr, musicnn-mtt, "
+                             "vgg-mtt, ...), 3 interleaved rounds each")
+    parser.add_argument("--only-models", action="store_true", help="skip the SampleCNN/reference comparison")
     args = parser.parse_args()
+    if args.only_models:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        print(json.dumps({"batch": args.batch, "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+                          "models": other_models([m for m in args.models.split(",") if m], args.batch, 3),
+                          "loadavg_end": [round(x, 2) for x in os.getloadavg()]}))
+        return 0
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
@@ -150,6 +230,8 @@ def main():
     import onnxruntime
 
     result["versions"] = {"onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__}
+    if args.models:
+        result["models"] = other_models([m for m in args.models.split(",") if m], args.batch, 3)
     print(json.dumps(result))
 
 

@@ -461,6 +461,51 @@ def check_onnx_parity(model, path, batches=PARITY_BATCHES, atol=PARITY_ATOL, see
     return _compare(lambda audio: run_onnx(session, audio), model, batches, atol, seed, f"ONNX export {path}")
 
 
+FLOAT16_ATOL = 1e-3
+FLOAT16_NOTE = (
+    "The frontend rounds the mel power to float16 before the log (musicnn's own input pipeline does). A float32 "
+    "difference of one ulp in the DFT (another runtime's summation order) can flip one float16 rounding, a 2^-11 "
+    "relative step in one mel bin, so outputs of the exported graph and of Keras can differ by more than 1e-4 on "
+    "some inputs. The graph itself is checked with the rounding switched off in both (without_float16_rounding, "
+    "<= atol); the shipped graph is checked against the looser float16_atol.")
+
+
+def _float16_frontend(model):
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "float16_rounding", False):
+            return layer
+    return None
+
+
+def checked_parity(fmt, model, path, *, batches=PARITY_BATCHES, atol=PARITY_ATOL):
+    """Parity of an export at ``path`` ("onnx" or "savedmodel"); raises ParityError above the tolerance.
+
+    A model whose frontend rounds to float16 (musicnn) that misses ``atol`` is re-exported with the
+    rounding off: that graph must meet ``atol``, and the shipped one ``FLOAT16_ATOL`` (see ``FLOAT16_NOTE``).
+    """
+    check = check_onnx_parity if fmt == "onnx" else check_savedmodel_parity
+    try:
+        return check(model, path, batches=batches, atol=atol)
+    except ParityError:
+        frontend = _float16_frontend(model)
+        if frontend is None:
+            raise
+    probe = _tmp_path(path, ".f32")
+    frontend.float16_rounding = False
+    try:
+        (export_onnx if fmt == "onnx" else export_savedmodel)(model, probe)
+        exact = check(model, probe, batches=batches, atol=atol)
+    finally:
+        frontend.float16_rounding = True
+        if os.path.isdir(probe):
+            shutil.rmtree(probe, ignore_errors=True)
+        elif os.path.exists(probe):
+            os.remove(probe)
+    shipped = check(model, path, batches=batches, atol=FLOAT16_ATOL)
+    shipped.update(float16_atol=FLOAT16_ATOL, without_float16_rounding=exact, note=FLOAT16_NOTE)
+    return shipped
+
+
 def check_savedmodel_parity(model, path, batches=PARITY_BATCHES, atol=PARITY_ATOL, seed=0):
     """As ``check_onnx_parity`` for a SavedModel folder (loaded with ``tf.saved_model.load``)."""
     import tensorflow as tf
@@ -556,7 +601,7 @@ def export_preset(model, output=None, formats="all", *, task=None, opset=DEFAULT
             staged = _tmp_path(target, ".onnx")
             info = export_onnx(model, staged, opset=opset, optimize=optimize)
             try:
-                info["parity"] = check_onnx_parity(model, staged, batches=batches, atol=atol)
+                info["parity"] = checked_parity("onnx", model, staged, batches=batches, atol=atol)
             except BaseException:
                 os.remove(staged)
                 raise
@@ -568,7 +613,7 @@ def export_preset(model, output=None, formats="all", *, task=None, opset=DEFAULT
             staged = _tmp_path(target)
             info = export_savedmodel(model, staged)
             try:
-                info["parity"] = check_savedmodel_parity(model, staged, batches=batches, atol=atol)
+                info["parity"] = checked_parity("savedmodel", model, staged, batches=batches, atol=atol)
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
