@@ -1,6 +1,8 @@
 """`make demo`: the whole zoo on the offline demo corpus, in a few minutes on a CPU.
 
 1. pretrain a small CLMR on the synthetic demo corpus (training/pretrain.py);
+2. linear probe of its encoder on the corpus's tags, next to the same probe on a randomly
+   initialised encoder (training/linear_eval.py);
 
 Everything goes to demo_output/ (or $DEMO_OUTPUT).
 """
@@ -33,10 +35,25 @@ def pretrain():
     return run_dir
 
 
+def run(*args):
+    command = [sys.executable, "-m", *args]
+    print("$ python -m", " ".join(args), flush=True)
+    subprocess.run(command, cwd=REPO, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def linear_probe(run_dir):
+    stage("2. Linear probe: pretrained vs randomly initialised encoder")
+    output = os.path.join(OUTPUT, "linear_eval")
+    run("training.linear_eval", f"--checkpoint={run_dir}", "--dataset=demo", "--compare_random",
+        f"--output_dir={output}")
+    return output
+
+
 def main():
     start = time.time()
     os.makedirs(OUTPUT, exist_ok=True)
     run_dir = pretrain()
+    linear_probe(run_dir)
     print(f"\nDemo finished in {time.time() - start:.0f} s. Pretrained encoder: "
           f"{os.path.join(run_dir, 'encoder.keras')}")
 
