@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 CHECKPOINT_PATTERN = "epoch-{epoch:05d}.keras"
+STEP_CHECKPOINT_PATTERN = "step-{step:010d}.keras"
 STATE_FILE = "state.json"
 
 
@@ -110,20 +111,122 @@ class EpochCheckpoint(keras.callbacks.Callback):
     never a truncated file that looks finished. Only the newest ``keep`` are kept.
     """
 
-    def __init__(self, directory, keep=3, extra_state=None):
+    def __init__(self, directory, keep=3, extra_state=None, steps_per_epoch=None, write=True):
         super().__init__()
         self.directory = directory
         self.keep = int(keep)
         self.extra_state = dict(extra_state or {})
+        self.steps_per_epoch = steps_per_epoch
+        # Under multi-worker training only the chief writes (write=False elsewhere).
+        self.write = bool(write)
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.write:
+            return
         path = os.path.join(self.directory, CHECKPOINT_PATTERN.format(epoch=epoch + 1))
         atomic_save_model(self.model, path)
-        state = {"epoch": epoch + 1, "checkpoint": os.path.basename(path),
+        state = {"epoch": epoch + 1, "step_in_epoch": 0, "checkpoint": os.path.basename(path),
                  "logs": {k: float(v) for k, v in (logs or {}).items()}, **self.extra_state}
+        if self.steps_per_epoch:
+            state["step"] = (epoch + 1) * int(self.steps_per_epoch)
         atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
         for old in list_checkpoints(self.directory)[:-self.keep]:
             os.remove(old)
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Every ``every_steps`` training steps (within an epoch): the whole model (weights,
+    optimizer state, seed-generator states) to ``<directory>/step-NNNNNNNNNN.keras``
+    atomically, then ``state.json`` naming it with the global step, the epoch and the step
+    within the epoch. Use it next to ``EpochCheckpoint``, which covers the epoch ends. Only
+    the newest ``keep`` step checkpoints are kept. A killed run loses at most
+    ``every_steps`` steps: resume with ``resume_position`` + ``fit_resumable``.
+    """
+
+    def __init__(self, directory, every_steps, steps_per_epoch, keep=3, initial_step=0, extra_state=None,
+                 write=True):
+        super().__init__()
+        if int(every_steps) < 1:
+            raise ValueError(f"every_steps must be >= 1, got {every_steps}.")
+        self.directory = directory
+        self.every_steps = int(every_steps)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.keep = int(keep)
+        self.step = int(initial_step)
+        self.extra_state = dict(extra_state or {})
+        self.write = bool(write)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        if not self.write or self.step % self.every_steps or in_epoch == 0:
+            return  # epoch ends are EpochCheckpoint's
+        path = os.path.join(self.directory, STEP_CHECKPOINT_PATTERN.format(step=self.step))
+        atomic_save_model(self.model, path)
+        state = {"epoch": epoch, "step_in_epoch": in_epoch, "step": self.step,
+                 "checkpoint": os.path.basename(path),
+                 "logs": {k: float(v) for k, v in (logs or {}).items()}, **self.extra_state}
+        atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
+        for old in list_step_checkpoints(self.directory)[:-self.keep]:
+            os.remove(old)
+
+
+def list_step_checkpoints(directory):
+    """Finished step checkpoints in ``directory``, oldest first."""
+    paths = glob.glob(os.path.join(directory, "step-*.keras"))
+    return sorted(paths, key=lambda p: int(re.search(r"step-(\d+)", os.path.basename(p)).group(1)))
+
+
+def resume_position(directory):
+    """(path, epoch, step_in_epoch) of the newest checkpoint named in ``state.json``:
+    ``epoch`` finished epochs plus ``step_in_epoch`` steps of the next one."""
+    path, epoch = latest_checkpoint(directory)
+    with open(os.path.join(directory, STATE_FILE)) as file:
+        state = json.load(file)
+    return path, epoch, int(state.get("step_in_epoch", 0))
+
+
+class _Skip(keras.utils.PyDataset):
+    """The batches of ``data`` (a PyDataset) from ``offset`` on, for a resumed epoch."""
+
+    def __init__(self, data, offset):
+        super().__init__()
+        self.data = data
+        self.offset = int(offset)
+
+    def __len__(self):
+        return len(self.data) - self.offset
+
+    def __getitem__(self, index):
+        return self.data[index + self.offset]
+
+
+def fit_resumable(model, data, *, epochs, steps_per_epoch, initial_epoch=0, initial_step_in_epoch=0, **kwargs):
+    """``model.fit`` that can start ``initial_step_in_epoch`` steps into ``initial_epoch``.
+
+    With a ``SegmentBatches`` (a pure function of seed, epoch and index) the resumed run
+    sees exactly the batches the killed run would have seen. Another dataset (tf.data)
+    restarts its stream and only the step count is restored. Returns the last History.
+    """
+    history = None
+    if initial_step_in_epoch:
+        if not 0 < initial_step_in_epoch < steps_per_epoch:
+            raise CheckpointError(f"Cannot resume {initial_step_in_epoch} steps into a {steps_per_epoch}-step epoch.")
+        remaining = steps_per_epoch - initial_step_in_epoch
+        if isinstance(data, SegmentBatches):
+            data.epoch = initial_epoch
+            partial = _Skip(data, initial_step_in_epoch)
+        else:
+            partial = data
+        history = model.fit(partial, epochs=initial_epoch + 1, initial_epoch=initial_epoch,
+                            steps_per_epoch=remaining, **kwargs)
+        initial_epoch += 1
+    if isinstance(data, SegmentBatches):
+        data.epoch = initial_epoch
+    if initial_epoch < epochs:
+        history = model.fit(data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                            **kwargs)
+    return history
 
 
 def list_checkpoints(directory):

@@ -45,9 +45,27 @@ flags.DEFINE_integer("transformer_heads", 3, "PEMR: heads of the mask-generator 
 flags.DEFINE_integer("mel_sample_rate", 16000,
                      "PEMR: rate of the mel filterbank (16000 as in the official code, whatever the audio rate).")
 
+flags.DEFINE_enum("distribution", "none", ["none", "mirrored", "multi_worker", "tpu", "data_parallel"],
+                  "Data parallelism. TensorFlow: 'mirrored' (the devices of this host), 'multi_worker' (hosts "
+                  "listed in TF_CONFIG), 'tpu'; JAX: 'data_parallel' (keras.distribution.DataParallel).")
+flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N logical devices (to try a distribution without "
+                     "accelerators; JAX also needs XLA_FLAGS=--xla_force_host_platform_device_count=N).")
+flags.DEFINE_bool("global_negatives", True, "Contrast every view against the whole global batch; "
+                  "--noglobal_negatives contrasts within each replica's slice, like the original CLMR.")
+flags.DEFINE_bool("sync_batchnorm", True, "BatchNorm statistics over the global batch (TensorFlow strategies; "
+                  "JAX data_parallel always does this), as the original's sync_batchnorm.")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
+                  "Compute dtype (variables, loss and similarities stay float32; float16 adds loss scaling).")
+flags.DEFINE_enum("optimizer", "adam", ["adam", "lars"],
+                  "'adam' (3e-4, CLMR master) or 'lars' (CLMR 2.0 paper runs: lr 0.075*sqrt(batch), weight "
+                  "decay 1e-6, warm-up then cosine decay; --learning_rate overrides the peak when given).")
+flags.DEFINE_integer("warmup_epochs", 10, "LARS: epochs of linear learning-rate warm-up (CLMR 2.0 used 30).")
+flags.DEFINE_integer("checkpoint_every_steps", 0, "Also checkpoint every N steps within an epoch (0: epoch "
+                     "ends only); a killed run then loses at most N steps.")
+
 
 def build_pretrainer(model, *, sample_rate=22050, channels=None, projection_dim=None, temperature=0.5,
-                     augment="clmr", seed=None, **pemr_options):
+                     augment="clmr", seed=None, negatives="global", **pemr_options):
     """The pretrainer named ``model``, uncompiled.
 
     ``pemr_options`` (model "pemr" only): mask_ratio, pred_weight, neg_weight, offdiag_weight,
@@ -61,7 +79,8 @@ def build_pretrainer(model, *, sample_rate=22050, channels=None, projection_dim=
             raise ValueError(f"Options {sorted(pemr_options)} only apply to --model=pemr.")
         encoder = SampleCNN.for_sample_rate(sample_rate, **kwargs)
         return CLMR(encoder, projection_dim=projection_dim or 128, temperature=temperature,
-                    augmentation=build_augmentation(augment, sample_rate, seed), seed=seed)
+                    augmentation=build_augmentation(augment, sample_rate, seed), seed=seed,
+                    negatives=negatives)
     if model == "pemr":
         from keras_clmr.models import FCN, PEMR
 
@@ -148,23 +167,43 @@ def main(argv):
     del argv
     import keras
 
-    from keras_clmr.pretraining import EpochCheckpoint, CheckpointError, atomic_save_model, latest_checkpoint, load_checkpoint
+    from keras_clmr import distributed
+    from keras_clmr.optimizers import build_optimizer
+    from keras_clmr.pretraining import (EpochCheckpoint, CheckpointError, StepCheckpoint, atomic_save_model,
+                                        fit_resumable, load_checkpoint, resume_position)
 
+    try:
+        if FLAGS.logical_cpus:
+            distributed.split_logical_cpus(FLAGS.logical_cpus)
+        dist = distributed.setup_distribution(FLAGS.distribution)
+    except distributed.DistributionError as error:
+        raise app.UsageError(str(error))
+    if FLAGS.batch_size % dist.num_replicas:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is not divisible by the {dist.num_replicas} replicas.")
+    if FLAGS.mixed_precision != "none":
+        keras.config.set_dtype_policy(f"mixed_{FLAGS.mixed_precision}")
     keras.utils.set_random_seed(FLAGS.seed)
     checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
     backend = keras.backend.backend()
     jit_compile = FLAGS.jit_compile and backend in ("tensorflow", "jax")
     if FLAGS.jit_compile and not jit_compile:
         logging.info("jit_compile is not used on the %s backend.", backend)
+    if jit_compile and FLAGS.distribution in ("mirrored", "multi_worker") and dist.num_replicas > 1:
+        # XLA clusters in a multi-device tf.distribute step fail on per-replica resources (the crop
+        # seed state: "Trying to access resource ... located in device ... CPU:1 from ... CPU:0").
+        logging.warning("jit_compile is turned off under --distribution=%s (XLA and tf.distribute replicas).",
+                        FLAGS.distribution)
+        jit_compile = False
 
-    initial_epoch = 0
+    initial_epoch = initial_step = 0
     if FLAGS.resume:
         try:
-            path, initial_epoch = latest_checkpoint(checkpoint_dir)
+            path, initial_epoch, initial_step = resume_position(checkpoint_dir)
         except CheckpointError as error:
             raise app.UsageError(str(error))
-        model = load_checkpoint(path)
-        logging.info("Resuming from %s (epoch %d).", path, initial_epoch)
+        with dist.scope():
+            model = load_checkpoint(path)
+        logging.info("Resuming from %s (epoch %d, step %d of the next).", path, initial_epoch, initial_step)
         if initial_epoch >= FLAGS.epochs:
             print(f"Already trained {initial_epoch} >= --epochs={FLAGS.epochs} epochs; nothing to do.")
             return
@@ -172,10 +211,13 @@ def main(argv):
         pemr_options = {}
         if FLAGS.model == "pemr":
             pemr_options = {name: getattr(FLAGS, name) for name in _PEMR_FLAGS}
-        model = build_pretrainer(FLAGS.model, sample_rate=FLAGS.sample_rate, channels=FLAGS.channels,
-                                 projection_dim=FLAGS.projection_dim, temperature=FLAGS.temperature,
-                                 augment=FLAGS.augment, seed=FLAGS.seed, **pemr_options)
-        model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate), jit_compile=jit_compile)
+        with dist.scope():
+            model = build_pretrainer(FLAGS.model, sample_rate=FLAGS.sample_rate, channels=FLAGS.channels,
+                                     projection_dim=FLAGS.projection_dim, temperature=FLAGS.temperature,
+                                     augment=FLAGS.augment, seed=FLAGS.seed,
+                                     negatives="global" if FLAGS.global_negatives else "local", **pemr_options)
+            if FLAGS.sync_batchnorm:
+                distributed.set_sync_batchnorm(model)
 
     crop = model.input_samples
     segment_samples = FLAGS.segment_samples or 2 * crop
@@ -185,22 +227,36 @@ def main(argv):
                                                   FLAGS.seed)
     if hasattr(data, "epoch"):
         data.epoch = initial_epoch
+    if not FLAGS.resume:
+        learning_rate = FLAGS.learning_rate if (FLAGS.optimizer == "adam" or FLAGS["learning_rate"].present) else None
+        with dist.scope():
+            model.compile(optimizer=build_optimizer(FLAGS.optimizer, batch_size=FLAGS.batch_size,
+                                                    steps_per_epoch=steps, epochs=FLAGS.epochs,
+                                                    warmup_epochs=FLAGS.warmup_epochs, learning_rate=learning_rate),
+                          jit_compile=jit_compile)
     print(f"Pretraining {FLAGS.model} ({model.encoder.count_params():,} encoder parameters) on {description}: "
-          f"{steps} steps/epoch, backend {backend}, jit_compile={jit_compile}.", flush=True)
+          f"{steps} steps/epoch, backend {backend}, jit_compile={jit_compile}, {dist}.", flush=True)
 
     callbacks = [
         EpochCheckpoint(checkpoint_dir, keep=FLAGS.keep_checkpoints,
                         extra_state={"flags": {k: str(v) for k, v in FLAGS.flag_values_dict().items()
-                                               if k in _OWN_FLAGS}}),
+                                               if k in _OWN_FLAGS}}, steps_per_epoch=steps, write=dist.is_chief),
         keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "logs")),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if FLAGS.checkpoint_every_steps:
+        callbacks.insert(1, StepCheckpoint(checkpoint_dir, FLAGS.checkpoint_every_steps, steps,
+                                           keep=FLAGS.keep_checkpoints, initial_step=initial_epoch * steps + initial_step,
+                                           write=dist.is_chief))
     try:
-        model.fit(data, epochs=FLAGS.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        fit_resumable(model, data, epochs=FLAGS.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
+                      initial_step_in_epoch=initial_step, callbacks=callbacks,
+                      verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished epochs are in {checkpoint_dir}; continue with --resume.")
         raise SystemExit(130)
+    if not dist.is_chief:
+        return
     atomic_save_model(model, os.path.join(FLAGS.output_dir, "model.keras"))
     atomic_save_model(model.encoder, os.path.join(FLAGS.output_dir, "encoder.keras"))
     print(f"Saved the pretrainer to {os.path.join(FLAGS.output_dir, 'model.keras')} and its encoder to "
@@ -210,7 +266,8 @@ def main(argv):
 _OWN_FLAGS = ("model", "dataset", "data_dir", "batch_size", "epochs", "steps_per_epoch", "learning_rate",
               "projection_dim", "temperature", "augment", "sample_rate", "channels", "segment_samples",
               "jit_compile", "seed", "mask_ratio", "pred_weight", "neg_weight", "offdiag_weight",
-              "transformer_layers", "transformer_heads", "mel_sample_rate")
+              "transformer_layers", "transformer_heads", "mel_sample_rate", "distribution", "global_negatives",
+              "sync_batchnorm", "mixed_precision", "optimizer", "warmup_epochs", "checkpoint_every_steps")
 _PEMR_FLAGS = ("mask_ratio", "pred_weight", "neg_weight", "offdiag_weight", "transformer_layers",
                "transformer_heads", "mel_sample_rate")
 
