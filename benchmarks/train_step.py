@@ -9,6 +9,14 @@ one warm-up step (it includes compilation) and --steps timed steps; the figure i
 median step time. Prints one JSON object. With --reference, the original PyTorch CLMR train
 step (../shared/bench/reference_clmr.py train, same batch) runs in the same invocation, so
 the ratio is measured side by side on the same, possibly busy, machine.
+
+    python -m benchmarks.train_step --distribution=mirrored --backends=tensorflow --jit=off
+
+With --distribution (mirrored on TensorFlow, data_parallel on JAX), each backend runs twice
+on a host split into --devices logical CPU devices: single-device and distributed (global
+negatives, synchronised BatchNorm), both timed through ``fit`` (``train_on_batch`` does not
+split the batch across tf.distribute replicas): one warm-up fit step, then --steps steps
+in one fit call; the figure is their mean.
 """
 
 import argparse
@@ -90,15 +98,53 @@ def worker(args):
     }
 
 
-def run_config(backend, model, jit_compile, augment, batch, steps):
+def distributed_worker(args):
+    """Runs in the subprocess: fit-based step time on logical devices, with or without a
+    distribution (args.distribution == "none": one device of the same split host)."""
+    import keras
+    import numpy as np
+
+    from keras_clmr import distributed
+
+    distributed.split_logical_cpus(args.devices)
+    dist = distributed.setup_distribution(args.distribution)
+    with dist.scope():
+        model = build_model(args.model, args.augment)
+        distributed.set_sync_batchnorm(model)
+        model.compile(optimizer=keras.optimizers.Adam(3e-4), jit_compile=args.jit_compile)
+    rng = np.random.default_rng(0)
+    x = (0.1 * rng.standard_normal((args.batch * args.steps, model.input_samples + 4096))).astype("float32")
+    start = time.perf_counter()
+    model.fit(x[:args.batch], batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+    warmup = time.perf_counter() - start
+    own0 = os.times()
+    start = time.perf_counter()
+    history = model.fit(x, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+    elapsed = time.perf_counter() - start
+    own1 = os.times()
+    step = elapsed / args.steps
+    return {
+        "model": args.model, "backend": keras.backend.backend(), "jit_compile": args.jit_compile,
+        "augment": args.augment, "pairs": args.batch, "views": 2 * args.batch,
+        "distribution": args.distribution, "replicas": dist.num_replicas, "logical_devices": args.devices,
+        "step_s": round(step, 3), "views_per_s": round(2 * args.batch / step, 3), "warmup_s": round(warmup, 1),
+        "process_cpu_s_per_step": round(((own1.user + own1.system) - (own0.user + own0.system)) / args.steps, 3),
+        "loss": float(history.history["loss"][-1]),
+    }
+
+
+def run_config(backend, model, jit_compile, augment, batch, steps, distribution=None, devices=2):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, "-m", "benchmarks.train_step", "--worker", f"--model={model}",
                f"--batch={batch}", f"--steps={steps}", f"--augment={augment}"]
+    if distribution is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        command += [f"--distribution={distribution}", f"--devices={devices}"]
     command.append("--jit_compile" if jit_compile else "--no-jit_compile")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         return {"model": model, "backend": backend, "jit_compile": jit_compile, "augment": augment,
-                "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+                "distribution": distribution, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -126,12 +172,33 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--jit", default="both", choices=["both", "on", "off"])
     parser.add_argument("--reference", action="store_true", help="also run the original PyTorch train step")
+    parser.add_argument("--distribution", default=None, choices=["none", "mirrored", "data_parallel"],
+                        help="compare single-device with this distribution on --devices logical CPU devices "
+                             "(mirrored: TensorFlow; data_parallel: JAX)")
+    parser.add_argument("--devices", type=int, default=2, help="logical CPU devices with --distribution")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True,
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(distributed_worker(args) if args.distribution else worker(args)))
+        return
+    if args.distribution:
+        results = []
+        for backend in args.backends.split(","):
+            name = {"tensorflow": "mirrored", "jax": "data_parallel"}.get(backend)
+            if name is None or args.distribution not in ("none", name):
+                continue  # no data-parallel engine for this backend in released Keras
+            jit = args.jit == "on"
+            for distribution in ("none", name):
+                results.append(run_config(backend, args.model, jit, args.augment, args.batch, args.steps,
+                                          distribution, args.devices))
+                print(json.dumps(results[-1]), file=sys.stderr)
+            single, multi = results[-2], results[-1]
+            if "views_per_s" in single and "views_per_s" in multi:
+                multi["speedup_vs_single_device"] = round(multi["views_per_s"] / single["views_per_s"], 2)
+        print(json.dumps({"benchmark": "train_step", "model": args.model, "augment": args.augment,
+                          "pairs": args.batch, "devices": args.devices, "results": results}, indent=2))
         return
 
     results = []
