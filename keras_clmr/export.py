@@ -470,11 +470,9 @@ FLOAT16_NOTE = (
     "<= atol); the shipped graph is checked against the looser float16_atol.")
 
 
-def _float16_frontend(model):
-    for layer in model._flatten_layers(include_self=False):
-        if getattr(layer, "float16_rounding", False):
-            return layer
-    return None
+def _float16_layers(model):
+    # Every layer carrying the flag (the frontend, and models that store it in their config).
+    return [layer for layer in model._flatten_layers(include_self=True) if getattr(layer, "float16_rounding", False)]
 
 
 def checked_parity(fmt, model, path, *, batches=PARITY_BATCHES, atol=PARITY_ATOL):
@@ -487,16 +485,18 @@ def checked_parity(fmt, model, path, *, batches=PARITY_BATCHES, atol=PARITY_ATOL
     try:
         return check(model, path, batches=batches, atol=atol)
     except ParityError:
-        frontend = _float16_frontend(model)
-        if frontend is None:
+        rounding = _float16_layers(model)
+        if not rounding:
             raise
     probe = _tmp_path(path, ".f32")
-    frontend.float16_rounding = False
+    for layer in rounding:
+        layer.float16_rounding = False
     try:
         (export_onnx if fmt == "onnx" else export_savedmodel)(model, probe)
         exact = check(model, probe, batches=batches, atol=atol)
     finally:
-        frontend.float16_rounding = True
+        for layer in rounding:
+            layer.float16_rounding = True
         if os.path.isdir(probe):
             shutil.rmtree(probe, ignore_errors=True)
         elif os.path.exists(probe):

@@ -190,27 +190,29 @@ def test_float16_frontend_fallback(tmp_path, monkeypatch):
     """musicnn rounds its mel to float16: when a runtime's last-ulp difference flips a rounding (simulated here
     on the first check), the graph is re-checked with the rounding off (<= 1e-4) and the shipped one at 1e-3."""
     from keras_clmr import export
-    from keras_clmr.models import Musicnn
+    from keras_clmr.models import Musicnn, MusicTagger
 
-    model = Musicnn(architecture="vgg", vgg_filters=4, n_frames=128)
+    backbone = Musicnn(architecture="vgg", vgg_filters=4, n_frames=128)
+    model = MusicTagger(backbone, 3)  # the flag sits on the tagger's backbone and on its frontend
+    model.build((None, backbone.input_samples))
     model(np.zeros((1, model.input_samples), "float32"))
     path = str(tmp_path / "m.onnx")
     export.export_onnx(model, path)
     real, calls = export.check_onnx_parity, []
 
     def flaky(m, p, **kwargs):
-        calls.append((p, kwargs["atol"]))
+        calls.append((p, kwargs["atol"], backbone.frontend.float16_rounding))
         if len(calls) == 1:
             raise export.ParityError("simulated float16 flip")
         return real(m, p, **kwargs)
 
     monkeypatch.setattr(export, "check_onnx_parity", flaky)
     parity = export.checked_parity("onnx", model, path)
-    assert [atol for _, atol in calls] == [1e-4, 1e-4, 1e-3]
+    assert [(atol, rounding) for _, atol, rounding in calls] == [(1e-4, True), (1e-4, False), (1e-3, True)]
     assert calls[1][0] != path and not os.path.exists(calls[1][0])  # the rounding-off probe, removed
     assert max(parity["without_float16_rounding"]["max_abs_diff"]["embedding"].values()) <= 1e-4
     assert parity["float16_atol"] == 1e-3 and "float16" in parity["note"]
-    assert model.frontend.float16_rounding is True  # restored
+    assert backbone.frontend.float16_rounding is True and backbone.float16_rounding is True  # restored
     # A model without such a frontend gets no second chance.
     calls.clear()
     plain = tiny_sample_cnn()
