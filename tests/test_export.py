@@ -111,9 +111,14 @@ def test_musicnn_preset_both_formats(tmp_path, monkeypatch):
 
     summary = export.export_preset("musicnn-mtt", tmp_path / "musicnn", "all", task="tag")
     for fmt in ("onnx", "savedmodel"):
-        figures = summary["exports"][fmt]["parity"]["max_abs_diff"]
-        assert set(figures) == {"embedding", "tags"}
-        assert max(max(f.values()) for f in figures.values()) <= 1e-4
+        parity = summary["exports"][fmt]["parity"]
+        assert set(parity["max_abs_diff"]) == {"embedding", "tags"}
+        worst = max(max(f.values()) for f in parity["max_abs_diff"].values())
+        if "without_float16_rounding" in parity:  # a float16 rounding flipped (see export.FLOAT16_NOTE)
+            exact = parity["without_float16_rounding"]["max_abs_diff"]
+            assert max(max(f.values()) for f in exact.values()) <= 1e-4 and worst <= 1e-3
+        else:
+            assert worst <= 1e-4
     metadata = hub.verify_preset(tmp_path / "musicnn")
     assert "model.onnx" in metadata["files"] and "saved_model/saved_model.pb" in metadata["files"]
     # The cache copy was not modified: the export went to a copy.
