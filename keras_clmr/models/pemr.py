@@ -105,11 +105,11 @@ class PEMRMaskGenerator(layers.Layer):
 
     def frame_scores(self, tokens_1, tokens_2, training=None):
         """Importance of each frame of view 2, [B, N] (each row sums to 1)."""
-        h_1 = self.input_dropout(tokens_1, training=training)
-        h_2 = self.input_dropout(tokens_2, training=training)
+        # Both views in one batch: the transformer has no cross-example coupling.
+        h = self.input_dropout(ops.concatenate([tokens_1, tokens_2], axis=0), training=training)
         for layer in self.encoder_layers[:-1]:
-            h_1 = layer(h_1, training=training)
-            h_2 = layer(h_2, training=training)
+            h = layer(h, training=training)
+        h_1, h_2 = ops.split(h, 2, axis=0)
         attention = self.encoder_layers[-1].self_attention
         keys = attention.key_heads(h_2[:, 1:])  # [B, H, N, d_k]
         keys_t = ops.transpose(keys, (0, 1, 3, 2))
@@ -167,8 +167,9 @@ class PEMRMaskGenerator(layers.Layer):
         The targets are the (CLS + position) tokens themselves, not detached, as in the code.
         """
         inputs_1, mask_1, inputs_2, mask_2 = self.bert_mask(tokens_1, tokens_2)
-        pred_1 = self.pred_layer(self.encode(inputs_1, training=training), training=training)
-        pred_2 = self.pred_layer(self.encode(inputs_2, training=training), training=training)
+        inputs = ops.concatenate([inputs_1, inputs_2], axis=0)
+        pred_1, pred_2 = ops.split(self.pred_layer(self.encode(inputs, training=training), training=training),
+                                   2, axis=0)
         return (pemr_prediction_loss(tokens_1, pred_1, mask_1, self.huber_delta)
                 + pemr_prediction_loss(tokens_2, pred_2, mask_2, self.huber_delta))
 
@@ -306,12 +307,12 @@ class PEMR(keras.Model):
         masked frames [B, frames]; ``pred_loss``: L_pred per example [B].
         """
         view_1, view_2 = self.views(source, training=training)
-        spec_1 = self.encoder.spectrogram(view_1)
-        spec_2 = self.encoder.spectrogram(view_2)
+        # The frontend and the token builder treat examples independently: run both views at once.
+        spec_1, spec_2 = ops.split(self.encoder.spectrogram(ops.concatenate([view_1, view_2], axis=0)), 2, axis=0)
         frames_1 = ops.transpose(spec_1, (0, 2, 1))
         frames_2 = ops.transpose(spec_2, (0, 2, 1))
-        tokens_1 = self.generator.tokens(frames_1)
-        tokens_2 = self.generator.tokens(frames_2)
+        tokens_1, tokens_2 = ops.split(self.generator.tokens(ops.concatenate([frames_1, frames_2], axis=0)),
+                                       2, axis=0)
         pred_loss = self.generator.prediction_loss(tokens_1, tokens_2, training=training)
         scores = self.generator.frame_scores(tokens_1, tokens_2, training=training)
         inessential = self.generator.inessential_mask(scores, self.num_masked)
