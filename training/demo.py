@@ -3,6 +3,9 @@
 1. pretrain a small CLMR on the synthetic demo corpus (training/pretrain.py);
 2. linear probe of its encoder on the corpus's tags, next to the same probe on a randomly
    initialised encoder (training/linear_eval.py);
+3. save the trained demo tagger as a preset, load it back from the folder and from a local
+   Hugging Face cache with HF_HUB_OFFLINE=1 (keras_clmr.load_pretrained), and tag a demo
+   file in Python and with the `keras-clmr` console script;
 
 Everything goes to demo_output/ (or $DEMO_OUTPUT).
 """
@@ -49,11 +52,42 @@ def linear_probe(run_dir):
     return output
 
 
+def presets(probe_dir):
+    stage("3. Preset round trip (folder and offline HF cache) and tagging a file")
+    import json
+
+    import keras
+    import soundfile
+
+    import keras_clmr
+    from keras_clmr.data.demo import make_demo_corpus
+    from keras_clmr.hub import preset_demo
+
+    tagger = keras.saving.load_model(os.path.join(probe_dir, "tagger.keras"))
+    folder = os.path.join(OUTPUT, "presets")
+    os.makedirs(folder, exist_ok=True)
+    corpus = make_demo_corpus(n_clips=1, seconds=12.0, sample_rate=tagger.backbone.sample_rate, seed=7)
+    wav = os.path.join(folder, "demo_clip.wav")
+    soundfile.write(wav, corpus.audio[0], corpus.sample_rate)
+    summary = preset_demo(tagger, folder, wav, repo_id="keras-clmr/demo")
+    print(json.dumps(summary, indent=1))
+    print(f"true tags of {os.path.basename(wav)}: {', '.join(t for t, v in zip(corpus.tags, corpus.labels[0]) if v)}")
+    result = keras_clmr.tag(wav, model=summary["preset_dir"], top_k=3)
+    print("keras_clmr.tag ->", result.top)
+    tags_json = os.path.join(folder, "tags.json")
+    cli = os.path.join(os.path.dirname(sys.executable), "keras-clmr")
+    print(f"$ keras-clmr tag {wav} --model {summary['preset_dir']} --output {tags_json}", flush=True)
+    subprocess.run([cli, "tag", wav, "--model", summary["preset_dir"], "--output", tags_json], check=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return summary["preset_dir"]
+
+
 def main():
     start = time.time()
     os.makedirs(OUTPUT, exist_ok=True)
     run_dir = pretrain()
-    linear_probe(run_dir)
+    probe_dir = linear_probe(run_dir)
+    presets(probe_dir)
     print(f"\nDemo finished in {time.time() - start:.0f} s. Pretrained encoder: "
           f"{os.path.join(run_dir, 'encoder.keras')}")
 

@@ -30,7 +30,10 @@ flags.DEFINE_enum("augment", "clmr", ["clmr", "crop", "none"],
 flags.DEFINE_integer("sample_rate", 22050, "Audio sample rate; picks the SampleCNN stride set.")
 flags.DEFINE_list("channels", None, "Encoder widths for a smaller encoder: 11 ints (SampleCNN) or 4 (PEMR's FCN).")
 flags.DEFINE_integer("segment_samples", None, "Source segment length (default: 2 x the crop).")
-flags.DEFINE_bool("jit_compile", True, "XLA-compile the train step (TensorFlow and JAX backends).")
+flags.DEFINE_bool("jit_compile", None,
+                  "XLA-compile the train step (TensorFlow and JAX backends). Default: on for JAX, and on "
+                  "for TensorFlow only when a GPU/TPU is visible (on CPU, XLA measured slower than TF's "
+                  "oneDNN kernels for SampleCNN: benchmarks/train_step.py).")
 flags.DEFINE_integer("seed", 42, "Seed of the weights, crops, augmentations and data order.")
 flags.DEFINE_string("output_dir", "runs/pretrain", "Where checkpoints, logs and the final model go.")
 flags.DEFINE_bool("resume", False, "Continue from the last checkpoint in --output_dir.")
@@ -163,6 +166,17 @@ def _prepared_pipeline():
     return pipeline
 
 
+def default_jit_compile(backend):
+    """XLA where it helps: always on JAX (its only compiled mode), on TF only with an accelerator."""
+    if backend == "jax":
+        return True
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+    return False
+
+
 def main(argv):
     del argv
     import keras
@@ -185,7 +199,8 @@ def main(argv):
     keras.utils.set_random_seed(FLAGS.seed)
     checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
     backend = keras.backend.backend()
-    jit_compile = FLAGS.jit_compile and backend in ("tensorflow", "jax")
+    jit_compile = default_jit_compile(backend) if FLAGS.jit_compile is None else FLAGS.jit_compile
+    jit_compile = jit_compile and backend in ("tensorflow", "jax")
     if FLAGS.jit_compile and not jit_compile:
         logging.info("jit_compile is not used on the %s backend.", backend)
     if jit_compile and FLAGS.distribution in ("mirrored", "multi_worker") and dist.num_replicas > 1:
