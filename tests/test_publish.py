@@ -26,11 +26,14 @@ def _preset(tmp_path, name="preset", model=None):
 
 
 def _http_error(status):
-    import httpx2
+    try:  # huggingface_hub >= 2 uses httpx2, 1.x httpx
+        import httpx2 as httpx
+    except ImportError:
+        import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
-    request = httpx2.Request("POST", "https://huggingface.co/api/repos/create")
-    return HfHubHTTPError(f"{status} error", response=httpx2.Response(status, request=request))
+    request = httpx.Request("POST", "https://huggingface.co/api/repos/create")
+    return HfHubHTTPError(f"{status} error", response=httpx.Response(status, request=request))
 
 
 @pytest.fixture
