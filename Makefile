@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps musicnn==0.1.0
+	-cd export/examples/onnxruntime-node && npm ci --ignore-scripts --no-audit --no-fund
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,7 +33,11 @@ test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider -m multibackend tests
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.train_step --reference
+	$(PY) -m benchmarks.augment
+	$(PY) -m benchmarks.input_pipeline
+	$(PY) -m benchmarks.inference
+	$(PY) -m benchmarks.export
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

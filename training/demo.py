@@ -6,6 +6,8 @@
 3. save the trained demo tagger as a preset, load it back from the folder and from a local
    Hugging Face cache with HF_HUB_OFFLINE=1 (keras_clmr.load_pretrained), and tag a demo
    file in Python and with the `keras-clmr` console script;
+4. export the preset to SavedModel and ONNX (parity-checked), render its model card, and
+   run `export.publish --dry_run`.
 
 Everything goes to demo_output/ (or $DEMO_OUTPUT).
 """
@@ -82,14 +84,24 @@ def presets(probe_dir):
     return summary["preset_dir"]
 
 
+def export_and_publish(preset_dir, probe_dir):
+    stage("4. Export (SavedModel + ONNX, parity-checked), model card, publish --dry_run")
+    run("export.export", f"--model={preset_dir}", "--format=all")
+    run("export.model_card", f"--preset_dir={preset_dir}", f"--results={os.path.join(probe_dir, 'results.json')}",
+        "--dataset=demo", "--repo_id=keras-clmr/demo",
+        "--training=CLMR pretraining on the synthetic demo corpus (make demo), then a linear probe on its tags.")
+    run("export.publish", f"--preset_dir={preset_dir}", "--repo_id=keras-clmr/demo", "--dry_run")
+
+
 def main():
     start = time.time()
     os.makedirs(OUTPUT, exist_ok=True)
     run_dir = pretrain()
     probe_dir = linear_probe(run_dir)
-    presets(probe_dir)
+    preset_dir = presets(probe_dir)
+    export_and_publish(preset_dir, probe_dir)
     print(f"\nDemo finished in {time.time() - start:.0f} s. Pretrained encoder: "
-          f"{os.path.join(run_dir, 'encoder.keras')}")
+          f"{os.path.join(run_dir, 'encoder.keras')}; preset with exports and card: {preset_dir}")
 
 
 if __name__ == "__main__":
