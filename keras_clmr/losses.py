@@ -98,3 +98,63 @@ def _grouped_nt_xent(z_i, z_j, temperature, groups, dtype):
     positives = ops.take_along_axis(logits, ops.broadcast_to(positive_index[None, :, None], (groups, n2, 1)),
                                     axis=2)[..., 0]
     return ops.mean(ops.logsumexp(logits, axis=2) - positives)
+
+
+# --- PEMR (Yao et al. 2022) objective terms, as the official code computes them. ---------------
+# The official code's contrastive objective is a Barlow-Twins variant on the cross-correlation
+# of batch-normalised projections (pemr/modules/BTLoss.py), not an InfoNCE: there is no
+# temperature and no softmax denominator. The paper's text may state the objective
+# differently; these functions follow the code (checkpoint compatibility).
+
+
+def _float_dtype(x):
+    return "float64" if ops.dtype(x) == "float64" else "float32"
+
+
+def cross_correlation(z_a, z_b):
+    """C = z_a^T z_b / N for two batches [N, D] (already batch-normalised): [D, D]."""
+    dtype = _float_dtype(z_a)
+    z_a, z_b = ops.cast(z_a, dtype), ops.cast(z_b, dtype)
+    return ops.matmul(ops.transpose(z_a), z_b) / ops.cast(ops.shape(z_a)[0], dtype)
+
+
+def pemr_positive_loss(z_anchor, z_positive, offdiag_weight=5e-3):
+    """L_pos = sum_k (1 - C_kk)^2 + offdiag_weight * sum_{k != l} C_kl^2, C = cross_correlation.
+
+    Inputs are the train-mode batch-normalised projections [N, D] of the anchor (view 1) and
+    of the positive (view 2 with its inessential frames masked). ``offdiag_weight`` is the
+    code's ``lambd2``.
+    """
+    c = cross_correlation(z_anchor, z_positive)
+    diag = ops.diagonal(c)
+    on_diag = ops.sum(ops.square(1.0 - diag))
+    off_diag = ops.sum(ops.square(c)) - ops.sum(ops.square(diag))
+    return on_diag + offdiag_weight * off_diag
+
+
+def pemr_negative_loss(z_anchor, z_negative, diag_weight=5e-3):
+    """L_neg = diag_weight * sum_k C_kk^2 with C the cross-correlation of anchor and negative.
+
+    The negative is view 2 keeping only its inessential frames. ``diag_weight`` is the code's
+    ``lambd1``.
+    """
+    c = cross_correlation(z_anchor, z_negative)
+    return diag_weight * ops.sum(ops.square(ops.diagonal(c)))
+
+
+def huber(true, pred, delta=0.1):
+    """Element-wise Huber: 0.5 d^2 where |d| < delta, else delta * |d| - 0.5 * delta^2."""
+    diff = ops.abs(true - pred)
+    return ops.where(diff < delta, 0.5 * ops.square(diff), delta * diff - 0.5 * delta * delta)
+
+
+def pemr_prediction_loss(tokens, predictions, mask, delta=0.1):
+    """One view's L_pred per example: Huber of (tokens * mask, predictions * mask), [B].
+
+    ``tokens``/``predictions`` are [B, L, D], ``mask`` is [B, L] (1 = BERT-masked position).
+    Like the official code, the mean runs over ALL B * L * D elements (unmasked positions count
+    as zeros), so ``mean`` of the result equals the code's ``torch.mean`` over the batch.
+    """
+    mask = ops.cast(mask, tokens.dtype)[:, :, None]
+    loss = huber(tokens * mask, predictions * mask, delta)
+    return ops.mean(ops.reshape(loss, (ops.shape(loss)[0], -1)), axis=1)
