@@ -144,7 +144,7 @@ def pemr_negative_loss(z_anchor, z_negative, diag_weight=5e-3):
 
 def huber(true, pred, delta=0.1):
     """Element-wise Huber: 0.5 d^2 where |d| < delta, else delta * |d| - 0.5 * delta^2."""
-    diff = ops.abs(true - pred)
+    diff = ops.abs(ops.convert_to_tensor(true) - ops.convert_to_tensor(pred))
     return ops.where(diff < delta, 0.5 * ops.square(diff), delta * diff - 0.5 * delta * delta)
 
 
@@ -155,6 +155,7 @@ def pemr_prediction_loss(tokens, predictions, mask, delta=0.1):
     Like the official code, the mean runs over ALL B * L * D elements (unmasked positions count
     as zeros), so ``mean`` of the result equals the code's ``torch.mean`` over the batch.
     """
+    tokens, predictions = ops.convert_to_tensor(tokens), ops.convert_to_tensor(predictions)
     mask = ops.cast(mask, tokens.dtype)[:, :, None]
     loss = huber(tokens * mask, predictions * mask, delta)
     return ops.mean(ops.reshape(loss, (ops.shape(loss)[0], -1)), axis=1)

@@ -143,6 +143,7 @@ class PEMRMaskGenerator(layers.Layer):
         masked tokens, replace them by the token at one random position (the same position
         for the whole batch, as in the code), or keep them.
         """
+        tokens_1, tokens_2 = ops.convert_to_tensor(tokens_1), ops.convert_to_tensor(tokens_2)
         batch, length = ops.shape(tokens_1)[0], ops.shape(tokens_1)[1]
         dtype = tokens_1.dtype
         mask_1 = ops.cast(keras.random.uniform((batch, length), seed=self.seed_generator) < self.bert_mask_prob,
