@@ -59,6 +59,29 @@ def atomic_save_model(model, path):
         raise
 
 
+def seed_states(model):
+    """The states of the model's random seed generators (crops, augmentations), in layer order.
+
+    ``.keras`` files do not store them, so checkpoints keep them in ``state.json``: a resumed
+    run then draws the crops the uninterrupted run would have drawn.
+    """
+    states = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in getattr(layer, "_seed_generators", []):
+            states.append([int(v) for v in np.asarray(keras.ops.convert_to_numpy(generator.state)).ravel()])
+    return states
+
+
+def restore_seed_states(model, states):
+    generators = [g for layer in model._flatten_layers(include_self=True, recursive=True)
+                  for g in getattr(layer, "_seed_generators", [])]
+    if len(generators) != len(states):
+        raise CheckpointError(f"The checkpoint holds {len(states)} seed states, the model has {len(generators)} "
+                              f"seed generators: it was written by a different model.")
+    for generator, state in zip(generators, states):
+        generator.state.assign(np.asarray(state, dtype=generator.state.dtype).reshape(generator.state.shape))
+
+
 class SegmentBatches(keras.utils.PyDataset):
     """Batches of random source segments [batch_size, segment_samples] from in-memory clips.
 
@@ -88,8 +111,12 @@ class SegmentBatches(keras.utils.PyDataset):
         return self.steps
 
     def __getitem__(self, index):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(
+        return self.batch_at(self.epoch, index)
+
+    def batch_at(self, epoch, index):
+        """Batch ``index`` of epoch ``epoch`` (a pure function of seed, epoch and index)."""
+        rng = np.random.default_rng([self.seed, epoch, index])
+        order = np.random.default_rng([self.seed, epoch]).permutation(
             np.resize(np.arange(len(self.clips)), max(len(self.clips), self.batch_size * self.steps)))
         chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
         batch = np.empty((self.batch_size, self.segment_samples), np.float32)
@@ -126,7 +153,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         path = os.path.join(self.directory, CHECKPOINT_PATTERN.format(epoch=epoch + 1))
         atomic_save_model(self.model, path)
         state = {"epoch": epoch + 1, "step_in_epoch": 0, "checkpoint": os.path.basename(path),
-                 "logs": {k: float(v) for k, v in (logs or {}).items()}, **self.extra_state}
+                 "logs": {k: float(v) for k, v in (logs or {}).items()}, "seed_states": seed_states(self.model),
+                 **self.extra_state}
         if self.steps_per_epoch:
             state["step"] = (epoch + 1) * int(self.steps_per_epoch)
         atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
@@ -165,7 +193,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         atomic_save_model(self.model, path)
         state = {"epoch": epoch, "step_in_epoch": in_epoch, "step": self.step,
                  "checkpoint": os.path.basename(path),
-                 "logs": {k: float(v) for k, v in (logs or {}).items()}, **self.extra_state}
+                 "logs": {k: float(v) for k, v in (logs or {}).items()}, "seed_states": seed_states(self.model),
+                 **self.extra_state}
         atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
         for old in list_step_checkpoints(self.directory)[:-self.keep]:
             os.remove(old)
@@ -186,19 +215,25 @@ def resume_position(directory):
     return path, epoch, int(state.get("step_in_epoch", 0))
 
 
-class _Skip(keras.utils.PyDataset):
-    """The batches of ``data`` (a PyDataset) from ``offset`` on, for a resumed epoch."""
+class _GlobalSteps(keras.utils.PyDataset):
+    """``SegmentBatches`` addressed by global step: item i is batch (start + i) of the run.
 
-    def __init__(self, data, offset):
+    Keras fetches PyDataset items ahead, reorders them when shuffling and calls
+    ``on_epoch_end`` on its own schedule; keying each batch on the global step (and not on
+    a mutable epoch counter) makes the data position exactly restorable.
+    """
+
+    def __init__(self, data, start, stop):
         super().__init__()
         self.data = data
-        self.offset = int(offset)
+        self.start, self.stop = int(start), int(stop)
 
     def __len__(self):
-        return len(self.data) - self.offset
+        return self.stop - self.start
 
     def __getitem__(self, index):
-        return self.data[index + self.offset]
+        epoch, step = divmod(self.start + index, len(self.data))
+        return self.data.batch_at(epoch, step)
 
 
 def fit_resumable(model, data, *, epochs, steps_per_epoch, initial_epoch=0, initial_step_in_epoch=0, **kwargs):
@@ -209,23 +244,26 @@ def fit_resumable(model, data, *, epochs, steps_per_epoch, initial_epoch=0, init
     restarts its stream and only the step count is restored. Returns the last History.
     """
     history = None
+    exact = isinstance(data, SegmentBatches)
+    if exact:
+        if len(data) != steps_per_epoch:
+            raise ValueError(f"steps_per_epoch={steps_per_epoch} differs from the data's {len(data)} batches.")
+        kwargs["shuffle"] = False  # SegmentBatches already draws a new order each epoch
     if initial_step_in_epoch:
         if not 0 < initial_step_in_epoch < steps_per_epoch:
             raise CheckpointError(f"Cannot resume {initial_step_in_epoch} steps into a {steps_per_epoch}-step epoch.")
         remaining = steps_per_epoch - initial_step_in_epoch
-        if isinstance(data, SegmentBatches):
-            data.epoch = initial_epoch
-            partial = _Skip(data, initial_step_in_epoch)
-        else:
-            partial = data
+        start = initial_epoch * steps_per_epoch + initial_step_in_epoch
+        partial = _GlobalSteps(data, start, start + remaining) if exact else data
         history = model.fit(partial, epochs=initial_epoch + 1, initial_epoch=initial_epoch,
                             steps_per_epoch=remaining, **kwargs)
         initial_epoch += 1
-    if isinstance(data, SegmentBatches):
-        data.epoch = initial_epoch
     if initial_epoch < epochs:
-        history = model.fit(data, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+        rest = (_GlobalSteps(data, initial_epoch * steps_per_epoch, epochs * steps_per_epoch) if exact else data)
+        history = model.fit(rest, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                             **kwargs)
+    if exact:
+        data.epoch = epochs
     return history
 
 
@@ -256,6 +294,14 @@ def load_checkpoint(path):
     import keras_clmr.models  # noqa: F401  (registers the classes)
 
     try:
-        return keras.saving.load_model(path, compile=True, safe_mode=True)
+        model = keras.saving.load_model(path, compile=True, safe_mode=True)
     except Exception as error:
         raise CheckpointError(f"Could not load checkpoint {path}: {error}") from error
+    # The seed states live in state.json when it names this checkpoint (see seed_states).
+    state_path = os.path.join(os.path.dirname(os.path.abspath(path)), STATE_FILE)
+    if os.path.exists(state_path):
+        with open(state_path) as file:
+            state = json.load(file)
+        if state.get("checkpoint") == os.path.basename(path) and "seed_states" in state:
+            restore_seed_states(model, state["seed_states"])
+    return model
