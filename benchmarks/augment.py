@@ -119,7 +119,7 @@ def bench_train(steps, pairs=48):
     for augment, entry in models.items():
         median = statistics.median(entry["times"])
         result[augment] = {"s_per_step": round(median, 3), "views_per_s": round(2 * pairs / median, 2),
-                           "steps": steps, "first_step_incl_compile_s": round(entry["first_step_incl_compile_s"], 1)}
+                           "steps": steps, "step_times_s": [round(t, 3) for t in entry["times"]], "first_step_incl_compile_s": round(entry["first_step_incl_compile_s"], 1)}
     result["clmr_over_crop_step_time"] = round(result["clmr"]["s_per_step"] / result["crop"]["s_per_step"], 3)
     return result
 
