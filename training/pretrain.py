@@ -218,6 +218,8 @@ def main(argv):
             raise app.UsageError(str(error))
         with dist.scope():
             model = load_checkpoint(path)
+            # Backbones rebuild their BatchNorm layers from their own config: set the sync again.
+            distributed.set_sync_batchnorm(model, FLAGS.sync_batchnorm)
         logging.info("Resuming from %s (epoch %d, step %d of the next).", path, initial_epoch, initial_step)
         if initial_epoch >= FLAGS.epochs:
             print(f"Already trained {initial_epoch} >= --epochs={FLAGS.epochs} epochs; nothing to do.")
