@@ -177,6 +177,8 @@ def train(directory, kill):
         if os.path.exists(os.path.join(directory, "state.json")):
             path, epoch, in_epoch = resume_position(directory)
             model = load_checkpoint(path)
+            # The backbone's config does not carry BatchNorm's `synchronized`: set it again.
+            distributed.set_sync_batchnorm(model)
         else:
             model = CLMR(tiny_sample_cnn(), projection_dim=8, hidden_dim=16, seed=0)
             distributed.set_sync_batchnorm(model)
@@ -194,8 +196,9 @@ def train(directory, kill):
 if mode == "kill":
     train(out, kill=True)
     raise SystemExit("not killed")
-resumed, position = train(out, kill=False)
+# The uninterrupted run first: its weights are initialised exactly as in the killed process.
 fresh, _ = train(out + "-fresh", kill=False)
+resumed, position = train(out, kill=False)
 diff = max(float(np.max(np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b))))
            for a, b in zip(resumed.weights, fresh.weights))
 print("RESULT " + json.dumps({"position": position, "diff": diff,
