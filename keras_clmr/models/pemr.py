@@ -338,7 +338,13 @@ class PEMR(keras.Model):
 
     def loss_terms(self, y_pred):
         """(L_pos, L_neg, L_pred) from the output of ``call``, in float32."""
+        from keras_clmr import distributed
+
         z = ops.cast(y_pred["projections"], "float32")
+        if distributed.replica_context() is not None:
+            # Cross-correlations over the global batch, as on one device (gradients return
+            # to each replica's slice).
+            z = distributed.all_gather(z)
         loss_pos = pemr_positive_loss(z[:, 0], z[:, 1], offdiag_weight=self.offdiag_weight)
         loss_neg = pemr_negative_loss(z[:, 0], z[:, 2], diag_weight=self.neg_weight)
         loss_pred = ops.mean(ops.cast(y_pred["pred_loss"], "float32"))
@@ -352,7 +358,9 @@ class PEMR(keras.Model):
         self.pos_loss_tracker.update_state(loss_pos)
         self.neg_loss_tracker.update_state(loss_neg)
         self.pred_loss_tracker.update_state(loss_pred)
-        return loss
+        from keras_clmr import distributed
+
+        return distributed.scale_loss_for_replicas(loss)
 
     def compute_output_shape(self, input_shape):
         return {"projections": (input_shape[0], 3, self.projection_dim), "pred_loss": (input_shape[0],)}
