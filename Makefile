@@ -1,4 +1,6 @@
-# The two commands: `make demo` and `make test`. Each creates/refreshes .venv first.
+# The commands: `make demo`, `make test` (default tier, <= 8 min on 2 cores), `make test-large`
+# (subprocess trainings, kill/resume, distributed, full conversions and exports, Node) and
+# `make lint`. Each creates/refreshes .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,10 +8,13 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-tf test-jax test-torch venv bench clean
+.PHONY: demo test test-tf test-jax test-torch test-large lint venv bench clean
 
 venv: $(STAMP)
 
+# '.[test]' pulls every extra (export, plots, hub, lint). The Node example's dependencies are
+# optional here (no npm: no Node test); CI requires them (tests/test_node_example.py fails
+# instead of skipping when CI=true).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
@@ -20,17 +25,31 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m training.demo
 
-# The whole suite on TensorFlow (the default backend), then the multi-backend tests on JAX and PyTorch.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# The default tier on TensorFlow (the default backend), then its multi-backend tests on JAX and
+# PyTorch. Tests marked `large` are left to `make test-large`.
 test: test-tf test-jax test-torch
 
 test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider tests
+	KERAS_BACKEND=tensorflow $(PYTEST) -m "not large" tests
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider -m multibackend tests
+	KERAS_BACKEND=jax $(PYTEST) -m "multibackend and not large" tests
 
 test-torch: $(STAMP)
-	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider -m multibackend tests
+	KERAS_BACKEND=torch $(PYTEST) -m "multibackend and not large" tests
+
+# The large tier: every test marked `large` on TensorFlow (the distributed tests start their own
+# JAX workers), then the large multi-backend ones on JAX and PyTorch.
+test-large: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST) -m large tests
+	KERAS_BACKEND=jax $(PYTEST) -m "large and multibackend" tests || test $$? -eq 5  # 5: none
+	KERAS_BACKEND=torch $(PYTEST) -m "large and multibackend" tests || test $$? -eq 5  # 5: none
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.train_step --reference
