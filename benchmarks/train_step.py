@@ -39,28 +39,10 @@ def cpu_times():
 
 
 def build_model(model_name, augment):
-    import keras
+    """The full-size pretrainer the ``pretrain`` command builds (PEMR: its chain without pitch shift)."""
+    from keras_clmr.pretraining import build_pretrainer
 
-    if model_name == "clmr":
-        from keras_clmr.models import CLMR, SampleCNN
-
-        augmentation = None
-        if augment == "clmr":
-            from keras_clmr.layers.augmentations import clmr_augmentation
-
-            augmentation = clmr_augmentation(22050, seed=0)
-        return CLMR(SampleCNN(), projection_dim=128, augmentation=augmentation, seed=0)
-    if model_name == "pemr":
-        from keras_clmr.models.pemr import PEMR
-
-        augmentation = None
-        if augment == "clmr":
-            from keras_clmr.layers.augmentations import clmr_augmentation
-
-            augmentation = clmr_augmentation(22050, seed=0, pitch_shift=False)  # PEMR's chain
-        return PEMR(augmentation=augmentation, seed=0)  # full size: FCN + 3-layer mask transformer
-    raise ValueError(model_name)
-    del keras
+    return build_pretrainer(model_name, sample_rate=22050, augment=augment, seed=0)
 
 
 def worker(args):

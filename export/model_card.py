@@ -1,70 +1,10 @@
-"""Render model cards (README.md with Hugging Face YAML metadata + model.json).
+"""Render model cards.
 
-    python -m export.model_card --preset_dir=out/clmr-mtat-tagger --results=runs/probe/results.json \
-        --dataset=MTAT --repo_id=keras-clmr/clmr-mtat-tagger
-    python -m export.model_card --registry --output_dir=model_cards   # cards of every registered preset
-
-For a preset folder the card and model.json are written into it and metadata.json's hashes
-are updated (so the folder stays valid for ``python -m export.publish``). Prints the card
-(``--print``) or a JSON summary.
+``python -m export.model_card`` runs ``keras-clmr card`` (keras_clmr/commands/card.py);
+``--help`` lists its flags.
 """
 
-import json
-import os
-import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags  # noqa: E402
-
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-    flags.DEFINE_string("preset_dir", None, "A preset folder to write README.md and model.json into.")
-    flags.DEFINE_multi_string("results", [], "keras_clmr results.json files (training/linear_eval.py, ...) for the "
-                              "model-index and the evaluation section.")
-    flags.DEFINE_string("dataset", None, "Dataset name of the --results (e.g. MTAT, GTZAN, demo).")
-    flags.DEFINE_string("repo_id", None, "The Hub repository (org/name) the card's loading snippet names.")
-    flags.DEFINE_string("training", None, "How the model was trained (one paragraph for the card).")
-    flags.DEFINE_string("license", None, "License id for the card (default: the preset's, else apache-2.0).")
-    flags.DEFINE_bool("registry", False, "Write the cards of every registered preset into --output_dir.")
-    flags.DEFINE_string("output_dir", "model_cards", "Where --registry writes its cards.")
-    flags.DEFINE_bool("print", False, "Print the rendered card.")
-
-
-def run_from_flags():
-    from keras_clmr import model_card
-    from keras_clmr.presets import PresetError
-
-    if bool(FLAGS.preset_dir) == bool(FLAGS.registry):
-        raise app.UsageError("Pass either --preset_dir=FOLDER or --registry.")
-    try:
-        if FLAGS.registry:
-            folders = model_card.write_registry_cards(FLAGS.output_dir)
-            print(json.dumps({"cards": folders}, indent=2))
-            return 0
-        results = [(path, FLAGS.dataset) for path in FLAGS.results]
-        card, sidecar = model_card.write_card(FLAGS.preset_dir, repo_id=FLAGS.repo_id, results=results,
-                                              training=FLAGS.training, license=FLAGS.license)
-    except (model_card.ModelCardError, PresetError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if FLAGS.print:
-        print(card)
-    else:
-        print(json.dumps({"card": os.path.join(FLAGS.preset_dir, model_card.CARD_FILE),
-                          "model_json": os.path.join(FLAGS.preset_dir, model_card.MODEL_JSON),
-                          "eval_results": len(card.data.eval_results or [])}, indent=2))
-    return 0
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    return run_from_flags()
-
+from keras_clmr.commands import run
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run("card", prog="python -m export.model_card")

@@ -1,67 +1,10 @@
-"""Publish a preset folder (card, weights, exports) to the Hugging Face Hub.
+"""Publish a preset folder to the Hugging Face Hub.
 
-    python -m export.publish --preset_dir=out/clmr-mtat-tagger --repo_id=keras-clmr/clmr-mtat-tagger
-    python -m export.publish --preset_dir=out/demo --repo_id=me/demo --dry_run   # prints files + card only
-
-The folder is validated before any network call (required files, sha256s in metadata.json,
-a card with valid YAML, safe config). The token comes from HF_TOKEN or the huggingface_hub
-login (`hf auth login`). Transient Hub errors are retried with backoff. Prints the commit URL.
-Exit codes: 0 done, 1 refused or failed.
+``python -m export.publish`` runs ``keras-clmr publish`` (keras_clmr/commands/publish.py);
+``--help`` lists its flags.
 """
 
-import json
-import os
-import sys
-
-from absl import app, flags
-
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-    flags.DEFINE_string("preset_dir", None, "The preset folder to upload.")
-    flags.DEFINE_string("repo_id", None, "The Hub repository, org/name.")
-    flags.DEFINE_bool("private", False, "Create the repository as private.")
-    flags.DEFINE_string("commit_message", None, "Commit message (default: 'Upload <name> (keras_clmr <version>)').")
-    flags.DEFINE_bool("dry_run", False, "Validate, print the files and the card, call nothing.")
-    flags.DEFINE_integer("attempts", 4, "Attempts per Hub call on transient errors.")
-
-
-def run_from_flags():
-    from keras_clmr import publish
-
-    if not FLAGS.preset_dir or not FLAGS.repo_id:
-        raise app.UsageError("--preset_dir and --repo_id are required.")
-    try:
-        result = publish.publish(FLAGS.preset_dir, FLAGS.repo_id, private=FLAGS.private,
-                                 commit_message=FLAGS.commit_message, dry_run=FLAGS.dry_run, attempts=FLAGS.attempts,
-                                 log=lambda message: print(message, file=sys.stderr))
-    except publish.PublishError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except Exception as error:  # a non-transient Hub error (auth, permissions, ...)
-        print(f"error: the Hub refused the upload: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    if FLAGS.dry_run:
-        print(f"Dry run: would create {result['repo_id']} ({'private' if result['private'] else 'public'}, exist_ok) "
-              f"and upload {len(result['files'])} files ({result['total_bytes']:,} bytes) from {result['preset_dir']} "
-              f"with the message {result['commit_message']!r}:")
-        for rel, size in result["files"].items():
-            print(f"  {rel}  {size:,} bytes")
-        print("\n----- README.md -----")
-        print(result["card"])
-        return 0
-    print(json.dumps({k: v for k, v in result.items() if k != "card"}, indent=2))
-    print(f"Committed: {result['commit_url']}")
-    return 0
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    return run_from_flags()
-
+from keras_clmr.commands import run
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    run("publish", prog="python -m export.publish")

@@ -8,12 +8,40 @@
 
 __version__ = "0.1.0"
 
-from keras_clmr import layers, losses, metrics, models
-from keras_clmr.audio import AudioError
-from keras_clmr.hub import load_preset, load_pretrained, save_preset
-from keras_clmr.inference import embed, tag
-from keras_clmr.models import CLMR, FCN, PEMR, MusicTagger, SampleCNN
-from keras_clmr.presets import list_presets
+import importlib
+
+# Public names load on first use (PEP 562), so ``import keras_clmr`` and the ``keras-clmr``
+# command line start without Keras; ``from keras_clmr import embed`` works as before.
+_PUBLIC = {
+    "AudioError": "keras_clmr.audio",
+    "load_preset": "keras_clmr.hub",
+    "load_pretrained": "keras_clmr.hub",
+    "save_preset": "keras_clmr.hub",
+    "embed": "keras_clmr.inference",
+    "tag": "keras_clmr.inference",
+    "CLMR": "keras_clmr.models",
+    "FCN": "keras_clmr.models",
+    "PEMR": "keras_clmr.models",
+    "MusicTagger": "keras_clmr.models",
+    "SampleCNN": "keras_clmr.models",
+    "list_presets": "keras_clmr.presets",
+}
+_SUBMODULES = ("layers", "losses", "metrics", "models")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"keras_clmr.{name}")
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_clmr' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AudioError", "CLMR", "FCN", "MusicTagger", "PEMR", "SampleCNN", "embed", "layers", "list_presets",

@@ -1,196 +1,53 @@
-"""The ``keras-clmr`` console script: embeddings or tags for many audio files.
+"""The ``keras-clmr`` console script: one subcommand per task of the zoo.
 
-    keras-clmr embed FILES... --model NAME [--output out.npz|.csv|.json]
-    keras-clmr tag FILES... --model NAME [--top-k 5] [--output out.npz|.csv|.json]
-    keras-clmr list
+    keras-clmr --help                       # this list
+    keras-clmr <subcommand> --help          # that subcommand's flags
+    keras-clmr pretrain --model=clmr --dataset=demo --epochs=5
+    keras-clmr tag song.mp3 --model clmr-mtat
 
-FILES may be folders (searched recursively for audio). Without ``--output`` a summary is
-printed. A file that cannot be read is reported on stderr and skipped (exit status 1);
-a bad model or option exits with status 2.
+``embed``, ``tag`` and ``list`` take GNU-style options (``--top-k 5``); the others take absl
+flags (``--flag=value``), like their ``python -m training.* / export.*`` front ends. Only the
+chosen subcommand's module is imported, so the list answers without loading Keras.
 """
 
-import argparse
-import csv
-import io
-import json
-import os
 import sys
-import tempfile
 
-import numpy as np
+from keras_clmr.commands import COMMANDS, HELP_ARGS
 
-OUTPUT_FORMATS = (".npz", ".csv", ".json")
-
-
-def _parser():
-    parser = argparse.ArgumentParser(prog="keras-clmr", description="Embed or tag audio files with keras_clmr models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for command, text in (("embed", "embeddings [T, D] per file, with window start times"),
-                          ("tag", "tag probabilities per window and per file, with the top-k tags")):
-        p = sub.add_parser(command, help=text, description=text)
-        p.add_argument("files", nargs="+", help="audio files or folders (searched recursively)")
-        p.add_argument("--model", default="clmr-mtat",
-                       help="preset name, hf://org/name[@revision] or preset folder (default: clmr-mtat)")
-        p.add_argument("--output", "-o", help="write results to out.npz, out.csv or out.json")
-        p.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: one window)")
-        p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: 32)")
-        p.add_argument("--short", choices=("pad", "error"), default="pad",
-                       help="a file shorter than one window is zero-padded (default) or an error")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        if command == "tag":
-            p.add_argument("--top-k", type=int, default=5, help="tags to report per file (default: 5)")
-    sub.add_parser("list", help="list the registered presets")
-    return parser
+PROG = "keras-clmr"
+ARGPARSE_COMMANDS = ("embed", "tag", "list")
 
 
-def _expand(paths):
-    from keras_clmr.audio import list_audio_files
-
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = list_audio_files(path)
-            if not found:
-                print(f"warning: no audio files under {path}", file=sys.stderr)
-            files += found
-        else:
-            files.append(path)  # missing files are reported per file later
-    return files
-
-
-def _write_atomic(path, write):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-keras-clmr-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _npz(results, command):
-    def write(f):
-        arrays = {"files": np.array([r.source for r in results]),
-                  "errors": np.array([r.error or "" for r in results])}
-        ok = [r for r in results if r.error is None]
-        if ok:
-            arrays.update(sample_rate=np.array(ok[0].sample_rate), window_seconds=np.array(ok[0].window_seconds),
-                          hop_seconds=np.array(ok[0].hop_seconds))
-        if command == "tag" and results:
-            arrays["tags"] = np.array(results[0].tags)
-        for i, r in enumerate(results):
-            arrays[f"times_{i}"] = r.times
-            if command == "embed":
-                arrays[f"embeddings_{i}"] = r.embeddings
-            else:
-                arrays[f"probabilities_{i}"] = r.probabilities
-                arrays[f"clip_{i}"] = r.clip
-        np.savez_compressed(f, **arrays)
-    return write
-
-
-def _csv(results, command):
-    def write(f):
-        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-        writer = csv.writer(text)
-        ok = [r for r in results if r.error is None]
-        if command == "embed":
-            dim = ok[0].embeddings.shape[1] if ok else 0
-            writer.writerow(["file", "start_s", *[f"e{j}" for j in range(dim)]])
-            for r in ok:
-                for t, row in zip(r.times, r.embeddings):
-                    writer.writerow([r.source, f"{t:.6f}", *[f"{v:.7g}" for v in row]])
-        else:
-            tags = results[0].tags if results else ()
-            writer.writerow(["file", "window", "start_s", *tags])
-            for r in ok:
-                for k, (t, row) in enumerate(zip(r.times, r.probabilities)):
-                    writer.writerow([r.source, k, f"{t:.6f}", *[f"{v:.6g}" for v in row]])
-                writer.writerow([r.source, "clip", "", *[f"{v:.6g}" for v in r.clip]])
-        text.flush()
-        text.detach()
-    return write
-
-
-def _json(results, command):
-    def write(f):
-        records = []
-        for r in results:
-            record = {"file": r.source, "error": r.error, "sample_rate": r.sample_rate,
-                      "window_seconds": r.window_seconds, "hop_seconds": r.hop_seconds,
-                      "duration_seconds": r.duration, "padded": r.padded, "times": r.times.tolist()}
-            if command == "embed":
-                record["embeddings"] = r.embeddings.tolist()
-            else:
-                record["tags"] = list(r.tags)
-                record["probabilities"] = r.probabilities.tolist()
-                record["clip"] = dict(zip(r.tags, r.clip.tolist())) if r.error is None else {}
-                record["top"] = [[name, p] for name, p in r.top]
-            records.append(record)
-        f.write(json.dumps(records, indent=1).encode())
-    return write
-
-
-def _summary(results, command):
-    for r in results:
-        if r.error is not None:
-            continue
-        if command == "embed":
-            print(f"{r.source}: {r.embeddings.shape[0]} windows x {r.embeddings.shape[1]} dims "
-                  f"({r.duration:.1f} s{', padded' if r.padded else ''})")
-        else:
-            top = ", ".join(f"{name} {p:.3f}" for name, p in r.top)
-            print(f"{r.source}: {top}")
+def overview():
+    """The top-level help: the usage line and one line per subcommand."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"usage: {PROG} <subcommand> [flags]    ({PROG} <subcommand> --help for its flags)", "",
+             "subcommands:"]
+    lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
-    if args.command == "list":
-        from keras_clmr.presets import list_presets
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to its subcommand; returns the exit status.
 
-        list_presets()
-        return 0
-    if args.output and os.path.splitext(args.output)[1].lower() not in OUTPUT_FORMATS:
-        print(f"error: --output must end in one of {', '.join(OUTPUT_FORMATS)}, got {args.output}", file=sys.stderr)
+    absl subcommands exit the process themselves (``absl.app.run``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in HELP_ARGS or args[0] == "help":
+        (sys.stdout if args else sys.stderr).write(overview())
+        return 0 if args else 2
+    name = args[0]
+    if name not in COMMANDS:
+        sys.stderr.write(f"{PROG}: error: unknown subcommand {name!r}; choose from "
+                         f"{', '.join(COMMANDS)}.\nusage: {PROG} <subcommand> [flags]  ({PROG} --help)\n")
         return 2
-    if args.batch_size < 1 or (args.hop is not None and args.hop <= 0):
-        print("error: --batch-size must be >= 1 and --hop > 0", file=sys.stderr)
-        return 2
+    if name in ARGPARSE_COMMANDS:
+        from keras_clmr.commands import infer
 
-    from keras_clmr import inference
-    from keras_clmr.hub import load_pretrained
-    from keras_clmr.presets import PresetError
+        return infer.main(args)
+    from keras_clmr.commands import run
 
-    files = _expand(args.files)
-    if not files:
-        print("error: no audio files to process", file=sys.stderr)
-        return 2
-    try:
-        model = load_pretrained(args.model, task=args.command)
-    except (PresetError, OSError, ValueError) as error:
-        print(f"error: cannot load model {args.model!r}: {error}", file=sys.stderr)
-        return 2
-    options = dict(model=model, hop=args.hop, batch_size=args.batch_size, short=args.short, on_error="skip",
-                   progress=not args.no_progress and len(files) > 1)
-    if args.command == "embed":
-        results = inference.embed(files, **options)
-    else:
-        results = inference.tag(files, top_k=args.top_k, **options)
-    failed = [r for r in results if r.error is not None]
-    for r in failed:
-        print(f"skipped: {r.error}", file=sys.stderr)
-    if args.output:
-        extension = os.path.splitext(args.output)[1].lower()
-        writer = {".npz": _npz, ".csv": _csv, ".json": _json}[extension]
-        _write_atomic(args.output, writer(results, args.command))
-        print(f"wrote {args.output} ({len(results) - len(failed)} of {len(results)} files)", file=sys.stderr)
-    else:
-        _summary(results, args.command)
-    return 1 if failed else 0
+    return run(name, [f"{PROG} {name}", *args[1:]])
 
 
 if __name__ == "__main__":

@@ -1,25 +1,20 @@
-"""Pretraining machinery shared by the scripts: in-memory segment batches, atomic
-checkpoints with resume, and the fit loop. The absl front end is training/pretrain.py."""
+"""Pretraining machinery: the pretrainer builders, in-memory segment batches, atomic
+checkpoints with resume, and the fit loop. The command line is ``keras-clmr pretrain``
+(keras_clmr/commands/pretrain.py; ``python -m training.pretrain`` runs the same)."""
 
 import glob
 import json
 import os
 import re
-import tempfile
 
 import keras
 import numpy as np
 
+from keras_clmr import io
+
 CHECKPOINT_PATTERN = "epoch-{epoch:05d}.keras"
 STEP_CHECKPOINT_PATTERN = "step-{step:010d}.keras"
 STATE_FILE = "state.json"
-
-
-def _make_readable(path):
-    # mkstemp creates 0600 files; give finished files the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 class CheckpointError(Exception):
@@ -27,36 +22,11 @@ class CheckpointError(Exception):
 
 
 def atomic_write_json(path, payload):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(payload, file, indent=2, sort_keys=True)
-            file.flush()
-            os.fsync(file.fileno())
-        _make_readable(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """``state.json`` atomically (NaN losses are kept as NaN, as ``json.dump`` writes them)."""
+    return io.atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
-def atomic_save_model(model, path):
-    """``model.save(path)`` through a temporary file in the same folder and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
-    os.close(fd)
-    try:
-        model.save(temporary)
-        _make_readable(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+atomic_save_model = io.atomic_save_model
 
 
 def seed_states(model):
@@ -68,18 +38,27 @@ def seed_states(model):
     states = []
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for generator in getattr(layer, "_seed_generators", []):
-            states.append([int(v) for v in np.asarray(keras.ops.convert_to_numpy(generator.state)).ravel()])
+            states.append(
+                [int(v) for v in np.asarray(keras.ops.convert_to_numpy(generator.state)).ravel()]
+            )
     return states
 
 
 def restore_seed_states(model, states):
-    generators = [g for layer in model._flatten_layers(include_self=True, recursive=True)
-                  for g in getattr(layer, "_seed_generators", [])]
+    generators = [
+        g
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for g in getattr(layer, "_seed_generators", [])
+    ]
     if len(generators) != len(states):
-        raise CheckpointError(f"The checkpoint holds {len(states)} seed states, the model has {len(generators)} "
-                              f"seed generators: it was written by a different model.")
+        raise CheckpointError(
+            f"The checkpoint holds {len(states)} seed states, the model has {len(generators)} "
+            f"seed generators: it was written by a different model."
+        )
     for generator, state in zip(generators, states):
-        generator.state.assign(np.asarray(state, dtype=generator.state.dtype).reshape(generator.state.shape))
+        generator.state.assign(
+            np.asarray(state, dtype=generator.state.dtype).reshape(generator.state.shape)
+        )
 
 
 class SegmentBatches(keras.utils.PyDataset):
@@ -102,7 +81,8 @@ class SegmentBatches(keras.utils.PyDataset):
             raise ValueError(
                 f"{len(short)} clips are shorter than the {self.segment_samples}-sample source segment "
                 f"(e.g. clip {short[0]} has {len(self.clips[short[0]])} samples): drop them or shorten "
-                f"--segment_samples.")
+                f"--segment_samples."
+            )
         self.steps = int(steps_per_epoch or max(1, len(self.clips) // self.batch_size))
         self.seed = int(seed)
         self.epoch = 0
@@ -117,13 +97,16 @@ class SegmentBatches(keras.utils.PyDataset):
         """Batch ``index`` of epoch ``epoch`` (a pure function of seed, epoch and index)."""
         rng = np.random.default_rng([self.seed, epoch, index])
         order = np.random.default_rng([self.seed, epoch]).permutation(
-            np.resize(np.arange(len(self.clips)), max(len(self.clips), self.batch_size * self.steps)))
-        chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
+            np.resize(
+                np.arange(len(self.clips)), max(len(self.clips), self.batch_size * self.steps)
+            )
+        )
+        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
         batch = np.empty((self.batch_size, self.segment_samples), np.float32)
         for row, clip_index in enumerate(chosen):
             clip = self.clips[clip_index]
             start = rng.integers(0, len(clip) - self.segment_samples + 1)
-            batch[row] = clip[start:start + self.segment_samples]
+            batch[row] = clip[start : start + self.segment_samples]
         return batch
 
     def on_epoch_end(self):
@@ -152,13 +135,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
             return
         path = os.path.join(self.directory, CHECKPOINT_PATTERN.format(epoch=epoch + 1))
         atomic_save_model(self.model, path)
-        state = {"epoch": epoch + 1, "step_in_epoch": 0, "checkpoint": os.path.basename(path),
-                 "logs": {k: float(v) for k, v in (logs or {}).items()}, "seed_states": seed_states(self.model),
-                 **self.extra_state}
+        state = {
+            "epoch": epoch + 1,
+            "step_in_epoch": 0,
+            "checkpoint": os.path.basename(path),
+            "logs": {k: float(v) for k, v in (logs or {}).items()},
+            "seed_states": seed_states(self.model),
+            **self.extra_state,
+        }
         if self.steps_per_epoch:
             state["step"] = (epoch + 1) * int(self.steps_per_epoch)
         atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
-        for old in list_checkpoints(self.directory)[:-self.keep]:
+        for old in list_checkpoints(self.directory)[: -self.keep]:
             os.remove(old)
 
 
@@ -171,8 +159,16 @@ class StepCheckpoint(keras.callbacks.Callback):
     ``every_steps`` steps: resume with ``resume_position`` + ``fit_resumable``.
     """
 
-    def __init__(self, directory, every_steps, steps_per_epoch, keep=3, initial_step=0, extra_state=None,
-                 write=True):
+    def __init__(
+        self,
+        directory,
+        every_steps,
+        steps_per_epoch,
+        keep=3,
+        initial_step=0,
+        extra_state=None,
+        write=True,
+    ):
         super().__init__()
         if int(every_steps) < 1:
             raise ValueError(f"every_steps must be >= 1, got {every_steps}.")
@@ -191,12 +187,17 @@ class StepCheckpoint(keras.callbacks.Callback):
             return  # epoch ends are EpochCheckpoint's
         path = os.path.join(self.directory, STEP_CHECKPOINT_PATTERN.format(step=self.step))
         atomic_save_model(self.model, path)
-        state = {"epoch": epoch, "step_in_epoch": in_epoch, "step": self.step,
-                 "checkpoint": os.path.basename(path),
-                 "logs": {k: float(v) for k, v in (logs or {}).items()}, "seed_states": seed_states(self.model),
-                 **self.extra_state}
+        state = {
+            "epoch": epoch,
+            "step_in_epoch": in_epoch,
+            "step": self.step,
+            "checkpoint": os.path.basename(path),
+            "logs": {k: float(v) for k, v in (logs or {}).items()},
+            "seed_states": seed_states(self.model),
+            **self.extra_state,
+        }
         atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
-        for old in list_step_checkpoints(self.directory)[:-self.keep]:
+        for old in list_step_checkpoints(self.directory)[: -self.keep]:
             os.remove(old)
 
 
@@ -236,7 +237,9 @@ class _GlobalSteps(keras.utils.PyDataset):
         return self.data.batch_at(epoch, step)
 
 
-def fit_resumable(model, data, *, epochs, steps_per_epoch, initial_epoch=0, initial_step_in_epoch=0, **kwargs):
+def fit_resumable(
+    model, data, *, epochs, steps_per_epoch, initial_epoch=0, initial_step_in_epoch=0, **kwargs
+):
     """``model.fit`` that can start ``initial_step_in_epoch`` steps into ``initial_epoch``.
 
     With a ``SegmentBatches`` (a pure function of seed, epoch and index) the resumed run
@@ -247,21 +250,39 @@ def fit_resumable(model, data, *, epochs, steps_per_epoch, initial_epoch=0, init
     exact = isinstance(data, SegmentBatches)
     if exact:
         if len(data) != steps_per_epoch:
-            raise ValueError(f"steps_per_epoch={steps_per_epoch} differs from the data's {len(data)} batches.")
+            raise ValueError(
+                f"steps_per_epoch={steps_per_epoch} differs from the data's {len(data)} batches."
+            )
         kwargs["shuffle"] = False  # SegmentBatches already draws a new order each epoch
     if initial_step_in_epoch:
         if not 0 < initial_step_in_epoch < steps_per_epoch:
-            raise CheckpointError(f"Cannot resume {initial_step_in_epoch} steps into a {steps_per_epoch}-step epoch.")
+            raise CheckpointError(
+                f"Cannot resume {initial_step_in_epoch} steps into a {steps_per_epoch}-step epoch."
+            )
         remaining = steps_per_epoch - initial_step_in_epoch
         start = initial_epoch * steps_per_epoch + initial_step_in_epoch
         partial = _GlobalSteps(data, start, start + remaining) if exact else data
-        history = model.fit(partial, epochs=initial_epoch + 1, initial_epoch=initial_epoch,
-                            steps_per_epoch=remaining, **kwargs)
+        history = model.fit(
+            partial,
+            epochs=initial_epoch + 1,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=remaining,
+            **kwargs,
+        )
         initial_epoch += 1
     if initial_epoch < epochs:
-        rest = (_GlobalSteps(data, initial_epoch * steps_per_epoch, epochs * steps_per_epoch) if exact else data)
-        history = model.fit(rest, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                            **kwargs)
+        rest = (
+            _GlobalSteps(data, initial_epoch * steps_per_epoch, epochs * steps_per_epoch)
+            if exact
+            else data
+        )
+        history = model.fit(
+            rest,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            **kwargs,
+        )
     if exact:
         data.epoch = epochs
     return history
@@ -279,13 +300,16 @@ def latest_checkpoint(directory):
     if not os.path.exists(state_path):
         raise CheckpointError(
             f"No checkpoint to resume from in {directory} (no {STATE_FILE}). Start without --resume, "
-            f"or point --output_dir at the folder of an earlier run.")
+            f"or point --output_dir at the folder of an earlier run."
+        )
     with open(state_path) as file:
         state = json.load(file)
     path = os.path.join(directory, state["checkpoint"])
     if not os.path.exists(path):
-        raise CheckpointError(f"{state_path} names {state['checkpoint']}, which is missing; "
-                              f"delete {state_path} to start over.")
+        raise CheckpointError(
+            f"{state_path} names {state['checkpoint']}, which is missing; "
+            f"delete {state_path} to start over."
+        )
     return path, int(state["epoch"])
 
 
@@ -305,3 +329,83 @@ def load_checkpoint(path):
         if state.get("checkpoint") == os.path.basename(path) and "seed_states" in state:
             restore_seed_states(model, state["seed_states"])
     return model
+
+
+def build_pretrainer(
+    model,
+    *,
+    sample_rate=22050,
+    channels=None,
+    projection_dim=None,
+    temperature=0.5,
+    augment="clmr",
+    seed=None,
+    negatives="global",
+    **pemr_options,
+):
+    """The pretrainer named ``model`` ("clmr" or "pemr"), uncompiled.
+
+    ``pemr_options`` (model "pemr" only): mask_ratio, pred_weight, neg_weight, offdiag_weight,
+    transformer_layers, transformer_heads, mel_sample_rate.
+    """
+    from keras_clmr.models import CLMR, SampleCNN
+
+    kwargs = {"channels": tuple(int(c) for c in channels)} if channels else {}
+    if model == "clmr":
+        if pemr_options:
+            raise ValueError(f"Options {sorted(pemr_options)} only apply to --model=pemr.")
+        encoder = SampleCNN.for_sample_rate(sample_rate, **kwargs)
+        return CLMR(
+            encoder,
+            projection_dim=projection_dim or 128,
+            temperature=temperature,
+            augmentation=build_augmentation(augment, sample_rate, seed),
+            seed=seed,
+            negatives=negatives,
+        )
+    if model == "pemr":
+        from keras_clmr.models import FCN, PEMR
+
+        options = dict(pemr_options)
+        mel_sample_rate = options.pop("mel_sample_rate", 16000)
+        if "transformer_layers" in options:
+            options["num_layers"] = options.pop("transformer_layers")
+        if "transformer_heads" in options:
+            options["num_heads"] = options.pop("transformer_heads")
+        encoder = FCN(sample_rate=sample_rate, mel_sample_rate=mel_sample_rate, **kwargs)
+        # PEMR uses CLMR's chain without the pitch shift.
+        augmentation = build_augmentation(augment, sample_rate, seed, pitch_shift=False)
+        return PEMR(
+            encoder,
+            projection_dim=projection_dim or 256,
+            augmentation=augmentation,
+            seed=seed,
+            **options,
+        )
+    raise ValueError(f"Unknown model {model!r}: use 'clmr' or 'pemr'.")
+
+
+def build_augmentation(augment, sample_rate, seed, pitch_shift=True):
+    """CLMR's augmentation chain for ``augment="clmr"``; None for "crop" / "none" (crops only)."""
+    if augment in ("crop", "none"):
+        return None
+    if augment != "clmr":
+        raise ValueError(f"Unknown augment {augment!r}: use 'clmr', 'crop' or 'none'.")
+    from keras_clmr.layers import augmentations
+
+    return augmentations.clmr_augmentation(
+        sample_rate=sample_rate, seed=seed, pitch_shift=pitch_shift
+    )
+
+
+def default_jit_compile(backend):
+    """XLA where it helps: always on JAX (its only compiled mode), on TF only with an accelerator."""
+    if backend == "jax":
+        return True
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(
+            tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
+        )
+    return False

@@ -242,7 +242,7 @@ def test_keras_file_round_trip(tmp_path):
 
 
 def test_pretrain_script_builds_pemr_with_its_options():
-    from training.pretrain import build_pretrainer
+    from keras_clmr.pretraining import build_pretrainer
 
     model = build_pretrainer("pemr", channels=["8", "16", "16", "16"], augment="clmr", seed=0, mask_ratio=0.2,
                              pred_weight=0.1, neg_weight=1e-2, offdiag_weight=1e-3, transformer_layers=2,

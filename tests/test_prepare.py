@@ -231,11 +231,13 @@ def test_prepare_csv_demo_corpus_via_cli(tmp_path):
     corpus = write_demo_corpus(str(tmp_path / "demo"), n_clips=8, seconds=1.0)
     from absl import flags
 
+    from keras_clmr.commands import prepare as command
+
     flag_values = flags.FlagValues()
-    prepare.define_flags(flag_values)
+    command.define_flags(flag_values)
     flag_values(["prepare", "--dataset=csv", f"--source={tmp_path / 'demo'}", f"--output={tmp_path / 'out'}",
                  "--workers=1", "--clips_per_shard=3", "--noprogress"])
-    prepare.run_from_flags(flag_values)
+    command.run_from_flags(flag_values)
     manifest = pipeline.load_manifest(str(tmp_path / "out"))
     present = sorted(t for k, t in enumerate(corpus.tags) if corpus.labels[:, k].any())
     assert manifest["labels"] == present and manifest["task"] == "multilabel"

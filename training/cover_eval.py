@@ -1,67 +1,10 @@
-"""Cover-song / version identification with a (pretrained) encoder: MAP, MR1, P@10.
+"""Cover-song identification with an encoder.
 
-    python -m training.cover_eval --checkpoint=runs/pretrain --dataset=demo
-    python -m training.cover_eval --checkpoint=clmr-mtat --csv=/data/covers80/versions.csv
-
-A clip's embedding is the mean of its non-overlapping chunk embeddings; items are compared
-by cosine distance and every item queries all the others (keras_clmr.metrics). The CSV has
-``path`` (relative to the CSV) and ``group`` (version-group id) columns. On the demo corpus a
-"work" is a key (root + mode) with its chord progression; its versions differ in timbre,
-tempo, rhythm and drums. Writes <output_dir>/cover_results.json and prints a Markdown table.
+``python -m training.cover_eval`` runs ``keras-clmr cover`` (keras_clmr/commands/cover.py);
+``--help`` lists its flags.
 """
 
-import json
-import os
-
-from absl import app, flags
-
-FLAGS = flags.FLAGS
-
-flags.DEFINE_string("checkpoint", None, "Encoder source: pretraining dir/.keras, preset folder/name, 'random'.")
-flags.DEFINE_string("dataset", "demo", "'demo' when --csv is not given.")
-flags.DEFINE_string("csv", None, "CSV with path,group columns.")
-flags.DEFINE_integer("sample_rate", 22050, "Sample rate for --checkpoint=random and the demo corpus.")
-flags.DEFINE_list("strides", None, "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.")
-flags.DEFINE_list("channels", None, "SampleCNN widths (11 ints) for --checkpoint=random.")
-flags.DEFINE_bool("compare_random", False, "Also evaluate a randomly initialised encoder of the same architecture.")
-flags.DEFINE_integer("demo_clips", 96, "Clips in the demo corpus.")
-flags.DEFINE_float("demo_seconds", 6.0, "Seconds per demo clip.")
-flags.DEFINE_integer("seed", 42, "Seed of a random encoder.")
-flags.DEFINE_string("output_dir", "runs/cover_eval", "Where cover_results.json goes.")
-
-
-def main(argv):
-    del argv
-    from keras_clmr import evaluation
-
-    if not FLAGS.checkpoint:
-        raise app.UsageError("--checkpoint is required (a pretraining dir or .keras file, a preset, or 'random').")
-    try:
-        encoder, identity = evaluation.load_encoder(FLAGS.checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed,
-                                                      FLAGS.strides)
-        sample_rate = getattr(encoder, "sample_rate", None) or FLAGS.sample_rate
-        if FLAGS.csv:
-            clipset, description = evaluation.load_cover_csv(FLAGS.csv, sample_rate), FLAGS.csv
-        elif FLAGS.dataset == "demo":
-            clipset, description = evaluation.demo_cover_set(FLAGS.demo_clips, FLAGS.demo_seconds, sample_rate), \
-                "demo corpus (all splits; work = key)"
-        else:
-            raise ValueError(f"Unknown --dataset {FLAGS.dataset!r}: use 'demo' or pass --csv.")
-    except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error))
-    candidates = [("pretrained" if identity["kind"] != "random" else "random init", encoder, identity)]
-    if FLAGS.compare_random and identity["kind"] != "random":
-        fresh = evaluation.random_encoder(like=encoder, seed=FLAGS.seed)
-        candidates.append(("random init", fresh, evaluation.describe_encoder(fresh, kind="random")))
-    rows = []
-    for name, model, ident in candidates:
-        scores = evaluation.cover_song_eval(model, clipset)
-        rows.append({"model": name, "encoder": ident, "dataset": description, **scores})
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    evaluation.atomic_write(os.path.join(FLAGS.output_dir, "cover_results.json"),
-                            json.dumps(evaluation._jsonable(rows), indent=2) + "\n")
-    print(evaluation.cover_markdown_table(rows))
-
+from keras_clmr.commands import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run("cover", prog="python -m training.cover_eval")

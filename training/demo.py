@@ -54,6 +54,47 @@ def linear_probe(run_dir):
     return output
 
 
+def preset_round_trip(model, output_dir, audio_path, repo_id="keras-clmr/demo", name="demo",
+                      top_k=3):
+    """Save ``model`` as a preset, load it back (folder; local HF cache, offline), run it on a file.
+
+    Writes ``output_dir/preset`` and ``output_dir/hf_cache`` (a Hugging Face cache holding the
+    preset as ``repo_id``), checks that both loaded copies give the same outputs as ``model``,
+    then tags (a tagger) or embeds (an encoder) ``audio_path``. Returns a JSON-able summary.
+    """
+    import numpy as np
+    from keras import ops
+
+    from keras_clmr import hub, inference
+    from keras_clmr.models import encoder_of, is_pretrainer, is_tagger
+
+    output_dir = os.fspath(output_dir)
+    preset_dir = hub.save_preset(model, os.path.join(output_dir, "preset"), name=name, overwrite=True)
+    from_folder = hub.load_pretrained(preset_dir)
+    cache = os.path.join(output_dir, "hf_cache")
+    snapshot_dir = hub.populate_local_cache(preset_dir, repo_id, cache_dir=cache)
+    from_hub = hub.load_preset(hub.snapshot(f"hf://{repo_id}", cache_dir=cache, offline=True))
+    stored = encoder_of(model) if is_pretrainer(model) else model
+    samples = int(hub.model_attribute(stored, "input_samples"))
+    window = np.random.default_rng(0).uniform(-0.5, 0.5, (2, samples)).astype("float32")
+    expected = ops.convert_to_numpy(stored(window, training=False))
+    max_diff = max(float(np.max(np.abs(ops.convert_to_numpy(m(window, training=False)) - expected)))
+                   for m in (from_folder, from_hub))
+    if max_diff > 1e-6:
+        raise hub.PresetError(f"Preset round trip changed the outputs (max |diff| {max_diff}).")
+    summary = {"preset_dir": preset_dir, "hf_cache": cache, "snapshot": snapshot_dir,
+               "handle": f"hf://{repo_id}", "round_trip_max_abs_diff": max_diff,
+               "files": sorted(hub.read_metadata(preset_dir)["files"])}
+    if is_tagger(from_hub):
+        result = inference.tag(audio_path, model=from_hub, top_k=top_k)
+        summary.update(audio=os.fspath(audio_path), windows=int(result.probabilities.shape[0]),
+                       top_tags=result.top)
+    else:
+        result = inference.embed(audio_path, model=from_hub)
+        summary.update(audio=os.fspath(audio_path), embeddings_shape=list(result.embeddings.shape))
+    return summary
+
+
 def presets(probe_dir):
     stage("3. Preset round trip (folder and offline HF cache) and tagging a file")
     import json
@@ -63,7 +104,6 @@ def presets(probe_dir):
 
     import keras_clmr
     from keras_clmr.data.demo import make_demo_corpus
-    from keras_clmr.hub import preset_demo
 
     tagger = keras.saving.load_model(os.path.join(probe_dir, "tagger.keras"))
     folder = os.path.join(OUTPUT, "presets")
@@ -71,7 +111,7 @@ def presets(probe_dir):
     corpus = make_demo_corpus(n_clips=1, seconds=12.0, sample_rate=tagger.backbone.sample_rate, seed=7)
     wav = os.path.join(folder, "demo_clip.wav")
     soundfile.write(wav, corpus.audio[0], corpus.sample_rate)
-    summary = preset_demo(tagger, folder, wav, repo_id="keras-clmr/demo")
+    summary = preset_round_trip(tagger, folder, wav, repo_id="keras-clmr/demo")
     print(json.dumps(summary, indent=1))
     print(f"true tags of {os.path.basename(wav)}: {', '.join(t for t, v in zip(corpus.tags, corpus.labels[0]) if v)}")
     result = keras_clmr.tag(wav, model=summary["preset_dir"], top_k=3)

@@ -1,0 +1,82 @@
+"""The ``keras-clmr`` subcommands: one module per command, imported only when it runs.
+
+Each absl command module has ``define_flags(flag_values)`` and ``main(argv)``; ``run`` parses
+the flags and runs it, for ``keras-clmr <name>`` and for the ``python -m training.* / export.*``
+front ends alike. Nothing here imports Keras or TensorFlow, so ``keras-clmr --help`` is quick.
+"""
+
+import importlib
+import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str  # keras_clmr.commands.<module>
+    summary: str
+
+
+COMMANDS = {
+    "prepare": Command("prepare", "decode a dataset once into TFRecord shards + manifest"),
+    "pretrain": Command("pretrain", "self-supervised pretraining (CLMR or PEMR), resumable"),
+    "evaluate": Command("evaluate", "linear / MLP probe or fine-tuning of an encoder (tagging)"),
+    "supervised": Command("supervised", "CLMR's supervised SampleCNN baseline"),
+    "cover": Command("cover", "cover-song identification with an encoder (MAP, MR1, P@10)"),
+    "convert": Command("convert", "official PyTorch CLMR/PEMR or musicnn weights -> preset"),
+    "export": Command("export", "preset -> SavedModel and/or ONNX, parity-checked"),
+    "card": Command("card", "render model cards (README.md + model.json)"),
+    "publish": Command("publish", "upload a preset folder to the Hugging Face Hub"),
+    "embed": Command("infer", "embeddings [T, D] per audio file, with window start times"),
+    "tag": Command("infer", "tag probabilities per window and per file, with the top-k tags"),
+    "list": Command("infer", "list the registered presets"),
+}
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
+
+
+def load(name):
+    """The module of command ``name``."""
+    return importlib.import_module(f"keras_clmr.commands.{COMMANDS[name].module}")
+
+
+def _help_text(module, flag_values, full):
+    doc = (module.__doc__ or "").strip()
+    flags_text = flag_values.get_help() if full else flag_values.module_help(module.__name__)
+    return f"{doc}\n\nFlags:\n{flags_text}\n"
+
+
+def run(name, argv=None, prog=None):
+    """Parse ``argv`` (absl flags) for command ``name``, run it and exit with its status.
+
+    ``--help`` prints the command's description and its own flags (``--helpfull``: all flags).
+    A flag error or a missing required value prints the error and one line of usage (status 1).
+    """
+    from absl import app, flags
+
+    module = load(name)
+    argv = list(sys.argv if argv is None else argv)
+    prog = prog or argv[0]
+    flag_values = flags.FLAGS
+    module.define_flags(flag_values)
+    usage = f"usage: {prog} [--flag=value ...]  ({prog} --help lists the flags)"
+
+    def fail(error, status):
+        sys.stderr.write(f"{prog}: error: {error}\n{usage}\n")
+        return status
+
+    def parse(args):
+        options = args[1 : args.index("--")] if "--" in args else args[1:]
+        wanted = [arg for arg in options if arg in HELP_ARGS]
+        if wanted:
+            sys.stdout.write(_help_text(module, flag_values, full="full" in wanted[0]))
+            sys.exit(0)
+        try:
+            return flag_values(args)
+        except flags.Error as error:
+            sys.exit(fail(error, 1))
+
+    def main(args):
+        try:
+            return module.main(args)
+        except app.UsageError as error:
+            return fail(error, error.exitcode)
+
+    app.run(main, argv=[prog, *argv[1:]], flags_parser=parse)

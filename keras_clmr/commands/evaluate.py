@@ -1,0 +1,227 @@
+"""Linear / MLP probe or fine-tuning of a pretrained encoder, evaluated as CLMR does.
+
+    keras-clmr evaluate --checkpoint=runs/pretrain --dataset=demo
+    keras-clmr evaluate --checkpoint=runs/pretrain/model.keras --data_dir=/data/mtat_prepared
+    keras-clmr evaluate --checkpoint=clmr-mtat --data_dir=/data/mtat_prepared --head=mlp
+    keras-clmr evaluate --checkpoint=... --data_dir=... --label_fraction=0.01
+    keras-clmr evaluate --checkpoint=... --data_dir=... --finetune
+    keras-clmr evaluate --checkpoint=runs/pretrain --dataset=demo --compare_random
+
+--checkpoint: a pretraining output directory or .keras file (CLMR -> its encoder), an encoder
+.keras file, a preset folder / name / hf:// handle, ``random`` (a fresh SampleCNN for
+--sample_rate / --channels) or ``random:<checkpoint>`` (fresh weights, that architecture).
+
+Writes <output_dir>/results.json, per_tag.csv, per_tag_auc.png, results.md and tagger.keras,
+and prints the Markdown table. Protocol: keras_clmr/evaluation.py.
+"""
+
+import os
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS):
+    """Define this command's flags (when it runs, so importing the module defines nothing)."""
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "Encoder source: pretraining dir/.keras, preset folder/name, 'random'.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "dataset",
+        "demo",
+        "'demo' (the offline synthetic corpus) when --data_dir is not given.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "A directory prepared by keras_clmr.data.prepare (train/valid/test splits).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "head",
+        "linear",
+        ["linear", "mlp"],
+        "Probe head: Dense(n) or Dense(512)-ReLU-Dense(n).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "finetune",
+        False,
+        "Train the encoder too (fresh random crops every epoch).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "label_fraction",
+        1.0,
+        "Fraction of the training clips whose labels are used (seeded subset).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "epochs",
+        200,
+        "Maximum epochs (early stopping on the validation loss, patience 10).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", flag_values=flag_values)
+    flags.DEFINE_float("weight_decay", 1e-6, "Adam weight decay.", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 48, "Training batch size.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "patience",
+        10,
+        "Early-stopping patience (epochs without a better validation loss).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "crops_per_clip",
+        1,
+        "Random crops per training/validation clip for the static features.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "sample_rate",
+        22050,
+        "Sample rate for --checkpoint=random and the demo corpus.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "strides",
+        None,
+        "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "channels",
+        None,
+        "SampleCNN widths (11 ints) for --checkpoint=random.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "compare_random",
+        False,
+        "Also probe a randomly initialised encoder of the same architecture.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "demo_clips", 96, "Clips in the demo corpus (--dataset=demo).", flag_values=flag_values
+    )
+    flags.DEFINE_float("demo_seconds", 6.0, "Seconds per demo clip.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "seed",
+        42,
+        "Seed of the crops, label subset and head initialisation.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "output_dir",
+        "runs/linear_eval",
+        "Where the results and the trained tagger go.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "jit_compile",
+        True,
+        "XLA-compile training steps where the backend supports it.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "run_eagerly",
+        False,
+        "Train eagerly (debugging; faster start for tiny runs).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=flag_values)
+
+
+def run(checkpoint, output_dir, random_baseline=False):
+    from keras_clmr import evaluation
+
+    try:
+        encoder, identity = evaluation.load_encoder(
+            checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed, FLAGS.strides
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error))
+    sample_rate = getattr(encoder, "sample_rate", None) or FLAGS.sample_rate
+    try:
+        splits, tags, multi_label, description = evaluation.load_splits(
+            FLAGS.dataset, FLAGS.data_dir, sample_rate, FLAGS.demo_clips, FLAGS.demo_seconds
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error))
+    mode = "fine-tuning" if FLAGS.finetune else f"{FLAGS.head} probe"
+    print(
+        f"{mode} of {identity['class_name']} ({identity['parameters']:,} parameters, {identity['kind']}) "
+        f"on {description}; label fraction {FLAGS.label_fraction:g}.",
+        flush=True,
+    )
+    rows = []
+    candidates = [
+        ("pretrained" if identity["kind"] != "random" else "random init", encoder, identity)
+    ]
+    if random_baseline and identity["kind"] != "random":
+        fresh = evaluation.random_encoder(like=encoder, seed=FLAGS.seed)
+        candidates.append(
+            (
+                "random init",
+                fresh,
+                evaluation.describe_encoder(
+                    fresh, kind="random", seed=FLAGS.seed, architecture_of=identity
+                ),
+            )
+        )
+    for name, model, ident in candidates:
+        tagger, results = evaluation.train_probe(
+            model,
+            splits["train"],
+            splits["valid"],
+            splits["test"],
+            tags=tags,
+            multi_label=multi_label,
+            head=FLAGS.head,
+            finetune=FLAGS.finetune,
+            label_fraction=FLAGS.label_fraction,
+            epochs=FLAGS.epochs,
+            learning_rate=FLAGS.learning_rate,
+            weight_decay=FLAGS.weight_decay,
+            batch_size=FLAGS.batch_size,
+            patience=FLAGS.patience,
+            crops_per_clip=FLAGS.crops_per_clip,
+            seed=FLAGS.seed,
+            encoder_identity=ident,
+            jit_compile="auto" if FLAGS.jit_compile else False,
+            run_eagerly=FLAGS.run_eagerly,
+            verbose=FLAGS.verbose,
+        )
+        results["dataset"] = description
+        target = (
+            output_dir
+            if name != "random init" or len(candidates) == 1
+            else os.path.join(output_dir, "random_init")
+        )
+        evaluation.write_results(target, results, tagger, name=name)
+        rows.append((name, results))
+    return rows
+
+
+def main(argv):
+    del argv
+    if not FLAGS.checkpoint:
+        raise app.UsageError(
+            "--checkpoint is required (a pretraining dir or .keras file, a preset, or 'random')."
+        )
+    from keras_clmr import evaluation
+
+    rows = run(FLAGS.checkpoint, FLAGS.output_dir, FLAGS.compare_random)
+    table = evaluation.markdown_table(rows)
+    if len(rows) > 1:
+        evaluation.atomic_write(os.path.join(FLAGS.output_dir, "comparison.md"), table)
+    print()
+    print(table)
+    print(
+        f"Results in {FLAGS.output_dir}/ (results.json, per_tag.csv, per_tag_auc.png, results.md, tagger.keras)."
+    )

@@ -1,0 +1,486 @@
+"""Self-supervised pretraining.
+
+    keras-clmr pretrain --model=clmr --dataset=demo --epochs=5 --output_dir=runs/demo
+    keras-clmr pretrain --model=clmr --data_dir=/data/audio --batch_size=48
+    keras-clmr pretrain --model=pemr --data_dir=/data/audio --batch_size=48 --mask_ratio=0.1
+    keras-clmr pretrain ... --resume        # continue from the last epoch checkpoint
+
+(``python -m training.pretrain`` takes the same flags.)
+
+Writes <output_dir>/checkpoints/epoch-NNNNN.keras after every epoch (atomically; the newest
+three are kept), TensorBoard logs in <output_dir>/logs, and at the end model.keras (the
+pretrainer) and encoder.keras (the backbone for evaluation and export).
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS):
+    """Define this command's flags (when it runs, so importing the module defines nothing)."""
+    flags.DEFINE_enum(
+        "model", "clmr", ["clmr", "pemr"], "Which pretrainer to train.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "dataset",
+        "demo",
+        "'demo' (the offline synthetic corpus) when --data_dir is not given.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "A prepared directory (keras_clmr.data.prepare) or a folder of audio files.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "batch_size", 48, "Source segments (pairs of views) per step.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "epochs",
+        100,
+        "Epochs to train (an epoch = --steps_per_epoch steps).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch",
+        None,
+        "Steps per epoch (default: clips // batch_size).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "projection_dim",
+        None,
+        "Projector output size (default: 128 for clmr, 256 for pemr).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float("temperature", 0.5, "NT-Xent temperature.", flag_values=flag_values)
+    flags.DEFINE_enum(
+        "augment",
+        "clmr",
+        ["clmr", "crop", "none"],
+        "'clmr': CLMR's augmentation chain after the crops; 'crop'/'none': random crops only.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "sample_rate",
+        22050,
+        "Audio sample rate; picks the SampleCNN stride set.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "channels",
+        None,
+        "Encoder widths for a smaller encoder: 11 ints (SampleCNN) or 4 (PEMR's FCN).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "segment_samples",
+        None,
+        "Source segment length (default: 2 x the crop).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "jit_compile",
+        None,
+        "XLA-compile the train step (TensorFlow and JAX backends). Default: on for JAX, and on "
+        "for TensorFlow only when a GPU/TPU is visible (on CPU, XLA measured slower than TF's "
+        "oneDNN kernels for SampleCNN: benchmarks/train_step.py).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "seed",
+        42,
+        "Seed of the weights, crops, augmentations and data order.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "output_dir",
+        "runs/pretrain",
+        "Where checkpoints, logs and the final model go.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "resume",
+        False,
+        "Continue from the last checkpoint in --output_dir.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "keep_checkpoints", 3, "How many epoch checkpoints to keep.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "demo_clips", 96, "Clips in the demo corpus (--dataset=demo).", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "mask_ratio",
+        0.1,
+        "PEMR: fraction of the 462 frames masked (the code's masked_factor).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "pred_weight", 0.01, "PEMR: weight of the prediction loss L_pred.", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "neg_weight", 5e-3, "PEMR: weight of L_neg (the code's lambd1).", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "offdiag_weight",
+        5e-3,
+        "PEMR: off-diagonal weight of L_pos (the code's lambd2).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "transformer_layers",
+        3,
+        "PEMR: layers of the mask-generator transformer.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "transformer_heads",
+        3,
+        "PEMR: heads of the mask-generator transformer (128-d each).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "mel_sample_rate",
+        16000,
+        "PEMR: rate of the mel filterbank (16000 as in the official code, whatever the audio rate).",
+        flag_values=flag_values,
+    )
+
+    flags.DEFINE_enum(
+        "distribution",
+        "none",
+        ["none", "mirrored", "multi_worker", "tpu", "data_parallel"],
+        "Data parallelism. TensorFlow: 'mirrored' (the devices of this host), 'multi_worker' (hosts "
+        "listed in TF_CONFIG), 'tpu'; JAX: 'data_parallel' (keras.distribution.DataParallel).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "logical_cpus",
+        0,
+        "Split the CPU into N logical devices (to try a distribution without "
+        "accelerators; JAX also needs XLA_FLAGS=--xla_force_host_platform_device_count=N).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "global_negatives",
+        True,
+        "Contrast every view against the whole global batch; "
+        "--noglobal_negatives contrasts within each replica's slice, like the original CLMR.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "sync_batchnorm",
+        True,
+        "BatchNorm statistics over the global batch (TensorFlow strategies; "
+        "JAX data_parallel always does this), as the original's sync_batchnorm.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "mixed_precision",
+        "none",
+        ["none", "bfloat16", "float16"],
+        "Compute dtype (variables, loss and similarities stay float32; float16 adds loss scaling).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "optimizer",
+        "adam",
+        ["adam", "lars"],
+        "'adam' (3e-4, CLMR master) or 'lars' (CLMR 2.0 paper runs: lr 0.075*sqrt(batch), weight "
+        "decay 1e-6, warm-up then cosine decay; --learning_rate overrides the peak when given).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "warmup_epochs",
+        10,
+        "LARS: epochs of linear learning-rate warm-up (CLMR 2.0 used 30).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "checkpoint_every_steps",
+        0,
+        "Also checkpoint every N steps within an epoch (0: epoch "
+        "ends only); a killed run then loses at most N steps.",
+        flag_values=flag_values,
+    )
+
+
+def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
+    """A dataset of source segments for ``fit`` and a one-line description of it."""
+    from keras_clmr import audio
+    from keras_clmr.pretraining import SegmentBatches
+
+    if FLAGS.data_dir:
+        prepared = _prepared_pipeline()
+        if prepared is not None and prepared.is_prepared(FLAGS.data_dir):
+            dataset = prepared.pretraining_dataset(
+                FLAGS.data_dir, segment_samples=segment_samples, batch_size=batch_size, seed=seed
+            )
+            if steps_per_epoch is None:
+                manifest = prepared.load_manifest(FLAGS.data_dir)
+                train = manifest.get("splits", {}).get("train", {})
+                count = train.get("count", train) if isinstance(train, dict) else train
+                steps_per_epoch = max(1, int(count or 0) // batch_size) if count else None
+            if steps_per_epoch is None:
+                raise app.UsageError("Pass --steps_per_epoch for this prepared directory.")
+            return dataset, steps_per_epoch, f"prepared shards in {FLAGS.data_dir}"
+        try:
+            paths = audio.list_audio_files(FLAGS.data_dir)
+        except FileNotFoundError as error:
+            raise app.UsageError(str(error))
+        if not paths:
+            raise app.UsageError(
+                f"--data_dir {FLAGS.data_dir} holds no audio files ({', '.join(audio.AUDIO_EXTENSIONS)}): "
+                f"point it at a folder of audio or at a directory written by keras_clmr.data.prepare."
+            )
+        clips, skipped = audio.load_many(
+            paths, sample_rate=FLAGS.sample_rate, min_samples=segment_samples
+        )
+        for path, reason in skipped:
+            logging.warning("Skipped %s: %s", path, reason)
+        if not clips:
+            raise app.UsageError(
+                f"None of the {len(paths)} files in {FLAGS.data_dir} could be used (see the warnings above); "
+                f"each needs at least {segment_samples} samples at {FLAGS.sample_rate} Hz."
+            )
+        description = f"{len(clips)} audio files from {FLAGS.data_dir} ({len(skipped)} skipped)"
+    else:
+        if FLAGS.dataset != "demo":
+            raise app.UsageError(
+                f"Unknown --dataset {FLAGS.dataset!r}: use 'demo' or pass --data_dir."
+            )
+        from keras_clmr.data.demo import make_demo_corpus
+
+        corpus = make_demo_corpus(n_clips=FLAGS.demo_clips, sample_rate=FLAGS.sample_rate)
+        clips = list(corpus.subset("train").audio)
+        description = f"demo corpus ({len(clips)} training clips)"
+    batch_size = min(batch_size, len(clips)) if steps_per_epoch is None else batch_size
+    data = SegmentBatches(
+        clips, segment_samples, batch_size, steps_per_epoch=steps_per_epoch, seed=seed
+    )
+    return data, len(data), description
+
+
+def _prepared_pipeline():
+    try:
+        from keras_clmr.data import pipeline
+    except ImportError:
+        return None
+    return pipeline
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from keras_clmr import distributed
+    from keras_clmr.optimizers import build_optimizer
+    from keras_clmr.pretraining import (
+        CheckpointError,
+        EpochCheckpoint,
+        StepCheckpoint,
+        atomic_save_model,
+        build_pretrainer,
+        default_jit_compile,
+        fit_resumable,
+        load_checkpoint,
+        resume_position,
+    )
+
+    try:
+        if FLAGS.logical_cpus:
+            distributed.split_logical_cpus(FLAGS.logical_cpus)
+        dist = distributed.setup_distribution(FLAGS.distribution)
+    except distributed.DistributionError as error:
+        raise app.UsageError(str(error))
+    if FLAGS.batch_size % dist.num_replicas:
+        raise app.UsageError(
+            f"--batch_size={FLAGS.batch_size} is not divisible by the {dist.num_replicas} replicas."
+        )
+    if FLAGS.mixed_precision != "none":
+        keras.config.set_dtype_policy(f"mixed_{FLAGS.mixed_precision}")
+    keras.utils.set_random_seed(FLAGS.seed)
+    checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
+    backend = keras.backend.backend()
+    jit_compile = default_jit_compile(backend) if FLAGS.jit_compile is None else FLAGS.jit_compile
+    jit_compile = jit_compile and backend in ("tensorflow", "jax")
+    if FLAGS.jit_compile and not jit_compile:
+        logging.info("jit_compile is not used on the %s backend.", backend)
+    if jit_compile and FLAGS.distribution in ("mirrored", "multi_worker") and dist.num_replicas > 1:
+        # XLA clusters in a multi-device tf.distribute step fail on per-replica resources (the crop
+        # seed state: "Trying to access resource ... located in device ... CPU:1 from ... CPU:0").
+        logging.warning(
+            "jit_compile is turned off under --distribution=%s (XLA and tf.distribute replicas).",
+            FLAGS.distribution,
+        )
+        jit_compile = False
+
+    initial_epoch = initial_step = 0
+    if FLAGS.resume:
+        try:
+            path, initial_epoch, initial_step = resume_position(checkpoint_dir)
+        except CheckpointError as error:
+            raise app.UsageError(str(error))
+        with dist.scope():
+            model = load_checkpoint(path)
+            # Backbones rebuild their BatchNorm layers from their own config: set the sync again.
+            distributed.set_sync_batchnorm(model, FLAGS.sync_batchnorm)
+        logging.info(
+            "Resuming from %s (epoch %d, step %d of the next).", path, initial_epoch, initial_step
+        )
+        if initial_epoch >= FLAGS.epochs:
+            print(
+                f"Already trained {initial_epoch} >= --epochs={FLAGS.epochs} epochs; nothing to do."
+            )
+            return
+    else:
+        pemr_options = {}
+        if FLAGS.model == "pemr":
+            pemr_options = {name: getattr(FLAGS, name) for name in _PEMR_FLAGS}
+        with dist.scope():
+            model = build_pretrainer(
+                FLAGS.model,
+                sample_rate=FLAGS.sample_rate,
+                channels=FLAGS.channels,
+                projection_dim=FLAGS.projection_dim,
+                temperature=FLAGS.temperature,
+                augment=FLAGS.augment,
+                seed=FLAGS.seed,
+                negatives="global" if FLAGS.global_negatives else "local",
+                **pemr_options,
+            )
+            if FLAGS.sync_batchnorm:
+                distributed.set_sync_batchnorm(model)
+
+    crop = model.input_samples
+    segment_samples = FLAGS.segment_samples or 2 * crop
+    if segment_samples < crop:
+        raise app.UsageError(
+            f"--segment_samples={segment_samples} is shorter than the {crop}-sample crop."
+        )
+    data, steps, description = load_training_data(
+        segment_samples, FLAGS.batch_size, FLAGS.steps_per_epoch, FLAGS.seed
+    )
+    if hasattr(data, "epoch"):
+        data.epoch = initial_epoch
+    if not FLAGS.resume:
+        learning_rate = (
+            FLAGS.learning_rate
+            if (FLAGS.optimizer == "adam" or FLAGS["learning_rate"].present)
+            else None
+        )
+        with dist.scope():
+            model.compile(
+                optimizer=build_optimizer(
+                    FLAGS.optimizer,
+                    batch_size=FLAGS.batch_size,
+                    steps_per_epoch=steps,
+                    epochs=FLAGS.epochs,
+                    warmup_epochs=FLAGS.warmup_epochs,
+                    learning_rate=learning_rate,
+                ),
+                jit_compile=jit_compile,
+            )
+    print(
+        f"Pretraining {FLAGS.model} ({model.encoder.count_params():,} encoder parameters) on {description}: "
+        f"{steps} steps/epoch, backend {backend}, jit_compile={jit_compile}, {dist}.",
+        flush=True,
+    )
+
+    callbacks = [
+        EpochCheckpoint(
+            checkpoint_dir,
+            keep=FLAGS.keep_checkpoints,
+            extra_state={
+                "flags": {k: str(v) for k, v in FLAGS.flag_values_dict().items() if k in _OWN_FLAGS}
+            },
+            steps_per_epoch=steps,
+            write=dist.is_chief,
+        ),
+        keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "logs")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if FLAGS.checkpoint_every_steps:
+        callbacks.insert(
+            1,
+            StepCheckpoint(
+                checkpoint_dir,
+                FLAGS.checkpoint_every_steps,
+                steps,
+                keep=FLAGS.keep_checkpoints,
+                initial_step=initial_epoch * steps + initial_step,
+                write=dist.is_chief,
+            ),
+        )
+    try:
+        fit_resumable(
+            model,
+            data,
+            epochs=FLAGS.epochs,
+            steps_per_epoch=steps,
+            initial_epoch=initial_epoch,
+            initial_step_in_epoch=initial_step,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Finished epochs are in {checkpoint_dir}; continue with --resume.")
+        raise SystemExit(130)
+    if not dist.is_chief:
+        return
+    atomic_save_model(model, os.path.join(FLAGS.output_dir, "model.keras"))
+    atomic_save_model(model.encoder, os.path.join(FLAGS.output_dir, "encoder.keras"))
+    print(
+        f"Saved the pretrainer to {os.path.join(FLAGS.output_dir, 'model.keras')} and its encoder to "
+        f"{os.path.join(FLAGS.output_dir, 'encoder.keras')}."
+    )
+
+
+_OWN_FLAGS = (
+    "model",
+    "dataset",
+    "data_dir",
+    "batch_size",
+    "epochs",
+    "steps_per_epoch",
+    "learning_rate",
+    "projection_dim",
+    "temperature",
+    "augment",
+    "sample_rate",
+    "channels",
+    "segment_samples",
+    "jit_compile",
+    "seed",
+    "mask_ratio",
+    "pred_weight",
+    "neg_weight",
+    "offdiag_weight",
+    "transformer_layers",
+    "transformer_heads",
+    "mel_sample_rate",
+    "distribution",
+    "global_negatives",
+    "sync_batchnorm",
+    "mixed_precision",
+    "optimizer",
+    "warmup_epochs",
+    "checkpoint_every_steps",
+)
+_PEMR_FLAGS = (
+    "mask_ratio",
+    "pred_weight",
+    "neg_weight",
+    "offdiag_weight",
+    "transformer_layers",
+    "transformer_heads",
+    "mel_sample_rate",
+)

@@ -1,0 +1,142 @@
+"""CLMR's supervised baseline: a SampleCNN trained end to end on the labels.
+
+    keras-clmr supervised --dataset=demo --channels=16,16,16,16,16,16,16,16,16,32,32 --epochs=20
+    keras-clmr supervised --data_dir=/data/mtat_prepared
+
+Dropout 0.5 before a linear head, SGD with Nesterov momentum 0.9 and weight decay 1e-6,
+ReduceLROnPlateau(x0.2, patience 5) and early stopping on the validation loss (CLMR
+``SupervisedLearning``); tested like the probes (mean of per-chunk probabilities per clip).
+The default learning rate 0.01 is SampleCNN's (Lee et al. 2017); CLMR's config default is 3e-4.
+Writes <output_dir>/results.json, per_tag.csv, per_tag_auc.png, results.md and tagger.keras.
+"""
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS):
+    """Define this command's flags (when it runs, so importing the module defines nothing)."""
+    flags.DEFINE_string(
+        "dataset",
+        "demo",
+        "'demo' (the offline synthetic corpus) when --data_dir is not given.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "A directory prepared by keras_clmr.data.prepare (train/valid/test splits).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "sample_rate",
+        22050,
+        "Sample rate; picks the SampleCNN stride set.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "strides",
+        None,
+        "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "channels",
+        None,
+        "SampleCNN widths (11 ints) for a smaller model; default CLMR's.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "label_fraction",
+        1.0,
+        "Fraction of the training clips whose labels are used (seeded subset).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "epochs",
+        200,
+        "Maximum epochs (early stopping on the validation loss).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float("learning_rate", 0.01, "SGD learning rate.", flag_values=flag_values)
+    flags.DEFINE_float("momentum", 0.9, "Nesterov momentum.", flag_values=flag_values)
+    flags.DEFINE_float("weight_decay", 1e-6, "Weight decay.", flag_values=flag_values)
+    flags.DEFINE_float("dropout", 0.5, "Dropout before the head.", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 48, "Training batch size.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "patience", 10, "Early-stopping patience (epochs).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "demo_clips", 96, "Clips in the demo corpus (--dataset=demo).", flag_values=flag_values
+    )
+    flags.DEFINE_float("demo_seconds", 6.0, "Seconds per demo clip.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "seed", 42, "Seed of the weights, crops and label subset.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "output_dir",
+        "runs/supervised",
+        "Where the results and the trained tagger go.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "jit_compile",
+        True,
+        "XLA-compile training steps where the backend supports it.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "run_eagerly",
+        False,
+        "Train eagerly (debugging; faster start for tiny runs).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=flag_values)
+
+
+def main(argv):
+    del argv
+    from keras_clmr import evaluation
+
+    try:
+        encoder = evaluation.random_encoder(
+            FLAGS.sample_rate, FLAGS.channels, FLAGS.seed, strides=FLAGS.strides
+        )
+        splits, tags, multi_label, description = evaluation.load_splits(
+            FLAGS.dataset, FLAGS.data_dir, FLAGS.sample_rate, FLAGS.demo_clips, FLAGS.demo_seconds
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error))
+    print(
+        f"Supervised SampleCNN ({encoder.count_params():,} parameters) on {description}; "
+        f"label fraction {FLAGS.label_fraction:g}.",
+        flush=True,
+    )
+    tagger, results = evaluation.train_supervised(
+        encoder,
+        splits["train"],
+        splits["valid"],
+        splits["test"],
+        tags=tags,
+        multi_label=multi_label,
+        label_fraction=FLAGS.label_fraction,
+        epochs=FLAGS.epochs,
+        learning_rate=FLAGS.learning_rate,
+        weight_decay=FLAGS.weight_decay,
+        momentum=FLAGS.momentum,
+        dropout=FLAGS.dropout,
+        batch_size=FLAGS.batch_size,
+        patience=FLAGS.patience,
+        seed=FLAGS.seed,
+        jit_compile="auto" if FLAGS.jit_compile else False,
+        run_eagerly=FLAGS.run_eagerly,
+        verbose=FLAGS.verbose,
+    )
+    results["dataset"] = description
+    evaluation.write_results(FLAGS.output_dir, results, tagger, name="supervised SampleCNN")
+    print()
+    print(evaluation.markdown_table([("supervised SampleCNN", results)]))
+    print(
+        f"Results in {FLAGS.output_dir}/ (results.json, per_tag.csv, per_tag_auc.png, results.md, tagger.keras)."
+    )
