@@ -54,20 +54,25 @@ def run(name, argv=None, prog=None):
     module = load(name)
     argv = list(sys.argv if argv is None else argv)
     prog = prog or argv[0]
+    usage = f"usage: {prog} [--flag=value ...]  ({prog} --help lists the flags)"
+    options = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    wanted = [arg for arg in options if arg in HELP_ARGS]
+    if wanted:
+        # --help lists the command's own flags from a private FlagValues (no global state);
+        # --helpfull adds absl's and every other flag on the global FLAGS.
+        full = "full" in wanted[0]
+        flag_values = flags.FLAGS if full else flags.FlagValues()
+        module.define_flags(flag_values)
+        sys.stdout.write(_help_text(module, flag_values, full))
+        raise SystemExit(0)
     flag_values = flags.FLAGS
     module.define_flags(flag_values)
-    usage = f"usage: {prog} [--flag=value ...]  ({prog} --help lists the flags)"
 
     def fail(error, status):
         sys.stderr.write(f"{prog}: error: {error}\n{usage}\n")
         return status
 
     def parse(args):
-        options = args[1 : args.index("--")] if "--" in args else args[1:]
-        wanted = [arg for arg in options if arg in HELP_ARGS]
-        if wanted:
-            sys.stdout.write(_help_text(module, flag_values, full="full" in wanted[0]))
-            sys.exit(0)
         try:
             return flag_values(args)
         except flags.Error as error:
