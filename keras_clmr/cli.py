@@ -21,8 +21,11 @@ ARGPARSE_COMMANDS = ("embed", "tag", "list")
 def overview():
     """The top-level help: the usage line and one line per subcommand."""
     width = max(len(name) for name in COMMANDS)
-    lines = [f"usage: {PROG} <subcommand> [flags]    ({PROG} <subcommand> --help for its flags)", "",
-             "subcommands:"]
+    lines = [
+        f"usage: {PROG} <subcommand> [flags]    ({PROG} <subcommand> --help for its flags)",
+        "",
+        "subcommands:",
+    ]
     lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
     return "\n".join(lines) + "\n"
 
@@ -38,8 +41,10 @@ def main(argv=None):
         return 0 if args else 2
     name = args[0]
     if name not in COMMANDS:
-        sys.stderr.write(f"{PROG}: error: unknown subcommand {name!r}; choose from "
-                         f"{', '.join(COMMANDS)}.\nusage: {PROG} <subcommand> [flags]  ({PROG} --help)\n")
+        sys.stderr.write(
+            f"{PROG}: error: unknown subcommand {name!r}; choose from "
+            f"{', '.join(COMMANDS)}.\nusage: {PROG} <subcommand> [flags]  ({PROG} --help)\n"
+        )
         return 2
     if name in ARGPARSE_COMMANDS:
         from keras_clmr.commands import infer

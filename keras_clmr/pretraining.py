@@ -79,8 +79,10 @@ class SegmentBatches(keras.utils.PyDataset):
         short = [i for i, c in enumerate(self.clips) if len(c) < self.segment_samples]
         if short:
             raise ValueError(
-                f"{len(short)} clips are shorter than the {self.segment_samples}-sample source segment "
-                f"(e.g. clip {short[0]} has {len(self.clips[short[0]])} samples): drop them or shorten "
+                f"{len(short)} clips are shorter than the {self.segment_samples}-sample source "
+                "segment "
+                f"(e.g. clip {short[0]} has {len(self.clips[short[0]])} samples): drop them or "
+                "shorten "
                 f"--segment_samples."
             )
         self.steps = int(steps_per_epoch or max(1, len(self.clips) // self.batch_size))
@@ -299,7 +301,8 @@ def latest_checkpoint(directory):
     state_path = os.path.join(directory, STATE_FILE)
     if not os.path.exists(state_path):
         raise CheckpointError(
-            f"No checkpoint to resume from in {directory} (no {STATE_FILE}). Start without --resume, "
+            f"No checkpoint to resume from in {directory} (no {STATE_FILE}). Start without "
+            "--resume, "
             f"or point --output_dir at the folder of an earlier run."
         )
     with open(state_path) as file:
@@ -399,7 +402,7 @@ def build_augmentation(augment, sample_rate, seed, pitch_shift=True):
 
 
 def default_jit_compile(backend):
-    """XLA where it helps: always on JAX (its only compiled mode), on TF only with an accelerator."""
+    """XLA where it helps: always on JAX (its only compiled mode), on TF with an accelerator."""
     if backend == "jax":
         return True
     if backend == "tensorflow":

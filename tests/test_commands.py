@@ -8,15 +8,27 @@ import sys
 from keras_clmr.commands import COMMANDS
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers", "command_help.py")
-EXPECTED = ("prepare", "pretrain", "evaluate", "supervised", "cover", "convert", "export", "card",
-            "publish", "embed", "tag")
+EXPECTED = (
+    "prepare",
+    "pretrain",
+    "evaluate",
+    "supervised",
+    "cover",
+    "convert",
+    "export",
+    "card",
+    "publish",
+    "embed",
+    "tag",
+)
 
 
 def test_every_subcommand_answers_help_outside_the_repository(tmp_path):
     # cwd outside the repository: keras_clmr must come from the installed package, not from ./
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, WORKER], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, WORKER], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     overview = report["overview"]
@@ -36,8 +48,13 @@ def test_every_subcommand_answers_help_outside_the_repository(tmp_path):
 def test_flag_errors_print_the_error_and_one_usage_line(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "keras-clmr")
     command = [script] if os.path.exists(script) else [sys.executable, "-m", "keras_clmr.cli"]
-    done = subprocess.run([*command, "card", "--no_such_flag=1"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [*command, "card", "--no_such_flag=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert lines[0] == "keras-clmr card: error: Unknown command line flag 'no_such_flag'"

@@ -1,6 +1,7 @@
 """CLMR's supervised SampleCNN baseline.
 
-``python -m training.supervised`` runs ``keras-clmr supervised`` (keras_clmr/commands/supervised.py);
+``python -m training.supervised`` runs ``keras-clmr supervised``
+(keras_clmr/commands/supervised.py);
 ``--help`` lists its flags.
 """
 

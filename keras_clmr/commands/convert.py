@@ -14,7 +14,7 @@ with the Keras model within 1e-4 (the figures go into metadata.json). Prints a J
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 FORMATS = ["auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr"]
 
@@ -99,7 +99,7 @@ def convert(
     parity_audio=None,
     overwrite=False,
 ):
-    """Convert and write the preset; returns a JSON-able summary (parity figures, parameter counts)."""
+    """Convert and write the preset; returns a JSON-able summary (parity, parameter counts)."""
     import os
 
     from keras_clmr.conversion.report import save_converted

@@ -85,7 +85,7 @@ def main(argv):
         else:
             raise ValueError(f"Unknown --dataset {FLAGS.dataset!r}: use 'demo' or pass --csv.")
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from error
     candidates = [
         ("pretrained" if identity["kind"] != "random" else "random init", encoder, identity)
     ]

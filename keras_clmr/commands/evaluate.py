@@ -145,17 +145,18 @@ def run(checkpoint, output_dir, random_baseline=False):
             checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed, FLAGS.strides
         )
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from error
     sample_rate = getattr(encoder, "sample_rate", None) or FLAGS.sample_rate
     try:
         splits, tags, multi_label, description = evaluation.load_splits(
             FLAGS.dataset, FLAGS.data_dir, sample_rate, FLAGS.demo_clips, FLAGS.demo_seconds
         )
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from error
     mode = "fine-tuning" if FLAGS.finetune else f"{FLAGS.head} probe"
     print(
-        f"{mode} of {identity['class_name']} ({identity['parameters']:,} parameters, {identity['kind']}) "
+        f"{mode} of {identity['class_name']} ({identity['parameters']:,} parameters, "
+        f"{identity['kind']}) "
         f"on {description}; label fraction {FLAGS.label_fraction:g}.",
         flush=True,
     )
@@ -223,5 +224,6 @@ def main(argv):
     print()
     print(table)
     print(
-        f"Results in {FLAGS.output_dir}/ (results.json, per_tag.csv, per_tag_auc.png, results.md, tagger.keras)."
+        f"Results in {FLAGS.output_dir}/ (results.json, per_tag.csv, per_tag_auc.png, results.md, "
+        "tagger.keras)."
     )

@@ -20,22 +20,42 @@ OUTPUT_FORMATS = (".npz", ".csv", ".json")
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="keras-clmr", description="Embed or tag audio files with keras_clmr models.")
+    parser = argparse.ArgumentParser(
+        prog="keras-clmr", description="Embed or tag audio files with keras_clmr models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for command, text in (("embed", "embeddings [T, D] per file, with window start times"),
-                          ("tag", "tag probabilities per window and per file, with the top-k tags")):
+    for command, text in (
+        ("embed", "embeddings [T, D] per file, with window start times"),
+        ("tag", "tag probabilities per window and per file, with the top-k tags"),
+    ):
         p = sub.add_parser(command, help=text, description=text)
         p.add_argument("files", nargs="+", help="audio files or folders (searched recursively)")
-        p.add_argument("--model", default="clmr-mtat",
-                       help="preset name, hf://org/name[@revision] or preset folder (default: clmr-mtat)")
+        p.add_argument(
+            "--model",
+            default="clmr-mtat",
+            help="preset name, hf://org/name[@revision] or preset folder (default: clmr-mtat)",
+        )
         p.add_argument("--output", "-o", help="write results to out.npz, out.csv or out.json")
-        p.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: one window)")
-        p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: 32)")
-        p.add_argument("--short", choices=("pad", "error"), default="pad",
-                       help="a file shorter than one window is zero-padded (default) or an error")
+        p.add_argument(
+            "--hop",
+            type=float,
+            default=None,
+            help="seconds between window starts (default: one window)",
+        )
+        p.add_argument(
+            "--batch-size", type=int, default=32, help="windows per forward pass (default: 32)"
+        )
+        p.add_argument(
+            "--short",
+            choices=("pad", "error"),
+            default="pad",
+            help="a file shorter than one window is zero-padded (default) or an error",
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         if command == "tag":
-            p.add_argument("--top-k", type=int, default=5, help="tags to report per file (default: 5)")
+            p.add_argument(
+                "--top-k", type=int, default=5, help="tags to report per file (default: 5)"
+            )
     sub.add_parser("list", help="list the registered presets")
     return parser
 
@@ -67,12 +87,17 @@ def _npz(results, command):
     import numpy as np
 
     def write(f):
-        arrays = {"files": np.array([r.source for r in results]),
-                  "errors": np.array([r.error or "" for r in results])}
+        arrays = {
+            "files": np.array([r.source for r in results]),
+            "errors": np.array([r.error or "" for r in results]),
+        }
         ok = [r for r in results if r.error is None]
         if ok:
-            arrays.update(sample_rate=np.array(ok[0].sample_rate), window_seconds=np.array(ok[0].window_seconds),
-                          hop_seconds=np.array(ok[0].hop_seconds))
+            arrays.update(
+                sample_rate=np.array(ok[0].sample_rate),
+                window_seconds=np.array(ok[0].window_seconds),
+                hop_seconds=np.array(ok[0].hop_seconds),
+            )
         if command == "tag" and results:
             arrays["tags"] = np.array(results[0].tags)
         for i, r in enumerate(results):
@@ -83,6 +108,7 @@ def _npz(results, command):
                 arrays[f"probabilities_{i}"] = r.probabilities
                 arrays[f"clip_{i}"] = r.clip
         np.savez_compressed(f, **arrays)
+
     return write
 
 
@@ -106,6 +132,7 @@ def _csv(results, command):
                 writer.writerow([r.source, "clip", "", *[f"{v:.6g}" for v in r.clip]])
         text.flush()
         text.detach()
+
     return write
 
 
@@ -113,9 +140,16 @@ def _json(results, command):
     def write(f):
         records = []
         for r in results:
-            record = {"file": r.source, "error": r.error, "sample_rate": r.sample_rate,
-                      "window_seconds": r.window_seconds, "hop_seconds": r.hop_seconds,
-                      "duration_seconds": r.duration, "padded": r.padded, "times": r.times.tolist()}
+            record = {
+                "file": r.source,
+                "error": r.error,
+                "sample_rate": r.sample_rate,
+                "window_seconds": r.window_seconds,
+                "hop_seconds": r.hop_seconds,
+                "duration_seconds": r.duration,
+                "padded": r.padded,
+                "times": r.times.tolist(),
+            }
             if command == "embed":
                 record["embeddings"] = r.embeddings.tolist()
             else:
@@ -125,6 +159,7 @@ def _json(results, command):
                 record["top"] = [[name, p] for name, p in r.top]
             records.append(record)
         f.write(json.dumps(records, indent=1).encode())
+
     return write
 
 
@@ -133,15 +168,17 @@ def _summary(results, command):
         if r.error is not None:
             continue
         if command == "embed":
-            print(f"{r.source}: {r.embeddings.shape[0]} windows x {r.embeddings.shape[1]} dims "
-                  f"({r.duration:.1f} s{', padded' if r.padded else ''})")
+            print(
+                f"{r.source}: {r.embeddings.shape[0]} windows x {r.embeddings.shape[1]} dims "
+                f"({r.duration:.1f} s{', padded' if r.padded else ''})"
+            )
         else:
             top = ", ".join(f"{name} {p:.3f}" for name, p in r.top)
             print(f"{r.source}: {top}")
 
 
 def main(argv=None):
-    """``keras-clmr embed|tag|list ...``; returns the exit status (1: some files skipped, 2: bad input)."""
+    """``keras-clmr embed|tag|list ...``; exit status 1: some files skipped, 2: bad input."""
     args = _parser().parse_args(argv)
     if args.command == "list":
         from keras_clmr.presets import list_presets
@@ -149,7 +186,10 @@ def main(argv=None):
         list_presets()
         return 0
     if args.output and os.path.splitext(args.output)[1].lower() not in OUTPUT_FORMATS:
-        print(f"error: --output must end in one of {', '.join(OUTPUT_FORMATS)}, got {args.output}", file=sys.stderr)
+        print(
+            f"error: --output must end in one of {', '.join(OUTPUT_FORMATS)}, got {args.output}",
+            file=sys.stderr,
+        )
         return 2
     if args.batch_size < 1 or (args.hop is not None and args.hop <= 0):
         print("error: --batch-size must be >= 1 and --hop > 0", file=sys.stderr)
@@ -168,8 +208,14 @@ def main(argv=None):
     except (PresetError, OSError, ValueError) as error:
         print(f"error: cannot load model {args.model!r}: {error}", file=sys.stderr)
         return 2
-    options = dict(model=model, hop=args.hop, batch_size=args.batch_size, short=args.short, on_error="skip",
-                   progress=not args.no_progress and len(files) > 1)
+    options = dict(
+        model=model,
+        hop=args.hop,
+        batch_size=args.batch_size,
+        short=args.short,
+        on_error="skip",
+        progress=not args.no_progress and len(files) > 1,
+    )
     if args.command == "embed":
         results = inference.embed(files, **options)
     else:
@@ -181,7 +227,10 @@ def main(argv=None):
         extension = os.path.splitext(args.output)[1].lower()
         writer = {".npz": _npz, ".csv": _csv, ".json": _json}[extension]
         _write_atomic(args.output, writer(results, args.command))
-        print(f"wrote {args.output} ({len(results) - len(failed)} of {len(results)} files)", file=sys.stderr)
+        print(
+            f"wrote {args.output} ({len(results) - len(failed)} of {len(results)} files)",
+            file=sys.stderr,
+        )
     else:
         _summary(results, args.command)
     return 1 if failed else 0

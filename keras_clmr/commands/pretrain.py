@@ -150,7 +150,8 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer(
         "mel_sample_rate",
         16000,
-        "PEMR: rate of the mel filterbank (16000 as in the official code, whatever the audio rate).",
+        "PEMR: rate of the mel filterbank (16000 as in the official code, whatever the audio "
+        "rate).",
         flag_values=flag_values,
     )
 
@@ -158,7 +159,8 @@ def define_flags(flag_values=FLAGS):
         "distribution",
         "none",
         ["none", "mirrored", "multi_worker", "tpu", "data_parallel"],
-        "Data parallelism. TensorFlow: 'mirrored' (the devices of this host), 'multi_worker' (hosts "
+        "Data parallelism. TensorFlow: 'mirrored' (the devices of this host), 'multi_worker' "
+        "(hosts "
         "listed in TF_CONFIG), 'tpu'; JAX: 'data_parallel' (keras.distribution.DataParallel).",
         flag_values=flag_values,
     )
@@ -235,11 +237,13 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
         try:
             paths = audio.list_audio_files(FLAGS.data_dir)
         except FileNotFoundError as error:
-            raise app.UsageError(str(error))
+            raise app.UsageError(str(error)) from error
         if not paths:
             raise app.UsageError(
-                f"--data_dir {FLAGS.data_dir} holds no audio files ({', '.join(audio.AUDIO_EXTENSIONS)}): "
-                f"point it at a folder of audio or at a directory written by keras_clmr.data.prepare."
+                f"--data_dir {FLAGS.data_dir} holds no audio files "
+                f"({', '.join(audio.AUDIO_EXTENSIONS)}): "
+                "point it at a folder of audio or at a directory written by "
+                "keras_clmr.data.prepare."
             )
         clips, skipped = audio.load_many(
             paths, sample_rate=FLAGS.sample_rate, min_samples=segment_samples
@@ -248,7 +252,8 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
             logging.warning("Skipped %s: %s", path, reason)
         if not clips:
             raise app.UsageError(
-                f"None of the {len(paths)} files in {FLAGS.data_dir} could be used (see the warnings above); "
+                f"None of the {len(paths)} files in {FLAGS.data_dir} could be used (see the "
+                "warnings above); "
                 f"each needs at least {segment_samples} samples at {FLAGS.sample_rate} Hz."
             )
         description = f"{len(clips)} audio files from {FLAGS.data_dir} ({len(skipped)} skipped)"
@@ -300,7 +305,7 @@ def main(argv):
             distributed.split_logical_cpus(FLAGS.logical_cpus)
         dist = distributed.setup_distribution(FLAGS.distribution)
     except distributed.DistributionError as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from error
     if FLAGS.batch_size % dist.num_replicas:
         raise app.UsageError(
             f"--batch_size={FLAGS.batch_size} is not divisible by the {dist.num_replicas} replicas."
@@ -328,7 +333,7 @@ def main(argv):
         try:
             path, initial_epoch, initial_step = resume_position(checkpoint_dir)
         except CheckpointError as error:
-            raise app.UsageError(str(error))
+            raise app.UsageError(str(error)) from error
         with dist.scope():
             model = load_checkpoint(path)
             # Backbones rebuild their BatchNorm layers from their own config: set the sync again.
@@ -390,7 +395,8 @@ def main(argv):
                 jit_compile=jit_compile,
             )
     print(
-        f"Pretraining {FLAGS.model} ({model.encoder.count_params():,} encoder parameters) on {description}: "
+        f"Pretraining {FLAGS.model} ({model.encoder.count_params():,} encoder parameters) on "
+        f"{description}: "
         f"{steps} steps/epoch, backend {backend}, jit_compile={jit_compile}, {dist}.",
         flush=True,
     )
@@ -433,13 +439,14 @@ def main(argv):
         )
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished epochs are in {checkpoint_dir}; continue with --resume.")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     if not dist.is_chief:
         return
     atomic_save_model(model, os.path.join(FLAGS.output_dir, "model.keras"))
     atomic_save_model(model.encoder, os.path.join(FLAGS.output_dir, "encoder.keras"))
     print(
-        f"Saved the pretrainer to {os.path.join(FLAGS.output_dir, 'model.keras')} and its encoder to "
+        f"Saved the pretrainer to {os.path.join(FLAGS.output_dir, 'model.keras')} and its encoder "
+        "to "
         f"{os.path.join(FLAGS.output_dir, 'encoder.keras')}."
     )
 

@@ -1,7 +1,7 @@
 """Publish a preset folder (card, weights, exports) to the Hugging Face Hub.
 
     keras-clmr publish --preset_dir=out/clmr-mtat-tagger --repo_id=keras-clmr/clmr-mtat-tagger
-    keras-clmr publish --preset_dir=out/demo --repo_id=me/demo --dry_run   # prints files + card only
+    keras-clmr publish --preset_dir=out/demo --repo_id=me/demo --dry_run  # files + card only
 
 The folder is validated before any network call (required files, sha256s in metadata.json,
 a card with valid YAML, safe config). The token comes from HF_TOKEN or the huggingface_hub
@@ -10,7 +10,6 @@ Exit codes: 0 done, 1 refused or failed.
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -67,8 +66,10 @@ def run_from_flags():
         return 1
     if FLAGS.dry_run:
         print(
-            f"Dry run: would create {result['repo_id']} ({'private' if result['private'] else 'public'}, exist_ok) "
-            f"and upload {len(result['files'])} files ({result['total_bytes']:,} bytes) from {result['preset_dir']} "
+            f"Dry run: would create {result['repo_id']} "
+            f"({'private' if result['private'] else 'public'}, exist_ok) "
+            f"and upload {len(result['files'])} files ({result['total_bytes']:,} bytes) from "
+            f"{result['preset_dir']} "
             f"with the message {result['commit_message']!r}:"
         )
         for rel, size in result["files"].items():

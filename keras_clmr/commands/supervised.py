@@ -107,7 +107,7 @@ def main(argv):
             FLAGS.dataset, FLAGS.data_dir, FLAGS.sample_rate, FLAGS.demo_clips, FLAGS.demo_seconds
         )
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from error
     print(
         f"Supervised SampleCNN ({encoder.count_params():,} parameters) on {description}; "
         f"label fraction {FLAGS.label_fraction:g}.",
@@ -138,5 +138,6 @@ def main(argv):
     print()
     print(evaluation.markdown_table([("supervised SampleCNN", results)]))
     print(
-        f"Results in {FLAGS.output_dir}/ (results.json, per_tag.csv, per_tag_auc.png, results.md, tagger.keras)."
+        f"Results in {FLAGS.output_dir}/ (results.json, per_tag.csv, per_tag_auc.png, results.md, "
+        "tagger.keras)."
     )

@@ -24,7 +24,12 @@ def call(args):
     return {"status": status, "out": out.getvalue(), "err": err.getvalue()}
 
 
-report = {"overview": call(["--help"]), "commands": {name: call([name, "--help"]) for name in COMMANDS}}
-report["heavy_imports"] = sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules)
+report = {
+    "overview": call(["--help"]),
+    "commands": {name: call([name, "--help"]) for name in COMMANDS},
+}
+report["heavy_imports"] = sorted(
+    m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules
+)
 report["cli_file"] = cli.__file__
 print(json.dumps(report))
