@@ -22,7 +22,7 @@ class MissingExtraError(ImportError):
 
 
 def require(module, extra=None, purpose=None):
-    """Import and return ``module``, or raise MissingExtraError naming ``pip install keras-clmr[extra]``.
+    """Import and return ``module``, or raise MissingExtraError naming the pip command.
 
     ``extra`` defaults to the extra listed for the module's top-level package in ``EXTRAS``;
     ``purpose`` (e.g. "ONNX export") makes the message say what needed it.
@@ -34,5 +34,7 @@ def require(module, extra=None, purpose=None):
         missing = getattr(error, "name", None) or module
         needed = f" for {purpose}" if purpose else ""
         fix = f"pip install 'keras-clmr[{extra}]'" if extra else f"pip install {missing}"
-        raise MissingExtraError(f"{module} is needed{needed} but is not installed ({error}). "
-                                f"Install it with: {fix}", name=missing) from error
+        raise MissingExtraError(
+            f"{module} is needed{needed} but is not installed ({error}). Install it with: {fix}",
+            name=missing,
+        ) from error

@@ -1,3 +1,7 @@
+"""Shared test set-up: quiet TensorFlow, offline Hub, a seeded RNG per test, tiny models, and
+session fixtures for what is expensive to build (musicnn converted once per test session)."""
+
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,3 +33,47 @@ def tiny_sample_cnn(**kwargs):
     config = dict(strides=(3, 3, 3, 3, 2, 2, 2, 2, 2), channels=(8, 8, 8, 8, 8, 8, 8, 8, 8, 16, 16))
     config.update(kwargs)
     return SampleCNN(**config)
+
+
+HAVE_MUSICNN_WHEEL = importlib.util.find_spec("musicnn") is not None
+
+
+@pytest.fixture(scope="session")
+def musicnn_mtt_converted():
+    """``convert_musicnn("MTT_musicnn")`` (tagger, metadata), once per test session."""
+    if not HAVE_MUSICNN_WHEEL:
+        pytest.skip("the musicnn wheel is not installed (pip install --no-deps musicnn==0.1.0)")
+    from keras_clmr.conversion.musicnn import convert_musicnn
+
+    return convert_musicnn("MTT_musicnn")
+
+
+@pytest.fixture(scope="session")
+def _musicnn_session_cache(tmp_path_factory, musicnn_mtt_converted):
+    """A keras_clmr cache holding the ``musicnn-mtt`` tag preset, built once per session from
+    ``musicnn_mtt_converted`` (the preset builder's conversion is served from it)."""
+    from keras_clmr.conversion import musicnn as musicnn_conversion
+
+    original = musicnn_conversion.convert_musicnn
+
+    def convert_once(name, *args, **kwargs):
+        if name == "MTT_musicnn" and not args and not kwargs:
+            return musicnn_mtt_converted
+        return original(name, *args, **kwargs)
+
+    cache = tmp_path_factory.mktemp("keras_clmr_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_CLMR_CACHE", str(cache))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(musicnn_conversion, "convert_musicnn", convert_once)
+        from keras_clmr import load_pretrained
+
+        load_pretrained("musicnn-mtt", task="tag")
+    return cache
+
+
+@pytest.fixture
+def musicnn_cache(monkeypatch, _musicnn_session_cache):
+    """``$KERAS_CLMR_CACHE`` pointed at the session's cache that holds ``musicnn-mtt`` (tag)."""
+    monkeypatch.setenv("KERAS_CLMR_CACHE", str(_musicnn_session_cache))
+    return _musicnn_session_cache
