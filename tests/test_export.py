@@ -156,7 +156,7 @@ def test_parity_failure_keeps_nothing(tmp_path, monkeypatch):
     def off_by_a_bit(model, audio):
         return {k: v + 1e-3 for k, v in real(model, audio).items()}
 
-    monkeypatch.setattr(export, "keras_outputs", off_by_a_bit)
+    monkeypatch.setattr(export.parity, "keras_outputs", off_by_a_bit)
     with pytest.raises(export.ParityError, match="differs from the Keras model"):
         export.export_preset(str(preset), None, "onnx")
     assert sorted(os.listdir(preset)) == ["README.md", "config.json", "metadata.json", "model.weights.h5"]
@@ -211,7 +211,7 @@ def test_float16_frontend_fallback(tmp_path, monkeypatch):
             raise export.ParityError("simulated float16 flip")
         return real(m, p, **kwargs)
 
-    monkeypatch.setattr(export, "check_onnx_parity", flaky)
+    monkeypatch.setattr(export.parity, "check_onnx_parity", flaky)
     parity = export.checked_parity("onnx", model, path)
     assert [(atol, rounding) for _, atol, rounding in calls] == [(1e-4, True), (1e-4, False), (1e-3, True)]
     assert calls[1][0] != path and not os.path.exists(calls[1][0])  # the rounding-off probe, removed

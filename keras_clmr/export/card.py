@@ -1,0 +1,108 @@
+"""Writing model cards: a preset folder's README.md + model.json, and the registry's cards.
+
+Rendering is ``keras_clmr.cards`` (pure); this module reads the folder, loads results.json
+files, writes atomically (``keras_clmr.io``) and re-hashes the folder's metadata.json so it
+stays a valid preset for ``keras_clmr.export.publish``.
+"""
+
+import json
+import os
+
+from keras_clmr import hub, io, presets
+from keras_clmr.cards import (  # noqa: F401  (the card API in one place for callers)
+    CARD_FILE, MODEL_JSON, ModelCardError, describe_metadata, describe_registry, model_json,
+    render_card, require_input_shape)
+
+
+def describe_folder(preset_dir):
+    """The card inputs of a preset folder: its metadata.json, backbone class and exports."""
+    metadata = hub.read_metadata(preset_dir)
+    try:
+        with open(os.path.join(preset_dir, hub.CONFIG_FILE)) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        config = None
+    exports = [name for name, present in (
+        ("onnx", os.path.isfile(os.path.join(preset_dir, "model.onnx"))),
+        ("savedmodel", os.path.isdir(os.path.join(preset_dir, "saved_model")))) if present]
+    return describe_metadata(metadata, config, exports)
+
+
+def read_results(path, dataset=None):
+    """A keras_clmr ``results.json`` (``keras_clmr.evaluation``) as a card result."""
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelCardError(
+            f"Cannot read evaluation results {path}: {error}. Pass a results.json written by "
+            "training/linear_eval.py or training/supervised.py.") from error
+    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
+        raise ModelCardError(f"{path} has no 'metrics' table; it is not a keras_clmr results.json.")
+    results = dict(results)
+    results["dataset"] = dataset or results.get("dataset") or "unknown"
+    results["path"] = os.fspath(path)
+    return results
+
+
+def _write(folder, card, sidecar):
+    os.makedirs(folder, exist_ok=True)
+    io.atomic_write_text(os.path.join(folder, MODEL_JSON), json.dumps(sidecar, indent=2) + "\n")
+    text = str(card)
+    io.atomic_write_text(os.path.join(folder, CARD_FILE), text if text.endswith("\n") else text + "\n")
+
+
+def write_card(preset_dir, *, repo_id=None, results=(), training=None, license=None,
+               update_metadata=True):
+    """Render the card of a preset folder into its README.md and model.json; re-hash metadata.json.
+
+    ``results``: paths of keras_clmr results.json files, or ``(path, dataset)`` pairs.
+    Returns (card, model.json dict).
+    """
+    preset_dir = os.fspath(preset_dir)
+    info = describe_folder(preset_dir)
+    require_input_shape(info)
+    if license:
+        info["license"] = license
+    loaded = [read_results(*r) if isinstance(r, (tuple, list)) else read_results(r)
+              for r in results]
+    card = render_card(info, repo_id=repo_id, results=loaded, training=training)
+    sidecar = model_json(info)
+    _write(preset_dir, card, sidecar)
+    if update_metadata:
+        from keras_clmr.export import update_metadata as _update
+
+        _update(preset_dir, card={"rendered_by": "keras_clmr.cards", "repo_id": repo_id,
+                                  "results": [os.path.basename(r["path"]) for r in loaded]})
+    return card, sidecar
+
+
+def registry_variants():
+    """(name, task, folder name) of every published registry preset (one card per Hub repository)."""
+    out = []
+    for name in presets.preset_names():
+        preset = presets.get_preset(name)
+        seen = set()
+        for task in preset.tasks:
+            handle = preset.handles.get(task)
+            if handle is None:
+                continue
+            repo = hub.parse_hf_handle(handle)[0].split("/")[1]
+            if repo not in seen:
+                seen.add(repo)
+                out.append((name, task, repo))
+    return out
+
+
+def write_registry_cards(output_dir="model_cards"):
+    """Write ``<output_dir>/<repo>/README.md`` and ``model.json`` for every registry preset."""
+    written = []
+    for name, task, repo in registry_variants():
+        info = describe_registry(name, task)
+        require_input_shape(info)
+        card = render_card(info, repo_id=f"{presets.HUB_ORG}/{repo}",
+                           registry=presets.get_preset(name))
+        folder = os.path.join(output_dir, repo)
+        _write(folder, card, model_json(info))
+        written.append(folder)
+    return written

@@ -1,0 +1,84 @@
+"""Which network runs on the windows, and on what: Keras or ONNX Runtime.
+
+``resolve_model`` turns a preset name / handle / folder / keras.Model into (model, network):
+the network is the tagger for ``tag`` and the encoder inside any model for ``embed``.
+``predictor`` gives a ``batch -> numpy`` callable: ``engine="onnxruntime"`` runs the graph of
+``keras_clmr.export.onnx`` (the one ONNX builder: SampleCNN and taggers on it, BatchNorm folded;
+same outputs to ~1e-5, ~2-3x faster on CPU), ``"keras"`` runs ``predict_on_batch``, ``"auto"``
+takes ONNX Runtime where the builder supports the model.
+"""
+
+import hashlib
+import os
+import weakref
+
+import keras
+import numpy as np
+
+from keras_clmr.batching import keras_predictor
+from keras_clmr.models import encoder_of, is_tagger
+
+DEFAULT_MODEL = "clmr-mtat"
+ENGINES = ("auto", "keras", "onnxruntime")
+
+_LOADED = {}
+_ONNX_CACHE = {}
+
+
+def resolve_model(model, task):
+    """(model, network to run) for ``task`` "embed" or "tag"; names are loaded once and kept."""
+    if model is None:
+        model = DEFAULT_MODEL
+    if isinstance(model, (str, os.PathLike)):
+        key = (os.fspath(model), task)
+        if key not in _LOADED:
+            from keras_clmr.hub import load_pretrained
+
+            _LOADED[key] = load_pretrained(model, task=task)
+        model = _LOADED[key]
+    if not isinstance(model, keras.Model):
+        raise TypeError("model must be a preset name, hf:// handle, folder or keras.Model, got "
+                        f"{type(model).__name__}.")
+    if task == "tag":
+        if not is_tagger(model):
+            raise ValueError(
+                "tag() needs a tagger (a model with .backbone and .tags, e.g. "
+                f"keras_clmr.models.MusicTagger), got {type(model).__name__}; load one with "
+                "load_pretrained(name, task='tag') or use embed().")
+        return model, model
+    return model, encoder_of(model)
+
+
+def _fingerprint(net):
+    digest = hashlib.blake2b(digest_size=16)
+    for weight in net.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def cached_onnx_predictor(net):
+    """``onnx_predictor(net)``, rebuilt when the weights change (e.g. more training), else reused."""
+    from keras_clmr.export.onnx import onnx_predictor
+
+    key = id(net)
+    fingerprint = _fingerprint(net)
+    entry = _ONNX_CACHE.get(key)
+    if entry is not None and entry[0]() is net and entry[1] == fingerprint:
+        return entry[2]
+    predict = onnx_predictor(net)
+    _ONNX_CACHE[key] = (weakref.ref(net), fingerprint, predict)
+    return predict
+
+
+def predictor(net, engine):
+    """(``batch -> numpy outputs``, engine used) for ``net``."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be 'auto', 'keras' or 'onnxruntime', got {engine!r}.")
+    if engine != "keras":
+        try:
+            return cached_onnx_predictor(net), "onnxruntime"
+        except (NotImplementedError, ImportError) as error:
+            if engine == "onnxruntime":
+                raise ValueError(f"engine='onnxruntime' does not support this model ({error}); "
+                                 "use engine='keras'.") from error
+    return keras_predictor(net), "keras"
