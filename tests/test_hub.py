@@ -276,14 +276,16 @@ def test_list_presets_prints_the_registry(capsys):
     assert presets.get_preset("pemr-mtat").tasks == ("embed",)
 
 
-def test_preset_demo_round_trip_and_tags(tmp_path, monkeypatch):
+def test_demo_preset_round_trip_and_tags(tmp_path, monkeypatch):
     import soundfile as sf
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # preset_demo sets it itself for the cache load
+    from training.demo import preset_round_trip
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the cache load is offline by argument
     tagger = _tagger()
     wav = str(tmp_path / "demo.wav")
     sf.write(wav, np.random.default_rng(1).uniform(-0.5, 0.5, 3 * tagger.input_samples + 10).astype("float32"), 8000)
-    summary = hub.preset_demo(tagger, tmp_path / "demo", wav, repo_id="test-org/demo")
+    summary = preset_round_trip(tagger, tmp_path / "demo", wav, repo_id="test-org/demo")
     assert summary["round_trip_max_abs_diff"] == 0.0 and summary["windows"] == 3
     assert [name for name, _ in summary["top_tags"]] and set(dict(summary["top_tags"])) <= set(TAGS)
     assert os.path.isdir(tmp_path / "demo" / "hf_cache" / "models--test-org--demo" / "snapshots")

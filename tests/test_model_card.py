@@ -41,7 +41,8 @@ def _results_json(path):
 def test_card_of_a_preset_folder(tmp_path):
     from huggingface_hub import ModelCard
 
-    from keras_clmr import hub, model_card
+    from keras_clmr import hub
+    from keras_clmr.export import card as model_card
 
     folder = _tagger_preset(tmp_path)
     results = _results_json(tmp_path / "results.json")
@@ -81,7 +82,8 @@ def test_card_of_a_preset_folder(tmp_path):
 
 
 def test_encoder_card_without_results(tmp_path):
-    from keras_clmr import hub, model_card
+    from keras_clmr import hub
+    from keras_clmr.export import card as model_card
 
     folder = tmp_path / "enc"
     hub.save_preset(tiny_sample_cnn(), folder)
@@ -94,7 +96,7 @@ def test_encoder_card_without_results(tmp_path):
 
 
 def test_registry_cards(tmp_path):
-    from keras_clmr import model_card
+    from keras_clmr.export import card as model_card
 
     folders = model_card.write_registry_cards(tmp_path)
     names = {os.path.basename(f) for f in folders}
@@ -119,7 +121,7 @@ def test_registry_cards(tmp_path):
 
 
 def test_bad_results_file(tmp_path):
-    from keras_clmr import model_card
+    from keras_clmr.export import card as model_card
 
     folder = _tagger_preset(tmp_path)
     (tmp_path / "bad.json").write_text("{not json")

@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _preset(tmp_path, name="preset", model=None):
-    from keras_clmr import hub, model_card
+    from keras_clmr import hub
+    from keras_clmr.export import card as model_card
 
     folder = tmp_path / name
     hub.save_preset(model or tiny_sample_cnn(), folder, name="tiny")
@@ -39,7 +40,7 @@ def _http_error(status):
 @pytest.fixture
 def fake_api(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    with mock.patch("keras_clmr.publish.HfApi") as factory:
+    with mock.patch("keras_clmr.export.publish.HfApi") as factory:
         api = factory.return_value
         api.create_repo.return_value = "https://huggingface.co/org/tiny"
         api.upload_folder.return_value = types.SimpleNamespace(
@@ -48,7 +49,7 @@ def fake_api(monkeypatch):
 
 
 def test_exact_calls(tmp_path, fake_api):
-    from keras_clmr import publish
+    from keras_clmr.export import publish
 
     factory, api = fake_api
     folder = _preset(tmp_path)
@@ -64,7 +65,7 @@ def test_exact_calls(tmp_path, fake_api):
 
 
 def test_retries_transient_errors_only(tmp_path, fake_api):
-    from keras_clmr import publish
+    from keras_clmr.export import publish
 
     _, api = fake_api
     folder = _preset(tmp_path)
@@ -91,7 +92,8 @@ def test_retries_transient_errors_only(tmp_path, fake_api):
 
 
 def test_refuses_invalid_folders_before_any_call(tmp_path, fake_api):
-    from keras_clmr import hub, publish
+    from keras_clmr import hub
+    from keras_clmr.export import publish
 
     factory, api = fake_api
     with pytest.raises(publish.PublishError, match="no such folder"):
@@ -127,7 +129,7 @@ def test_refuses_invalid_folders_before_any_call(tmp_path, fake_api):
 
 
 def test_token_required(tmp_path, fake_api, monkeypatch):
-    from keras_clmr import publish
+    from keras_clmr.export import publish
 
     factory, _ = fake_api
     monkeypatch.delenv("HF_TOKEN")
@@ -138,7 +140,7 @@ def test_token_required(tmp_path, fake_api, monkeypatch):
 
 
 def test_dry_run_calls_nothing(tmp_path, fake_api, monkeypatch):
-    from keras_clmr import publish
+    from keras_clmr.export import publish
 
     factory, api = fake_api
     monkeypatch.delenv("HF_TOKEN")  # no token needed either
@@ -164,14 +166,15 @@ def test_cli_dry_run_and_refusal(tmp_path):
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the ONNX export in the round trip runs on TensorFlow")
 def test_round_trip_through_the_hub_cache(tmp_path, fake_api, monkeypatch):
     """The fake Hub stores what upload_folder sends in a Hugging Face cache layout; load it back offline."""
-    from keras_clmr import export, hub, publish
+    from keras_clmr import export, hub
+    from keras_clmr.export import publish
 
     _, api = fake_api
     model = tiny_sample_cnn()
     folder = tmp_path / "preset"
     hub.save_preset(model, folder, name="tiny")
     export.export_preset(str(folder), None, "onnx")
-    from keras_clmr import model_card
+    from keras_clmr.export import card as model_card
 
     model_card.write_card(folder, repo_id="org/tiny")
     cache = tmp_path / "hf_cache"

@@ -74,6 +74,7 @@ def convert_checkpoint(source, format="auto", finetuner=None, sample_rate=None, 
         ``(model, metadata)``.
     """
     from keras_clmr.conversion import clmr, pemr
+    from keras_clmr.models import encoder_of, is_tagger
 
     if format not in FORMATS:
         raise ConversionError(f"Unknown --format {format!r}; choose one of {', '.join(FORMATS)}.")
@@ -92,9 +93,9 @@ def convert_checkpoint(source, format="auto", finetuner=None, sample_rate=None, 
     metadata = {"converted_from": info, **metadata}
     if finetuner is not None:
         head_state, head_info = read_checkpoint(finetuner)
-        if not hasattr(model, "encoder") and hasattr(model, "backbone"):
+        if is_tagger(model):
             raise ConversionError(f"{info['file']} already carries a head (encoder.fc); --finetuner is not needed.")
-        encoder = getattr(model, "encoder", model)
+        encoder = encoder_of(model)
         model, head_meta = clmr.attach_finetuner(encoder, head_state, parity=parity, tags=tags,
                                                  source=f"{head_info['file']} (fine-tuner)",
                                                  encoder_reference=reference)

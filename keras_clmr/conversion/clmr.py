@@ -21,15 +21,9 @@ from keras_clmr.conversion import torch_reference
 from keras_clmr.conversion.common import (
     PARITY_TOLERANCE, ConversionError, KeyLedger, WeightSetter, check_parity, compare_parameter_counts,
     max_abs_diff, require_torch, summarize_ledger, to_numpy)
+from keras_clmr.data.datasets import MTAT_TAGS
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
-MTAT_TAGS = (
-    "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast", "piano",
-    "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male", "singing",
-    "vocals", "no vocals", "harpsichord", "loud", "quiet", "flute", "woman", "male vocal", "no vocal",
-    "pop", "soft", "sitar", "solo", "man", "classic", "choir", "voice", "new age", "dance",
-    "male voice", "female vocal", "beats", "harp", "cello", "no voice", "weird", "country", "metal",
-    "female voice", "choral")
 
 ENCODER_LAYOUTS = {
     # format: (encoder key prefix, module layout, projector prefix)

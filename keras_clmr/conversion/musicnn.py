@@ -396,26 +396,23 @@ def convert_musicnn(name, parity=True, audio=None, audio_label=None):
     return tagger, metadata
 
 
-# (preset name) -> (wheel model, description, reported scores)
+# (preset name) -> (wheel model, description of the converted preset). The registry
+# (keras_clmr.presets.musicnn) holds the published scores.
 PRESET_INFO = {
-    "musicnn-mtt": ("MTT_musicnn", "musicnn (Pons & Serra 2019) trained on MagnaTagATune: 50 tags, 16 kHz.",
-                    "MTAT", 90.67, 38.31),
-    "musicnn-msd": ("MSD_musicnn", "musicnn (Pons & Serra 2019) trained on the Million Song Dataset: 50 tags, 16 kHz.",
-                    "MSD", 88.02, 28.91),
-    "vgg-mtt": ("MTT_vgg", "The VGG-like baseline of musicnn, trained on MagnaTagATune: 50 tags, 16 kHz.",
-                "MTAT", 90.30, 38.23),
-    "vgg-msd": ("MSD_vgg", "The VGG-like baseline of musicnn, trained on the Million Song Dataset: 50 tags, 16 kHz.",
-                "MSD", 87.68, 28.19),
+    "musicnn-mtt": ("MTT_musicnn", "musicnn (Pons & Serra 2019) trained on MagnaTagATune: 50 tags, 16 kHz."),
+    "musicnn-msd": ("MSD_musicnn",
+                    "musicnn (Pons & Serra 2019) trained on the Million Song Dataset: 50 tags, 16 kHz."),
+    "vgg-mtt": ("MTT_vgg", "The VGG-like baseline of musicnn, trained on MagnaTagATune: 50 tags, 16 kHz."),
+    "vgg-msd": ("MSD_vgg",
+                "The VGG-like baseline of musicnn, trained on the Million Song Dataset: 50 tags, 16 kHz."),
 }
-PROTOCOL = ("Scores as reported by the musicnn authors in each model's experiment.result "
-            "(MTAT: pons2017 split test set; MSD: its test set); ROC-AUC / PR-AUC, tag-wise macro. "
-            "Not re-measured by keras_clmr.")
 
 
 def reported_scores(preset_name):
-    _, _, dataset, roc, pr = PRESET_INFO[preset_name]
-    return ({"task": "tag", "dataset": dataset, "metric": "ROC-AUC", "value": roc, "head": "own"},
-            {"task": "tag", "dataset": dataset, "metric": "PR-AUC", "value": pr, "head": "own"})
+    """The published scores of a musicnn preset (from the registry)."""
+    from keras_clmr.presets import get_preset
+
+    return get_preset(preset_name).scores
 
 
 def build_preset(preset_name, preset_dir, task="tag", overwrite=False):

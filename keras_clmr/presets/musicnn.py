@@ -14,27 +14,21 @@ _WHEEL = "pip install --no-deps musicnn==0.1.0"
 _PROTOCOL = ("As reported by the musicnn authors (experiment.result in the wheel); "
              "not re-measured by keras_clmr.")
 
-# name: (model in the wheel, architecture, backbone/tagger parameters, dataset, ROC-AUC, PR-AUC,
-#        what it is)
+# name: (backbone/tagger parameters, dataset, ROC-AUC, PR-AUC, what it is); the
+# builder maps each name to its model in the wheel.
 MODELS = {
-    "musicnn-mtt": ("MTT_musicnn", "musicnn", 782_029, 792_079, "MTAT", 90.67, 38.31,
+    "musicnn-mtt": (782_029, 792_079, "MTAT", 90.67, 38.31,
                     "musicnn trained on MagnaTagATune (50 tags)"),
-    "musicnn-msd": ("MSD_musicnn", "musicnn", 782_029, 792_079, "MSD", 88.02, 28.91,
+    "musicnn-msd": (782_029, 792_079, "MSD", 88.02, 28.91,
                     "musicnn trained on the Million Song Dataset (50 tags)"),
-    "vgg-mtt": ("MTT_vgg", "vgg", 594_180, 607_030, "MTAT", 90.30, 38.23,
+    "vgg-mtt": (594_180, 607_030, "MTAT", 90.30, 38.23,
                 "musicnn's VGG baseline trained on MagnaTagATune (50 tags)"),
-    "vgg-msd": ("MSD_vgg", "vgg", 594_180, 607_030, "MSD", 87.68, 28.19,
+    "vgg-msd": (594_180, 607_030, "MSD", 87.68, 28.19,
                 "musicnn's VGG baseline trained on the Million Song Dataset (50 tags)"),
 }
 
 
-def wheel_model(name):
-    """The model name inside the musicnn wheel behind preset ``name`` (e.g. ``MTT_musicnn``)."""
-    return MODELS[name][0]
-
-
-def _preset(name, wheel, architecture, backbone_params, tagger_params, dataset, roc, pr, what):
-    del wheel, architecture  # read by the builder through MODELS
+def _preset(name, backbone_params, tagger_params, dataset, roc, pr, what):
     handle = hub_handle(name)
     return Preset(
         name=name,

@@ -1,26 +1,25 @@
-"""Model cards: a Hugging Face ``README.md`` (YAML metadata + sections) and a ``model.json`` sidecar.
+"""The one model-card renderer: a Hugging Face ``README.md`` and a ``model.json`` sidecar.
 
-The card's YAML goes through ``huggingface_hub.ModelCardData`` (library_name, license, tags,
-datasets, pipeline_tag and a ``model-index`` built from evaluation results: the original
-authors' published scores from the preset registry, and keras_clmr's own ``results.json``
-files from ``keras_clmr.evaluation``). Sections: the model, how it was trained, how to load
-it (Python one-liner, ONNX), evaluation with its protocol, limitations and deviations from
-the original, citation. ``model.json`` is the machine-readable part (classes, sample rate,
-input samples, input/output names and shapes, files), read by the Node.js example.
-
-Cards can be rendered for a preset folder (``write_card``, which also updates the folder's
-``metadata.json`` hashes) or for a registry entry without weights (``write_registry_cards``,
-used for ``model_cards/``).
+Pure functions over a preset's metadata (``describe_metadata``) or a registry entry
+(``describe_registry``): nothing here reads or writes files, so ``keras_clmr.hub`` can render
+the default card of ``save_preset`` and ``keras_clmr.export.card`` can write cards into
+folders. The YAML goes through ``huggingface_hub.ModelCardData`` (library_name, license, tags,
+datasets, pipeline_tag and a ``model-index`` from the original authors' published scores in
+the registry and keras_clmr's own ``results.json`` files). Sections: the model, how it was
+trained (with the parity figures of a conversion), how to load it (Python, ONNX), evaluation
+with its protocol, limitations and deviations from the original, citation.
 """
 
 import json
 import os
-import tempfile
 
-from keras_clmr import hub, presets
+from keras_clmr import presets
 
 CARD_FILE = "README.md"
 MODEL_JSON = "model.json"
+# File names of a preset folder (keras_clmr.hub.folder writes them).
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
 
 CITATIONS = {
     "clmr": """@inproceedings{spijkervet2021contrastive,
@@ -133,27 +132,25 @@ class ModelCardError(ValueError):
     """Inputs a card cannot be rendered from (missing metadata, unreadable results.json)."""
 
 
-# ------------------------------------------------------------------------------- description of a model
+# ------------------------------------------------------------------------------- what a model is
 
 
-def _architecture(preset_dir, metadata):
-    """The backbone class of a preset folder (MusicTagger -> its backbone's class)."""
-    if metadata.get("class_name") != "MusicTagger" or preset_dir is None:
+def backbone_class(metadata, config=None):
+    """The backbone class of a stored model (a MusicTagger -> its backbone's class)."""
+    if metadata.get("class_name") != "MusicTagger" or config is None:
         return metadata.get("class_name")
     try:
-        with open(os.path.join(preset_dir, hub.CONFIG_FILE)) as f:
-            return json.load(f)["config"]["backbone"]["class_name"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return config["config"]["backbone"]["class_name"]
+    except (KeyError, TypeError):
         return "MusicTagger"
 
 
-def describe_folder(preset_dir):
-    """The card inputs of a preset folder: its metadata.json plus the backbone class."""
-    metadata = hub.read_metadata(preset_dir)
+def describe_metadata(metadata, config=None, exports=()):
+    """Card inputs of a preset: its metadata.json, the backbone class and which exports it has."""
     info = dict(metadata)
-    info["architecture"] = _architecture(preset_dir, metadata)
-    info["has_onnx"] = os.path.isfile(os.path.join(preset_dir, "model.onnx"))
-    info["has_savedmodel"] = os.path.isdir(os.path.join(preset_dir, "saved_model"))
+    info["architecture"] = backbone_class(metadata, config)
+    info["has_onnx"] = "onnx" in exports
+    info["has_savedmodel"] = "savedmodel" in exports
     return info
 
 
@@ -166,7 +163,7 @@ def describe_registry(name, task):
     arch = ARCHITECTURES.get(preset.architecture, {})
     tags = None
     if stored_task == "tag" and preset.architecture == "SampleCNN":
-        from keras_clmr.conversion.clmr import MTAT_TAGS
+        from keras_clmr.data.datasets import MTAT_TAGS
 
         tags = list(MTAT_TAGS)
     return {
@@ -197,31 +194,17 @@ def _dataset(name):
     return slug, str(name)
 
 
-def read_results(path, dataset=None):
-    """A keras_clmr ``results.json`` (from ``keras_clmr.evaluation.write_results``) as a card result."""
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelCardError(f"Cannot read evaluation results {path}: {error}. Pass a results.json written by "
-                             "training/linear_eval.py or training/supervised.py.") from error
-    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
-        raise ModelCardError(f"{path} has no 'metrics' table; it is not a keras_clmr results.json.")
-    results = dict(results)
-    results["dataset"] = dataset or results.get("dataset") or "unknown"
-    results["path"] = os.fspath(path)
-    return results
-
-
-def eval_results(info, registry=None, results=()):
-    """``EvalResult``s: the registry's published scores (authors') and keras_clmr results.json files."""
+def eval_results(info, registry=None, results=(), scores=None):
+    """``EvalResult``s: published scores (``scores``, else the registry's) and results.json files."""
     from huggingface_hub import EvalResult
 
     out = []
     task_type, task_name = "audio-classification", "Music auto-tagging"
-    for score in (registry.scores if registry is not None else ()):
+    published = scores if scores is not None else (registry.scores if registry is not None else ())
+    architecture = registry.architecture if registry is not None else info.get("architecture")
+    family = ARCHITECTURES.get(architecture, {}).get("family")
+    for score in published:
         dataset_type, dataset_name = _dataset(score["dataset"])
-        family = ARCHITECTURES.get(registry.architecture, {}).get("family")
         out.append(EvalResult(
             task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
             metric_type=score["metric"].lower().replace("-", "_"),
@@ -256,7 +239,7 @@ def model_json(info):
         outputs.append({"name": "tags", "shape": ["batch", num_classes], "dtype": "float32",
                         "activation": "sigmoid (independent per-tag probabilities)"})
     exports = info.get("exports") or {}
-    files = {"keras_config": hub.CONFIG_FILE, "keras_weights": hub.WEIGHTS_FILE}
+    files = {"keras_config": CONFIG_FILE, "keras_weights": WEIGHTS_FILE}
     if info.get("has_onnx") or "onnx" in exports:
         files["onnx"] = "model.onnx"
     if info.get("has_savedmodel") or "savedmodel" in exports:
@@ -382,17 +365,25 @@ def _card_text(info, card_data, repo_id, registry, results, training):
     return "\n".join(lines)
 
 
-def render_card(info, *, repo_id=None, results=(), training=None, registry=None):
-    """A ``huggingface_hub.ModelCard`` for ``info`` (``describe_folder``/``describe_registry``)."""
+def require_input_shape(info):
+    """Raise ``ModelCardError`` unless ``info`` knows the sample rate and window length."""
+    if not info.get("sample_rate") or not info.get("input_samples"):
+        raise ModelCardError("The model's sample_rate and input_samples are unknown; re-save the "
+                             "preset with keras_clmr.save_preset (metadata.json records them).")
+
+
+def render_card(info, *, repo_id=None, results=(), training=None, registry=None, scores=None):
+    """A ``huggingface_hub.ModelCard`` for ``info`` (``describe_metadata``/``describe_registry``).
+
+    ``results``: loaded keras_clmr results.json dicts; ``training``: a paragraph for the
+    Training section; ``scores``: published scores when ``info`` names no registry preset.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
-    if not info.get("sample_rate") or not info.get("input_samples"):
-        raise ModelCardError("The model's sample_rate and input_samples are unknown; re-save the preset with "
-                             "keras_clmr.save_preset (metadata.json records them).")
     if registry is None and info.get("registry_name"):
         registry = presets.get_preset(info["registry_name"])
     arch = ARCHITECTURES.get(info.get("architecture"), {})
-    evals = eval_results(info, registry, results)
+    evals = eval_results(info, registry, results, scores)
     datasets = sorted({e.dataset_type for e in evals})
     tags = ["keras", "keras_clmr", "audio", "music", str(info.get("architecture", "")).lower()]
     tags += [arch["family"]] if arch.get("family") and arch["family"] not in tags else []
@@ -408,77 +399,24 @@ def render_card(info, *, repo_id=None, results=(), training=None, registry=None)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}")
 
 
-# ------------------------------------------------------------------------------- writing
+def _sci(value):
+    return f"{value:.2e}" if isinstance(value, float) else str(value)
 
 
-def _write_text(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write(folder, card, sidecar):
-    os.makedirs(folder, exist_ok=True)
-    _write_text(os.path.join(folder, MODEL_JSON), json.dumps(sidecar, indent=2) + "\n")
-    _write_text(os.path.join(folder, CARD_FILE), str(card) if str(card).endswith("\n") else f"{card}\n")
-
-
-def write_card(preset_dir, *, repo_id=None, results=(), training=None, license=None, update_metadata=True):
-    """Render the card of a preset folder into its README.md and model.json; re-hash metadata.json.
-
-    ``results``: paths of keras_clmr results.json files, or ``(path, dataset)`` pairs.
-    Returns (card, model.json dict).
-    """
-    preset_dir = os.fspath(preset_dir)
-    info = describe_folder(preset_dir)
-    if license:
-        info["license"] = license
-    loaded = [read_results(*r) if isinstance(r, (tuple, list)) else read_results(r) for r in results]
-    card = render_card(info, repo_id=repo_id, results=loaded, training=training)
-    sidecar = model_json(info)
-    _write(preset_dir, card, sidecar)
-    if update_metadata:
-        from keras_clmr.export import update_metadata as _update
-
-        _update(preset_dir, card={"rendered_by": "keras_clmr.model_card", "repo_id": repo_id,
-                                  "results": [os.path.basename(r["path"]) for r in loaded]})
-    return card, sidecar
-
-
-def registry_variants():
-    """(name, task, folder name) of every published registry preset (one card per Hub repository)."""
-    out = []
-    for name in presets.preset_names():
-        preset = presets.get_preset(name)
-        seen = set()
-        for task in preset.tasks:
-            handle = preset.handles.get(task)
-            if handle is None:
-                continue
-            repo = hub.parse_hf_handle(handle)[0].split("/")[1]
-            if repo not in seen:
-                seen.add(repo)
-                out.append((name, task, repo))
-    return out
-
-
-def write_registry_cards(output_dir="model_cards"):
-    """Write ``<output_dir>/<repo>/README.md`` and ``model.json`` for every registry preset; return folders."""
-    import keras_clmr.models  # noqa: F401  (registers the musicnn presets)
-
-    written = []
-    for name, task, repo in registry_variants():
-        preset = presets.get_preset(name)
-        info = describe_registry(name, task)
-        card = render_card(info, repo_id=f"{presets.HUB_ORG}/{repo}", registry=preset)
-        folder = os.path.join(output_dir, repo)
-        _write(folder, card, model_json(info))
-        written.append(folder)
-    return written
+def conversion_notes(metadata):
+    """The Training paragraph of a converted model: source format and parity figures."""
+    lines = [f"Source format `{metadata.get('source_format')}`, converted with "
+             "`keras_clmr.conversion`; every source tensor was used or is listed in "
+             "`metadata.json` with the reason it was left out.", "",
+             "| part | output | max abs difference | tolerance |", "|---|---|---|---|"]
+    for section, label in ((metadata, "model"), (metadata.get("finetuner") or {}, "fine-tuner head")):
+        parity = section.get("parity")
+        for output, diff in (parity or {}).get("max_abs_diff", {}).items():
+            lines.append(f"| {label} | {output} | {_sci(diff)} | {_sci(parity['tolerance'])} |")
+    parity = metadata.get("parity") or {}
+    if parity:
+        lines += ["", f"Reference: {parity.get('reference')}. Inputs: {parity.get('inputs')}."]
+    counts = metadata.get("parameter_counts") or parity.get("parameter_counts")
+    if counts:
+        lines += ["", "Parameter counts (source vs Keras): `" + json.dumps(counts) + "`"]
+    return "\n".join(lines)
