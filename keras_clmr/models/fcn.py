@@ -4,15 +4,16 @@ import keras
 from keras import layers, ops
 
 from keras_clmr.layers.frontends import LogMelSpectrogram
-from keras_clmr.models.sample_cnn import (BN_EPSILON, BN_MOMENTUM, torch_default_bias_initializer,
-                                          torch_default_kernel_initializer)
+from keras_clmr.layers.initializers import (BN_EPSILON, BN_MOMENTUM, torch_default_bias_initializer,
+                                            torch_default_kernel_initializer)
+from keras_clmr.models.backbone import Backbone
 
 DEFAULT_CHANNELS = (64, 128, 128, 128)
 DEFAULT_POOLS = ((2, 4), (2, 4), (2, 4), (4, 5))
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
-class FCN(keras.Model):
+class FCN(Backbone):
     """PEMR's encoder: audio [B, input_samples] -> log-mel -> BN -> 4 conv blocks -> [B, 512].
 
     The default configuration is the official PEMR encoder: 59049 samples at 22050 Hz ->

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from keras_clmr.models.backbone import Backbone
+
 SAMPLE_RATE = 16000
 N_FFT = 512
 HOP = 256
@@ -132,7 +134,7 @@ def _bn(name):
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
-class Musicnn(keras.Model):
+class Musicnn(Backbone):
     """musicnn / VGG backbone: audio [B, input_samples] at 16 kHz -> embedding [B, embedding_dim].
 
     ``architecture="musicnn"``: musically motivated front-end (timbral 7x38 and 7x67 filters,

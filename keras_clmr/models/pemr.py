@@ -10,12 +10,12 @@ import math
 import keras
 from keras import layers, ops
 
-from keras_clmr.layers.augmentations import RandomCrop
+from keras_clmr import distributed
+from keras_clmr.layers.initializers import BN_EPSILON, BN_MOMENTUM
 from keras_clmr.layers.transformer import PEMREncoderLayer, PEMRFeedForward, sinusoidal_positions
 from keras_clmr.losses import pemr_negative_loss, pemr_positive_loss, pemr_prediction_loss
-from keras_clmr.models.clmr import build_projector
 from keras_clmr.models.fcn import FCN
-from keras_clmr.models.sample_cnn import BN_EPSILON, BN_MOMENTUM
+from keras_clmr.models.pretrainer import Pretrainer, build_projector
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
@@ -185,7 +185,7 @@ class PEMRMaskGenerator(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
-class PEMR(keras.Model):
+class PEMR(Pretrainer):
     """The PEMR pretrainer: FCN encoder + projector + mask generator, trained as in the code.
 
     Input: a batch of source segments [B, S] with S >= ``encoder.input_samples``. ``call``
@@ -246,12 +246,7 @@ class PEMR(keras.Model):
                  neg_weight=5e-3, offdiag_weight=5e-3, num_layers=3, num_heads=3, key_dim=128, ffn_dim=2048,
                  dropout=0.1, pred_hidden_dim=512, bert_mask_prob=0.15, huber_delta=0.1, augmentation=None,
                  seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.encoder = encoder if encoder is not None else FCN()
-        for attribute in ("spectrogram", "embed_spectrogram", "num_frames", "n_mels", "input_samples"):
-            if not hasattr(self.encoder, attribute):
-                raise ValueError(f"PEMR needs a log-mel encoder such as keras_clmr.models.FCN (with `{attribute}`), "
-                                 f"got {type(self.encoder).__name__}.")
+        super().__init__(encoder=encoder, augmentation=augmentation, seed=seed, **kwargs)
         self.projection_dim = int(projection_dim)
         self.hidden_dim = int(hidden_dim or self.encoder.embedding_dim)
         self.mask_ratio = float(mask_ratio)
@@ -263,10 +258,6 @@ class PEMR(keras.Model):
         self.pred_weight = float(pred_weight)
         self.neg_weight = float(neg_weight)
         self.offdiag_weight = float(offdiag_weight)
-        self.seed = seed
-        self.input_samples = self.encoder.input_samples
-        self.crop = RandomCrop(self.input_samples, seed=seed, name="crop")
-        self.augmentation = augmentation
         self.generator = PEMRMaskGenerator(
             num_frames=self.num_frames, feature_dim=self.encoder.n_mels, num_layers=num_layers,
             num_heads=num_heads, key_dim=key_dim, ffn_dim=ffn_dim, dropout=dropout,
@@ -278,27 +269,23 @@ class PEMR(keras.Model):
         self.neg_loss_tracker = keras.metrics.Mean(name="neg_loss")
         self.pred_loss_tracker = keras.metrics.Mean(name="pred_loss")
 
+    @staticmethod
+    def default_encoder():
+        return FCN()
+
+    def check_encoder(self, encoder):
+        for attribute in ("spectrogram", "embed_spectrogram", "num_frames", "n_mels", "input_samples"):
+            if not hasattr(encoder, attribute):
+                raise ValueError(f"PEMR needs a log-mel encoder such as keras_clmr.models.FCN (with `{attribute}`), "
+                                 f"got {type(encoder).__name__}.")
+
     def build(self, input_shape):
-        self.crop._check(input_shape)
-        view_shape = (input_shape[0], self.input_samples)
-        if self.augmentation is not None and not self.augmentation.built:
-            self.augmentation.build(view_shape)
-        if not self.encoder.built:
-            self.encoder.build(view_shape)
+        super().build(input_shape)
         if not self.generator.built:
             self.generator.build((input_shape[0], self.num_frames, self.encoder.n_mels))
         if not self.loss_bn.built:
             self.loss_bn.build((input_shape[0], self.projection_dim))
         self.built = True
-
-    def views(self, source, training=None):
-        """The two (augmented) audio views [B, n] of a batch of source segments."""
-        view_1 = self.crop(source, training=training)
-        view_2 = self.crop(source, training=training)
-        if self.augmentation is not None and training:
-            view_1 = self.augmentation(view_1, training=True)
-            view_2 = self.augmentation(view_2, training=True)
-        return view_1, view_2
 
     def masked_views(self, source, training=None):
         """Everything up to the encoder, as a dict of tensors.
@@ -338,8 +325,6 @@ class PEMR(keras.Model):
 
     def loss_terms(self, y_pred):
         """(L_pos, L_neg, L_pred) from the output of ``call``, in float32."""
-        from keras_clmr import distributed
-
         z = ops.cast(y_pred["projections"], "float32")
         if distributed.replica_context() is not None:
             # Cross-correlations over the global batch, as on one device (gradients return
@@ -353,14 +338,10 @@ class PEMR(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss_pos, loss_neg, loss_pred = self.loss_terms(y_pred)
         loss = loss_pos + loss_neg + self.pred_weight * loss_pred
-        if self.losses:
-            loss = loss + ops.cast(ops.sum(self.losses), loss.dtype)
         self.pos_loss_tracker.update_state(loss_pos)
         self.neg_loss_tracker.update_state(loss_neg)
         self.pred_loss_tracker.update_state(loss_pred)
-        from keras_clmr import distributed
-
-        return distributed.scale_loss_for_replicas(loss)
+        return self.finish_loss(loss)
 
     def compute_output_shape(self, input_shape):
         return {"projections": (input_shape[0], 3, self.projection_dim), "pred_loss": (input_shape[0],)}
@@ -369,22 +350,10 @@ class PEMR(keras.Model):
         config = super().get_config()
         g = self.generator
         config.update(
-            encoder=keras.saving.serialize_keras_object(self.encoder),
             projection_dim=self.projection_dim, hidden_dim=self.hidden_dim, mask_ratio=self.mask_ratio,
             pred_weight=self.pred_weight, neg_weight=self.neg_weight, offdiag_weight=self.offdiag_weight,
             num_layers=g.num_layers, num_heads=g.num_heads, key_dim=g.key_dim, ffn_dim=g.ffn_dim,
             dropout=g.dropout_rate, pred_hidden_dim=g.pred_hidden_dim, bert_mask_prob=g.bert_mask_prob,
             huber_delta=g.huber_delta,
-            augmentation=(keras.saving.serialize_keras_object(self.augmentation)
-                          if self.augmentation is not None else None),
-            seed=self.seed,
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        if config.get("augmentation") is not None:
-            config["augmentation"] = keras.saving.deserialize_keras_object(config["augmentation"])
-        return cls(**config)

@@ -5,27 +5,17 @@ import math
 import keras
 from keras import layers, ops
 
-# Stride sets of the original CLMR 2.0 code, chosen by sample rate (clmr_reference.md §1).
+from keras_clmr.layers.initializers import (  # noqa: F401 (BN_* re-exported for importers)
+    BN_EPSILON, BN_MOMENTUM, torch_default_bias_initializer, torch_default_kernel_initializer)
+from keras_clmr.models.backbone import Backbone
+
+# Stride sets of the original CLMR 2.0 code, chosen by sample rate.
 STRIDES_BY_SAMPLE_RATE = {
     22050: (3, 3, 3, 3, 3, 3, 3, 3, 3),
     16000: (3, 3, 3, 3, 3, 3, 5, 2, 2),
     8000: (3, 3, 3, 2, 2, 4, 4, 2, 2),
 }
 DEFAULT_CHANNELS = (128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512)
-
-# PyTorch BatchNorm defaults (eps 1e-5, momentum 0.1) in Keras terms.
-BN_EPSILON = 1e-5
-BN_MOMENTUM = 0.9
-
-
-def torch_default_kernel_initializer():
-    """PyTorch's default Conv/Linear weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
-
-
-def torch_default_bias_initializer(fan_in):
-    limit = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-limit, limit)
 
 
 def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
@@ -39,7 +29,7 @@ def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
-class SampleCNN(keras.Model):
+class SampleCNN(Backbone):
     """Raw-waveform SampleCNN encoder: audio [B, T] or [B, T, 1] -> embedding [B, channels[-1]].
 
     The default configuration is CLMR's encoder (59049 samples at 22050 Hz, 2,368,512

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from keras_clmr.models.sample_cnn import torch_default_bias_initializer, torch_default_kernel_initializer
+from keras_clmr.layers.initializers import torch_default_bias_initializer, torch_default_kernel_initializer
+from keras_clmr.models.backbone import Task
 
 HEADS = ("linear", "mlp")
 
@@ -68,7 +69,7 @@ def map_chunks(predict_batch, clips, chunk_samples, batch_size=32):
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
-class MusicTagger(keras.Model):
+class MusicTagger(Task):
     """Backbone + linear or MLP head; ``call(audio [B, n])`` returns probabilities.
 
     Multi-label tasks use a sigmoid per tag (train with binary cross-entropy), single-label

@@ -1,0 +1,100 @@
+"""``Pretrainer``: the contrastive base of CLMR and PEMR (crops, augmentation, views, config)."""
+
+import keras
+from keras import layers, ops
+
+from keras_clmr import distributed
+from keras_clmr.layers.augmentations import RandomCrop
+from keras_clmr.layers.initializers import torch_default_kernel_initializer
+
+
+def build_projector(input_dim, hidden_dim, projection_dim, name="projector"):
+    """SimCLR's projector: Dense(hidden, no bias) -> ReLU -> Dense(projection_dim, no bias)."""
+    projector = keras.Sequential(
+        [
+            layers.Dense(hidden_dim, use_bias=False, kernel_initializer=torch_default_kernel_initializer(),
+                         name="dense_0"),
+            layers.ReLU(name="relu"),
+            layers.Dense(projection_dim, use_bias=False, kernel_initializer=torch_default_kernel_initializer(),
+                         name="dense_2"),
+        ],
+        name=name,
+    )
+    projector.build((None, input_dim))
+    return projector
+
+
+class Pretrainer(keras.Model):
+    """Contrastive pretrainer over an encoder: input source segments [B, S], S >= the
+    encoder's ``input_samples``; two independent random crops per segment, each through
+    ``augmentation`` when training. Subclasses add their heads and ``call``/``compute_loss``.
+
+    Args:
+        encoder: the backbone being trained (default: ``default_encoder()``).
+        augmentation: a layer applied to each view batch [B, n] after the crop, or None.
+        seed: seed of the crops.
+    """
+
+    def __init__(self, encoder=None, augmentation=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        encoder = encoder if encoder is not None else self.default_encoder()
+        self.check_encoder(encoder)
+        self.encoder = encoder
+        self.seed = seed
+        self.input_samples = self.encoder.input_samples
+        self.crop = RandomCrop(self.input_samples, seed=seed, name="crop")
+        self.augmentation = augmentation
+
+    @staticmethod
+    def default_encoder():
+        raise ValueError("This pretrainer has no default encoder: pass encoder=.")
+
+    def check_encoder(self, encoder):
+        """Raise ValueError when ``encoder`` cannot serve this pretrainer."""
+        for attribute in ("input_samples", "embedding_dim"):
+            if getattr(encoder, attribute, None) is None:
+                raise ValueError(f"{type(self).__name__} needs an encoder with `{attribute}` (a keras_clmr "
+                                 f"Backbone such as SampleCNN), got {type(encoder).__name__}.")
+
+    def build(self, input_shape):
+        self.crop._check(input_shape)
+        view_shape = (input_shape[0], self.input_samples)
+        if self.augmentation is not None and not self.augmentation.built:
+            self.augmentation.build(view_shape)
+        if not self.encoder.built:
+            self.encoder.build(view_shape)
+        self.built = True
+
+    def views(self, source, training=None):
+        """The two (augmented) audio views [B, n] of a batch of source segments."""
+        view_1 = self.crop(source, training=training)
+        view_2 = self.crop(source, training=training)
+        if self.augmentation is not None and training:
+            view_1 = self.augmentation(view_1, training=True)
+            view_2 = self.augmentation(view_2, training=True)
+        return view_1, view_2
+
+    def finish_loss(self, loss):
+        """Add the layers' own losses and scale for tf.distribute replicas (Keras un-scales
+        the logged value; the summed gradients are those of the mean)."""
+        if self.losses:
+            loss = loss + ops.cast(ops.sum(self.losses), loss.dtype)
+        return distributed.scale_loss_for_replicas(loss)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            augmentation=(keras.saving.serialize_keras_object(self.augmentation)
+                          if self.augmentation is not None else None),
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        if config.get("augmentation") is not None:
+            config["augmentation"] = keras.saving.deserialize_keras_object(config["augmentation"])
+        return cls(**config)
