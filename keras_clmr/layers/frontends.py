@@ -1,4 +1,8 @@
-"""Spectrogram frontends written with keras.ops (exportable, backend-agnostic)."""
+"""The one STFT/mel module: spectrogram frontends in keras.ops (exportable, backend-agnostic).
+
+Mel filterbanks (torchaudio's HTK, librosa's Slaney), the windowed DFT kernel and the power
+spectrogram are shared by PEMR's ``LogMelSpectrogram`` and musicnn's ``MusicnnLogMel``.
+"""
 
 import math
 
@@ -33,6 +37,46 @@ def torchaudio_mel_filterbank(n_freqs, n_mels, sample_rate, f_min=0.0, f_max=Non
     return np.maximum(0.0, np.minimum(down, up))
 
 
+def hz_to_mel_slaney(freq):
+    """librosa's Slaney mel scale: linear below 1 kHz, logarithmic above (float64)."""
+    freq = np.asarray(freq, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = math.log(6.4) / 27.0
+    log_part = min_log_mel + np.log(np.maximum(freq, 1e-10) / min_log_hz) / logstep
+    return np.where(freq >= min_log_hz, log_part, freq / f_sp)
+
+
+def mel_to_hz_slaney(mels):
+    """Inverse of ``hz_to_mel_slaney`` (float64)."""
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = math.log(6.4) / 27.0
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+
+
+def slaney_mel_filterbank(sample_rate=16000, n_fft=512, n_mels=96, f_min=0.0, f_max=None):
+    """librosa's default mel filterbank (Slaney scale, area normalisation) as [n_fft//2+1, n_mels].
+
+    This is what ``librosa.feature.melspectrogram`` (used by musicnn) applies.
+    """
+    f_max = sample_rate / 2.0 if f_max is None else f_max
+    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    mel_points = mel_to_hz_slaney(np.linspace(hz_to_mel_slaney(f_min), hz_to_mel_slaney(f_max), n_mels + 2))
+    widths = np.diff(mel_points)
+    ramps = mel_points[:, None] - fft_freqs[None, :]
+    weights = np.zeros((n_mels, fft_freqs.size))
+    for i in range(n_mels):
+        lower = -ramps[i] / widths[i]
+        upper = ramps[i + 2] / widths[i + 1]
+        weights[i] = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_points[2:n_mels + 2] - mel_points[:n_mels]))[:, None]
+    return weights.T
+
+
 def periodic_hann(n):
     """``torch.hann_window(n)`` (periodic=True) in float64."""
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
@@ -47,6 +91,25 @@ def dft_kernels(n_fft):
     window = periodic_hann(n_fft)[:, None]
     kernel = np.concatenate([window * np.cos(angle), -window * np.sin(angle)], axis=1)
     return kernel[:, None, :]
+
+
+def power_spectrogram(audio, dft_kernel, hop_length, dtype="float32"):
+    """|STFT|^2 [B, frames, n_fft // 2 + 1] of audio [B, T] with a ``dft_kernels(n_fft)`` kernel.
+
+    Centred frames: reflect padding by n_fft // 2 (numpy/torch/librosa "reflect": the edge
+    sample is not repeated), written as flips so it exports everywhere.
+    """
+    audio = ops.cast(audio, dtype)
+    n_fft = dft_kernel.shape[0]
+    n_freqs = n_fft // 2 + 1
+    pad = n_fft // 2
+    left = ops.flip(audio[:, 1:pad + 1], axis=1)
+    right = ops.flip(audio[:, -pad - 1:-1], axis=1)
+    padded = ops.concatenate([left, audio, right], axis=1)[:, :, None]
+    kernel = ops.convert_to_tensor(dft_kernel, dtype=dtype)
+    spectrum = ops.conv(padded, kernel, strides=hop_length, padding="valid")
+    real, imag = spectrum[..., :n_freqs], spectrum[..., n_freqs:]
+    return real * real + imag * imag
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
@@ -113,16 +176,7 @@ class LogMelSpectrogram(keras.layers.Layer):
 
     def power_spectrogram(self, audio):
         """|STFT|^2 as [B, frames, n_fft // 2 + 1]."""
-        audio = ops.cast(audio, self.compute_dtype)
-        pad = self.n_fft // 2
-        # Reflect padding (numpy/torch "reflect": the edge sample is not repeated).
-        left = ops.flip(audio[:, 1:pad + 1], axis=1)
-        right = ops.flip(audio[:, -pad - 1:-1], axis=1)
-        padded = ops.concatenate([left, audio, right], axis=1)[:, :, None]
-        kernel = ops.convert_to_tensor(self._dft, dtype=self.compute_dtype)
-        spectrum = ops.conv(padded, kernel, strides=self.hop_length, padding="valid")
-        real, imag = spectrum[..., :self.n_freqs], spectrum[..., self.n_freqs:]
-        return real * real + imag * imag
+        return power_spectrogram(audio, self._dft, self.hop_length, self.compute_dtype)
 
     def call(self, audio):
         self._check(audio.shape)

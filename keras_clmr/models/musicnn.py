@@ -10,12 +10,11 @@ The tag layer (dropout 0.5 + dense + sigmoid) is a ``MusicTagger`` head on top; 
 ``musicnn_tagger`` and ``keras_clmr.conversion.musicnn`` for the released weights.
 """
 
-import math
-
 import keras
 import numpy as np
 from keras import layers, ops
 
+from keras_clmr.layers.frontends import dft_kernels, power_spectrogram, slaney_mel_filterbank  # noqa: F401
 from keras_clmr.models.backbone import Backbone
 
 SAMPLE_RATE = 16000
@@ -32,55 +31,6 @@ ARCHITECTURES = ("musicnn", "vgg")
 # (MSD_VGG_POOLS); the converter reads them from each checkpoint's graph.
 VGG_POOLS = ((4, 1, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2), (4, 4, 4, 4))
 MSD_VGG_POOLS = ((4, 1, 4, 1), (1, 4, 1, 4), (2, 2, 2, 2), (2, 2, 2, 2), (4, 4, 4, 4))
-
-
-def _hz_to_mel_slaney(freq):
-    freq = np.asarray(freq, dtype=np.float64)
-    f_sp = 200.0 / 3
-    mels = freq / f_sp
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    return np.where(freq >= min_log_hz, min_log_mel + np.log(np.maximum(freq, 1e-10) / min_log_hz) / logstep, mels)
-
-
-def _mel_to_hz_slaney(mels):
-    mels = np.asarray(mels, dtype=np.float64)
-    f_sp = 200.0 / 3
-    freqs = f_sp * mels
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), freqs)
-
-
-def slaney_mel_filterbank(sample_rate=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, f_min=0.0, f_max=None):
-    """librosa's default mel filterbank (Slaney scale and area normalisation) as [n_fft//2+1, n_mels].
-
-    This is what ``librosa.feature.melspectrogram`` (used by musicnn) applies.
-    """
-    f_max = sample_rate / 2.0 if f_max is None else f_max
-    fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    mel_points = _mel_to_hz_slaney(np.linspace(_hz_to_mel_slaney(f_min), _hz_to_mel_slaney(f_max), n_mels + 2))
-    widths = np.diff(mel_points)
-    ramps = mel_points[:, None] - fft_freqs[None, :]
-    weights = np.zeros((n_mels, fft_freqs.size))
-    for i in range(n_mels):
-        lower = -ramps[i] / widths[i]
-        upper = ramps[i + 2] / widths[i + 1]
-        weights[i] = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_points[2:n_mels + 2] - mel_points[:n_mels]))[:, None]
-    return weights.T
-
-
-def _dft_kernel(n_fft):
-    """Conv1D kernel [n_fft, 1, 2 * (n_fft//2 + 1)]: periodic-Hann-windowed cos and sin bases."""
-    n = np.arange(n_fft)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)  # scipy get_window("hann", fftbins=True)
-    k = np.arange(n_fft // 2 + 1)
-    angle = 2.0 * np.pi * np.outer(n, k) / n_fft
-    kernel = np.concatenate([window[:, None] * np.cos(angle), -window[:, None] * np.sin(angle)], axis=1)
-    return kernel[:, None, :].astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
@@ -100,7 +50,7 @@ class MusicnnLogMel(layers.Layer):
         self.hop_length = int(hop_length)
         self.n_mels = int(n_mels)
         self.float16_rounding = bool(float16_rounding)
-        self._dft = _dft_kernel(self.n_fft)
+        self._dft = dft_kernels(self.n_fft)
         self._mel = slaney_mel_filterbank(self.sample_rate, self.n_fft, self.n_mels).astype(np.float32)
 
     def compute_output_shape(self, input_shape):
@@ -110,13 +60,7 @@ class MusicnnLogMel(layers.Layer):
     def call(self, audio):
         if len(audio.shape) == 3:
             audio = audio[..., 0]
-        audio = ops.cast(audio, "float32")
-        half = self.n_fft // 2
-        padded = ops.pad(audio, [[0, 0], [half, half]], mode="reflect")
-        frames = ops.conv(ops.expand_dims(padded, -1), ops.convert_to_tensor(self._dft),
-                          strides=self.hop_length, padding="valid")
-        bins = self.n_fft // 2 + 1
-        power = ops.square(frames[..., :bins]) + ops.square(frames[..., bins:])
+        power = power_spectrogram(audio, self._dft, self.hop_length, "float32")
         mel = ops.matmul(power, ops.convert_to_tensor(self._mel))
         if self.float16_rounding:
             mel = ops.cast(ops.cast(mel, "float16"), "float32")
@@ -350,58 +294,3 @@ def musicnn_tagger(architecture="musicnn", tags=None, num_classes=50, **kwargs):
                          name=f"{architecture}_tagger")
     tagger.build((None, backbone.input_samples))
     return tagger
-
-
-# Presets: the four released taggers, converted from the musicnn wheel on first use (offline)
-# when it is installed, otherwise downloaded from the Hub.
-_PRESETS = {
-    # name: (architecture, parameters of the backbone, of the tagger)
-    "musicnn-mtt": ("musicnn", 782_029, 792_079),
-    "musicnn-msd": ("musicnn", 782_029, 792_079),
-    "vgg-mtt": ("vgg", 594_180, 607_030),
-    "vgg-msd": ("vgg", 594_180, 607_030),
-}
-
-
-def _local_builder(name):
-    def build(preset_dir, task):
-        from keras_clmr.conversion.musicnn import build_preset
-
-        build_preset(name, preset_dir, task)
-
-    return build
-
-
-def _register_presets():
-    from keras_clmr import presets
-
-    info = {
-        "musicnn-mtt": ("MTAT", 90.67, 38.31, "musicnn trained on MagnaTagATune (50 tags)"),
-        "musicnn-msd": ("MSD", 88.02, 28.91, "musicnn trained on the Million Song Dataset (50 tags)"),
-        "vgg-mtt": ("MTAT", 90.30, 38.23, "musicnn's VGG baseline trained on MagnaTagATune (50 tags)"),
-        "vgg-msd": ("MSD", 87.68, 28.19, "musicnn's VGG baseline trained on the Million Song Dataset (50 tags)"),
-    }
-    for name, (architecture, backbone_params, tagger_params) in _PRESETS.items():
-        if name in presets.preset_names():
-            continue
-        dataset, roc, pr, what = info[name]
-        hub = f"hf://{presets.HUB_ORG}/{name}"
-        presets.register_preset(presets.Preset(
-            name=name,
-            description=(f"{what}, Pons & Serra 2019, 16 kHz, 3 s windows; converted from the musicnn 0.1.0 "
-                         "wheel (parity with the original TF1 graph <= 1e-4)."),
-            architecture="Musicnn",
-            handles={"embed": hub, "tag": hub},
-            sample_rate=SAMPLE_RATE, input_samples=(PATCH_FRAMES - 1) * HOP,
-            params={"embed": backbone_params, "tag": tagger_params},
-            scores=({"task": "tag", "dataset": dataset, "metric": "ROC-AUC", "value": roc, "head": "own"},
-                    {"task": "tag", "dataset": dataset, "metric": "PR-AUC", "value": pr, "head": "own"}),
-            protocol=("As reported by the musicnn authors (experiment.result in the wheel); "
-                      "not re-measured by keras_clmr."),
-            source={"embed": "pip install --no-deps musicnn==0.1.0", "tag": "pip install --no-deps musicnn==0.1.0"},
-            license="isc",
-            local_builder=_local_builder(name),
-        ))
-
-
-_register_presets()
