@@ -96,9 +96,10 @@ def main(argv):
     for name, model, ident in candidates:
         scores = evaluation.cover_song_eval(model, clipset)
         rows.append({"model": name, "encoder": ident, "dataset": description, **scores})
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    evaluation.atomic_write(
+    from keras_clmr import io
+
+    io.atomic_write_text(
         os.path.join(FLAGS.output_dir, "cover_results.json"),
-        json.dumps(evaluation._jsonable(rows), indent=2) + "\n",
+        json.dumps(io.to_jsonable(rows), indent=2) + "\n",
     )
     print(evaluation.cover_markdown_table(rows))

@@ -12,7 +12,7 @@
 --sample_rate / --channels) or ``random:<checkpoint>`` (fresh weights, that architecture).
 
 Writes <output_dir>/results.json, per_tag.csv, per_tag_auc.png, results.md and tagger.keras,
-and prints the Markdown table. Protocol: keras_clmr/evaluation.py.
+and prints the Markdown table. Protocol: keras_clmr/evaluation/.
 """
 
 import os
@@ -220,7 +220,9 @@ def main(argv):
     rows = run(FLAGS.checkpoint, FLAGS.output_dir, FLAGS.compare_random)
     table = evaluation.markdown_table(rows)
     if len(rows) > 1:
-        evaluation.atomic_write(os.path.join(FLAGS.output_dir, "comparison.md"), table)
+        from keras_clmr import io
+
+        io.atomic_write_text(os.path.join(FLAGS.output_dir, "comparison.md"), table)
     print()
     print(table)
     print(
