@@ -1,0 +1,26 @@
+"""Matplotlib (headless Agg) and atomic PNG writes shared by the interpret pictures."""
+
+import io
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path, dpi=110):
+    """Render ``figure`` to PNG in memory, write it to ``path`` atomically, close it; returns path."""
+    from keras_clmr.io import atomic_write_bytes
+
+    plt = pyplot()
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    return atomic_write_bytes(path, buffer.getvalue())
