@@ -13,7 +13,7 @@ def _trainable_count(model):
 def test_full_size_shapes_and_parameter_count():
     model = SampleCNN()
     assert model.input_samples == 59049
-    assert _trainable_count(model) == 2_368_512  # convs 2,362,624 + BN affine 5,888 (clmr_reference §1)
+    assert _trainable_count(model) == 2_368_512  # convs 2,362,624 + BN affine 5,888
     # BN running statistics are non-trainable state, as in PyTorch's buffers.
     assert model.count_params() - _trainable_count(model) == 5_888
     out = model(np.zeros((2, 59049), "float32"), training=False)

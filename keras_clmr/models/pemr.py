@@ -1,8 +1,6 @@
 """PEMR: contrastive learning with positive-negative frame masks (Yao et al., WWW 2022).
 
-Faithful to the official code (github.com/yaoodng7/PEMR, a CLMR fork), which is the
-reference for checkpoint compatibility. Where the paper's text may differ, the code wins;
-the choices are listed in ``PEMR``'s docstring.
+Faithful to the official code (github.com/yaoodng7/PEMR); the choices are in docs/fidelity.md.
 """
 
 import math
@@ -188,45 +186,14 @@ class PEMRMaskGenerator(layers.Layer):
 class PEMR(Pretrainer):
     """The PEMR pretrainer: FCN encoder + projector + mask generator, trained as in the code.
 
-    Input: a batch of source segments [B, S] with S >= ``encoder.input_samples``. ``call``
-    draws two independent random crops (each optionally through ``augmentation``; PEMR uses
-    CLMR's chain without pitch shift), turns them into log-mel X', X'' [B, 128, 462], scores
-    the frames of X'' with the mask generator and builds the positive (X'' with its
-    K = int(mask_ratio * 462) = 46 lowest-scoring, "inessential" frames replaced by MASK)
-    and the negative (X'' keeping only those frames). The anchor X', the positive and the
-    negative each go through the FCN (separately: BatchNorm statistics per view batch) and the
-    projector, then through a train-mode ``BatchNorm1d`` (``loss_bn``). ``call`` returns
-    ``{"projections": [B, 3, projection_dim] (anchor, positive, negative), "pred_loss": [B]}``
-    and ``compute_loss`` gives
+    ``call`` crops two views of each source segment [B, S] (optionally augmented), turns them
+    into log-mel, masks the ``mask_ratio`` least important frames of view 2 (positive) or all
+    others (negative), and returns ``{"projections": [B, 3, projection_dim]`` (anchor,
+    positive, negative) ``, "pred_loss": [B]}``; ``compute_loss`` gives
+    L = L_pos + L_neg + pred_weight * L_pred (Barlow-Twins-style cross-correlation terms).
+    ``encoder`` (log-mel + FCN -> 512) is the inference artefact; the rest is training-only.
 
-        L = L_pos + L_neg + pred_weight * L_pred
-        L_pos = sum_k (1 - C+_kk)^2 + offdiag_weight * sum_{k != l} (C+_kl)^2
-        L_neg = neg_weight * sum_k (C-_kk)^2
-
-    with C+ / C- the [256, 256] cross-correlations (over the batch) of the anchor with the
-    positive / negative. ``fit`` works on TensorFlow (also ``jit_compile``), JAX (also
-    ``jit_compile``) and PyTorch. ``encoder`` (log-mel frontend + FCN -> 512) is the
-    inference artefact; the generator, MASK vector, projector and ``loss_bn`` are training-only.
-
-    Choices (faithful to the official code where it and the paper may differ):
-
-    * **Objective.** The code's loss is the Barlow-Twins-style one above (no temperature, no
-      softmax denominator, other batch items are never negatives; its ``--temperature`` is an
-      unused leftover). The paper's text describes "a contrastive objective with
-      self-augmented positives/negatives" and may write it as an InfoNCE; it could not be
-      checked. We follow the code.
-    * **Gradients.** Frame selection is a hard top-K (``argsort`` + one-hot) with no gradient,
-      as the code's ``torch.sort`` + index assignment: L_pos/L_neg train the FCN, projector,
-      ``loss_bn`` and the MASK vector, never the transformer or CLS, which learn from L_pred only.
-    * **L_pred.** As coded: the targets are the CLS+position tokens (not detached); the Huber
-      mean runs over all elements (unmasked ones count as zeros); the prediction head is the
-      code's ``PoswiseFeedForwardNet(128, 512)``, i.e. with its residual, dropout and LayerNorm.
-    * **Frame-score scale** is sqrt(d_model) as in the code (= sqrt(d_k) = sqrt(128)).
-    * **Mel filterbank** at 16 kHz on 22.05 kHz audio, as in the code (``FCN(mel_sample_rate=...)``).
-    * **Batch size.** Any batch size works (the code precomputes index offsets and needs
-      ``drop_last``); the cross-correlations divide by the actual batch size.
-    * ``loss_bn`` is called once per projection (the code calls its BN twice on the anchor,
-      which only changes the running statistics, never used).
+    Where the paper and the official code differ, the code wins: see docs/fidelity.md.
 
     Args:
         encoder: an ``FCN`` (default: the full-size PEMR encoder).

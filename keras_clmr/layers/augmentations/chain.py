@@ -22,12 +22,7 @@ class FilterDelayReverb(AudioAugmentation):
     kernel and reverb response are applied together in ONE batched FFT convolution (4 FFTs
     instead of 6 for the two layers on their own).
 
-    Same draws and maths as the separate layers (julius kernel with replicate padding,
-    delay, synthetic-IR reverb, clip after reverb), up to: the order filter -> delay becomes
-    delay -> filter (they commute; only the replicate-padded edges differ), the reverb also
-    hears the ``max_half_size`` replicated edge samples before the clip start, and examples
-    that draw neither filter nor reverb still pass the exponentially windowed FFT (relative
-    error ~1e-5).
+    Same draws and maths as the separate layers up to edge effects (docs/fidelity.md).
     """
 
     def __init__(self, filter, delay, reverb, p_filter=0.8, p_delay=0.3, p_reverb=0.6, seed=None, **kwargs):
@@ -115,11 +110,9 @@ def clmr_augmentation(sample_rate=22050, seed=None, pitch_shift=True, fused=True
     ``seed`` every transform and every coin gets its own derived seed, so a run is
     reproducible; ``None`` seeds from Keras' global seed generator.
 
-    ``fused=False`` keeps the original order exactly (polarity, noise, gain, filter, delay,
-    pitch, reverb; one ``RandomApply`` each). ``fused=True`` (default; ~1/3 less FFT work)
-    runs filter, delay and reverb in one ``FilterDelayReverb`` pass and the pitch shift
-    LAST (deviation: the original shifts the pitch before the reverb, so here the reverb tail
-    is pitch-shifted too); all probabilities and parameter draws are unchanged.
+    ``fused=False`` keeps the original order exactly; ``fused=True`` (default, ~1/3 less FFT
+    work) runs filter, delay and reverb in one ``FilterDelayReverb`` pass and the pitch shift
+    last (a deviation, see docs/fidelity.md); probabilities and draws are unchanged.
     """
     def sub_seed(i):
         return None if seed is None else int(seed) * 1009 + i

@@ -81,23 +81,9 @@ class Reverb(_ParametricAugmentation):
     """Reverb with reverberance, damping and room size drawn per example as integers in
     [min, max) (the original's ``torch.randint(0, 100)``), output length preserved.
 
-    Deviation: the original runs libsox ``reverb`` (Freeverb: 8 damped combs + 4 "allpass"
-    stages, stereo, then mixed to mono), sample by sample. Here each example is convolved (one
-    batched FFT) with a synthetic impulse response parameterised like sox's: feedback
-    ``f = 1 - exp((reverberance - b) / (a b))`` (0.3 .. 0.98), loop damping
-    ``d = 0.2 + 0.3 * damping / 100``, room scale ``0.1 + 0.9 * room_size / 100`` scaling the
-    comb loop length (mean 1378 samples at 44.1 kHz). The response is the dry impulse plus a
-    noise tail from the first comb delay on (as sox), in 6 frequency bands; band k decays per
-    loop by ``f |H(w_k)|`` with sox's one-pole loop filter ``H = (1 - d) / (1 - d z^-1)`` and
-    carries the comb array's energy there, ``8 * 0.015**2 / (1 - f**2 |H|**2)`` times sox's
-    allpass/channel-mix gain. Checked against libsox 14.4.2 impulse responses: same onset,
-    total tail energy within ~25 %, late/early energy ratio within 2x (sox builds its tail up
-    over the first tens of ms, ours starts at full density). The tail noise is a fixed seeded
-    sequence, so like Freeverb the response is a deterministic function of the parameters.
-    The convolution uses an exponential window (decay ``epsilon`` over the FFT length) so that
-    a transform only >= 1.05x the clip length gives the linear convolution of the wet part to
-    ~1e-4 relative error. Output clipped to [-1, 1]
-    as sox's integer samples are.
+    Deviation: the original runs libsox ``reverb`` sample by sample; here each example is
+    convolved (one batched FFT) with a synthetic sox-like impulse response, output clipped to
+    [-1, 1]. The model and its measured error against sox are in docs/fidelity.md.
     """
 
     def __init__(self, sample_rate=22050, reverberance_min=0, reverberance_max=100, dumping_factor_min=0,

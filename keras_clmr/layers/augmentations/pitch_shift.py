@@ -12,21 +12,10 @@ class PitchShift(_ParametricAugmentation):
     """Pitch shift by a uniform integer number of cents in [100 * pitch_shift_min,
     100 * pitch_shift_max] per example, duration preserved.
 
-    Method (deviation: the original runs libsox ``pitch``, i.e. a WSOLA time stretch plus
-    ``rate`` resampling, per example on the CPU): a batched WSOLA-style granular shifter.
-    Output grains of ``2 * hop`` samples (``grain_seconds``, 93 ms by default; sox's WSOLA
-    segment is 82 ms), Hann-windowed at 50 % overlap (the windows sum to 1), each reads the
-    input around its own centre at ``ratio = 2 ** (cents / 1200)`` times the speed with
-    linear interpolation, so every grain is resampled by ``ratio`` and stays in place
-    (length and timing kept). As in WSOLA, each grain's read position may move by up to
-    ``search_seconds`` (12 ms) to the offset where the input best continues the previous
-    grain: cross-correlations of all grains in one batched FFT on an 8x decimated signal,
-    refined to a fraction of a sample, then a short sequential pass over the grains (only
-    per-example scalars, in a compiled loop). Remaining differences to sox: linear interpolation without an
-    anti-aliasing filter (upward shifts fold content above ``sr / (2 * ratio)``), 50 %
-    grain overlap instead of sox's 12 ms crossfade. Samples read outside the input are zero
-    (sox's output is likewise trimmed/zero-padded to the input length). The output is
-    clipped to [-1, 1] as sox's integer samples are; never NaN/Inf for finite input.
+    Deviation: the original runs libsox ``pitch`` per example on the CPU; here a batched
+    WSOLA-style granular shifter (Hann grains of ``grain_seconds`` at 50 % overlap, read
+    position searched within ``search_seconds``), output clipped to [-1, 1], never NaN/Inf
+    for finite input. Details and remaining differences: docs/fidelity.md.
     """
 
     _DECIMATION = 8

@@ -47,13 +47,8 @@ class Noise(_ParametricAugmentation):
     """Additive Gaussian noise with std ``U(min_snr, max_snr) * std(x)`` per example.
 
     ``std(x)`` is the unbiased (Bessel-corrected) std of the example, as ``torch.std``.
-    Deviation: the original draws fresh ``np.random.normal`` samples. Drawing B x T
-    Gaussians in-graph is slow on CPU (XLA's counter-based RNG: ~0.4 s for 96 x 59049), so
-    the unit Gaussian comes from a fixed table (seeded numpy, normalised to mean 0, std 1)
-    read at a random block-aligned offset (2048 choices) with a random sign, per example.
-    Within an example the noise is white Gaussian; two examples may share shifted
-    stretches of the table. At CLMR's p=0.01 and <= 1% of the signal's std this does not
-    matter.
+    Deviation: the unit Gaussian is read from a fixed seeded table at a random offset with a
+    random sign per example (fresh B x T Gaussians are slow in-graph); see docs/fidelity.md.
     """
 
     _BLOCK = 64
