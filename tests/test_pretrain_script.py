@@ -1,4 +1,5 @@
-"""training/pretrain.py end to end, in subprocesses (tiny encoder, no XLA to keep it quick)."""
+"""``python -m training.pretrain`` (= ``keras-clmr pretrain``) end to end, in subprocesses (tiny
+encoder, no XLA to keep it quick)."""
 
 import json
 import os
@@ -14,7 +15,7 @@ import soundfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--channels=4,4,4,4,4,4,4,4,4,8,8", "--projection_dim=8", "--nojit_compile", "--augment=crop",
         "--batch_size=4", "--steps_per_epoch=2", "--segment_samples=60000"]
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.large  # subprocess trainings, kill/resume
 
 
 def run(*args, timeout=600):
