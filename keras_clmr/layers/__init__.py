@@ -22,3 +22,24 @@ from keras_clmr.layers.transformer import (
     PEMRLayerNormalization,
     PEMRMultiHeadSelfAttention,
 )
+
+__all__ = [
+    "AudioAugmentation",
+    "AugmentationChain",
+    "Delay",
+    "FilterDelayReverb",
+    "Gain",
+    "HighLowPass",
+    "LogMelSpectrogram",
+    "Noise",
+    "PEMREncoderLayer",
+    "PEMRFeedForward",
+    "PEMRLayerNormalization",
+    "PEMRMultiHeadSelfAttention",
+    "PitchShift",
+    "PolarityInversion",
+    "RandomApply",
+    "RandomCrop",
+    "Reverb",
+    "clmr_augmentation",
+]

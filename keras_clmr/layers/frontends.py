@@ -55,7 +55,9 @@ def mel_to_hz_slaney(mels):
     min_log_hz = 1000.0
     min_log_mel = min_log_hz / f_sp
     logstep = math.log(6.4) / 27.0
-    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+    return np.where(
+        mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels
+    )
 
 
 def slaney_mel_filterbank(sample_rate=16000, n_fft=512, n_mels=96, f_min=0.0, f_max=None):
@@ -65,7 +67,9 @@ def slaney_mel_filterbank(sample_rate=16000, n_fft=512, n_mels=96, f_min=0.0, f_
     """
     f_max = sample_rate / 2.0 if f_max is None else f_max
     fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    mel_points = mel_to_hz_slaney(np.linspace(hz_to_mel_slaney(f_min), hz_to_mel_slaney(f_max), n_mels + 2))
+    mel_points = mel_to_hz_slaney(
+        np.linspace(hz_to_mel_slaney(f_min), hz_to_mel_slaney(f_max), n_mels + 2)
+    )
     widths = np.diff(mel_points)
     ramps = mel_points[:, None] - fft_freqs[None, :]
     weights = np.zeros((n_mels, fft_freqs.size))
@@ -73,7 +77,7 @@ def slaney_mel_filterbank(sample_rate=16000, n_fft=512, n_mels=96, f_min=0.0, f_
         lower = -ramps[i] / widths[i]
         upper = ramps[i + 2] / widths[i + 1]
         weights[i] = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_points[2:n_mels + 2] - mel_points[:n_mels]))[:, None]
+    weights *= (2.0 / (mel_points[2 : n_mels + 2] - mel_points[:n_mels]))[:, None]
     return weights.T
 
 
@@ -103,8 +107,8 @@ def power_spectrogram(audio, dft_kernel, hop_length, dtype="float32"):
     n_fft = dft_kernel.shape[0]
     n_freqs = n_fft // 2 + 1
     pad = n_fft // 2
-    left = ops.flip(audio[:, 1:pad + 1], axis=1)
-    right = ops.flip(audio[:, -pad - 1:-1], axis=1)
+    left = ops.flip(audio[:, 1 : pad + 1], axis=1)
+    right = ops.flip(audio[:, -pad - 1 : -1], axis=1)
     padded = ops.concatenate([left, audio, right], axis=1)[:, :, None]
     kernel = ops.convert_to_tensor(dft_kernel, dtype=dtype)
     spectrum = ops.conv(padded, kernel, strides=hop_length, padding="valid")
@@ -134,8 +138,17 @@ class LogMelSpectrogram(keras.layers.Layer):
     floor underflows in float16); pass ``dtype="float64"`` for a float64 computation.
     """
 
-    def __init__(self, n_fft=256, hop_length=128, n_mels=128, sample_rate=16000, f_min=0.0,
-                 f_max=None, amin=1e-10, **kwargs):
+    def __init__(
+        self,
+        n_fft=256,
+        hop_length=128,
+        n_mels=128,
+        sample_rate=16000,
+        f_min=0.0,
+        f_max=None,
+        amin=1e-10,
+        **kwargs,
+    ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.n_fft = int(n_fft)
@@ -148,13 +161,15 @@ class LogMelSpectrogram(keras.layers.Layer):
         if self.n_fft < 2 or self.hop_length < 1 or self.n_mels < 1:
             raise ValueError(
                 f"LogMelSpectrogram needs n_fft >= 2, hop_length >= 1 and n_mels >= 1, got "
-                f"n_fft={n_fft}, hop_length={hop_length}, n_mels={n_mels}.")
+                f"n_fft={n_fft}, hop_length={hop_length}, n_mels={n_mels}."
+            )
         top = self.sample_rate // 2 if self.f_max is None else self.f_max
         if not 0.0 <= self.f_min < top:
             raise ValueError(f"Need 0 <= f_min < f_max, got f_min={self.f_min}, f_max={top}.")
         self.n_freqs = self.n_fft // 2 + 1
-        self.filterbank = torchaudio_mel_filterbank(self.n_freqs, self.n_mels, self.sample_rate,
-                                                    self.f_min, self.f_max)
+        self.filterbank = torchaudio_mel_filterbank(
+            self.n_freqs, self.n_mels, self.sample_rate, self.f_min, self.f_max
+        )
         self._dft = dft_kernels(self.n_fft)
 
     def num_frames(self, num_samples):
@@ -164,11 +179,14 @@ class LogMelSpectrogram(keras.layers.Layer):
     def _check(self, shape):
         if len(shape) != 2:
             raise ValueError(
-                f"LogMelSpectrogram expects mono audio [batch, samples], got shape {tuple(shape)}.")
+                f"LogMelSpectrogram expects mono audio [batch, samples], got shape {tuple(shape)}."
+            )
         pad = self.n_fft // 2
         if shape[1] is not None and shape[1] <= pad:
             raise ValueError(
-                f"Reflect padding by n_fft // 2 = {pad} needs more than {pad} samples, got {shape[1]}.")
+                f"Reflect padding by n_fft // 2 = {pad} needs more than {pad} samples, got "
+                f"{shape[1]}."
+            )
 
     def build(self, input_shape):
         self._check(input_shape)
@@ -192,7 +210,13 @@ class LogMelSpectrogram(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels,
-                      sample_rate=self.sample_rate, f_min=self.f_min, f_max=self.f_max,
-                      amin=self.amin)
+        config.update(
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+            sample_rate=self.sample_rate,
+            f_min=self.f_min,
+            f_max=self.f_max,
+            amin=self.amin,
+        )
         return config

@@ -1,4 +1,4 @@
-"""PyTorch's default initialisers and BatchNorm constants, in Keras terms (for checkpoint fidelity)."""
+"""PyTorch's default initialisers and BatchNorm constants in Keras terms (checkpoint fidelity)."""
 
 import math
 
@@ -11,7 +11,9 @@ BN_MOMENTUM = 0.9
 
 def torch_default_kernel_initializer():
     """PyTorch's default Conv/Linear weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+    )
 
 
 def torch_default_bias_initializer(fan_in):

@@ -26,14 +26,18 @@ def sinusoidal_positions(length, dim):
 
 def xavier_normal():
     """``torch.nn.init.xavier_normal_`` (untruncated normal, std sqrt(2 / (fan_in + fan_out)))."""
-    return keras.initializers.VarianceScaling(1.0, mode="fan_avg", distribution="untruncated_normal")
+    return keras.initializers.VarianceScaling(
+        1.0, mode="fan_avg", distribution="untruncated_normal"
+    )
 
 
 def torch_conv1d_initializers(fan_in):
     """PyTorch's default Conv1d init (kernel and bias both U(+-1/sqrt(fan_in)))."""
     limit = 1.0 / math.sqrt(fan_in)
-    return (keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform"),
-            keras.initializers.RandomUniform(-limit, limit))
+    return (
+        keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform"),
+        keras.initializers.RandomUniform(-limit, limit),
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
@@ -47,7 +51,9 @@ class PEMRLayerNormalization(layers.Layer):
     def build(self, input_shape):
         dim = input_shape[-1]
         if dim is None or dim < 2:
-            raise ValueError(f"PEMRLayerNormalization needs a known last axis >= 2, got {input_shape}.")
+            raise ValueError(
+                f"PEMRLayerNormalization needs a known last axis >= 2, got {input_shape}."
+            )
         self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
         self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
         self.built = True
@@ -78,16 +84,24 @@ class PEMRMultiHeadSelfAttention(layers.Layer):
     per-head projections that PEMR's frame scoring uses ([B, heads, L, key_dim]).
     """
 
-    def __init__(self, num_heads=3, key_dim=128, value_dim=None, dropout=0.1, epsilon=1e-6, **kwargs):
+    def __init__(
+        self, num_heads=3, key_dim=128, value_dim=None, dropout=0.1, epsilon=1e-6, **kwargs
+    ):
         super().__init__(**kwargs)
         self.num_heads = int(num_heads)
         self.key_dim = int(key_dim)
         self.value_dim = int(value_dim or key_dim)
         self.dropout_rate = float(dropout)
         self.epsilon = float(epsilon)
-        self.w_q = layers.Dense(self.num_heads * self.key_dim, kernel_initializer=xavier_normal(), name="w_q")
-        self.w_k = layers.Dense(self.num_heads * self.key_dim, kernel_initializer=xavier_normal(), name="w_k")
-        self.w_v = layers.Dense(self.num_heads * self.value_dim, kernel_initializer=xavier_normal(), name="w_v")
+        self.w_q = layers.Dense(
+            self.num_heads * self.key_dim, kernel_initializer=xavier_normal(), name="w_q"
+        )
+        self.w_k = layers.Dense(
+            self.num_heads * self.key_dim, kernel_initializer=xavier_normal(), name="w_k"
+        )
+        self.w_v = layers.Dense(
+            self.num_heads * self.value_dim, kernel_initializer=xavier_normal(), name="w_v"
+        )
         self.attention_dropout = layers.Dropout(self.dropout_rate, name="attention_dropout")
         self.output_dropout = layers.Dropout(self.dropout_rate, name="output_dropout")
         self.layer_norm = PEMRLayerNormalization(self.epsilon, name="layer_norm")
@@ -127,8 +141,13 @@ class PEMRMultiHeadSelfAttention(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
-                      dropout=self.dropout_rate, epsilon=self.epsilon)
+        config.update(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            value_dim=self.value_dim,
+            dropout=self.dropout_rate,
+            epsilon=self.epsilon,
+        )
         return config
 
 
@@ -153,8 +172,13 @@ class PEMRFeedForward(layers.Layer):
         d_model = input_shape[-1]
         k1, b1 = torch_conv1d_initializers(d_model)
         k2, b2 = torch_conv1d_initializers(self.hidden_dim)
-        self.conv1 = layers.Dense(self.hidden_dim, activation="relu", kernel_initializer=k1,
-                                  bias_initializer=b1, name="conv1")
+        self.conv1 = layers.Dense(
+            self.hidden_dim,
+            activation="relu",
+            kernel_initializer=k1,
+            bias_initializer=b1,
+            name="conv1",
+        )
         self.conv2 = layers.Dense(d_model, kernel_initializer=k2, bias_initializer=b2, name="conv2")
         self.conv1.build(input_shape)
         self.conv2.build((*input_shape[:-1], self.hidden_dim))
@@ -185,9 +209,12 @@ class PEMREncoderLayer(layers.Layer):
         self.ffn_dim = int(ffn_dim)
         self.dropout_rate = float(dropout)
         self.epsilon = float(epsilon)
-        self.self_attention = PEMRMultiHeadSelfAttention(num_heads, key_dim, dropout=dropout, epsilon=epsilon,
-                                                         name="self_attention")
-        self.feed_forward = PEMRFeedForward(ffn_dim, dropout=dropout, epsilon=epsilon, name="feed_forward")
+        self.self_attention = PEMRMultiHeadSelfAttention(
+            num_heads, key_dim, dropout=dropout, epsilon=epsilon, name="self_attention"
+        )
+        self.feed_forward = PEMRFeedForward(
+            ffn_dim, dropout=dropout, epsilon=epsilon, name="feed_forward"
+        )
 
     def build(self, input_shape):
         self.self_attention.build(input_shape)
@@ -202,6 +229,11 @@ class PEMREncoderLayer(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_heads=self.num_heads, key_dim=self.key_dim, ffn_dim=self.ffn_dim,
-                      dropout=self.dropout_rate, epsilon=self.epsilon)
+        config.update(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            ffn_dim=self.ffn_dim,
+            dropout=self.dropout_rate,
+            epsilon=self.epsilon,
+        )
         return config

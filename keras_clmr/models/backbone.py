@@ -12,8 +12,10 @@ def _load_preset(cls, name_or_path, kwargs):
 
     model = hub.load_pretrained(name_or_path, **kwargs)
     if not isinstance(model, cls):
-        raise TypeError(f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}; "
-                        f"load it with keras_clmr.load_pretrained or the matching class.")
+        raise TypeError(
+            f"{name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}; "
+            f"load it with keras_clmr.load_pretrained or the matching class."
+        )
     return model
 
 

@@ -28,8 +28,17 @@ class CLMR(Pretrainer):
             the original CLMR did under DDP (for reproducing the paper). The same on one device.
     """
 
-    def __init__(self, encoder=None, projection_dim=128, hidden_dim=None, temperature=0.5,
-                 augmentation=None, seed=None, negatives="global", **kwargs):
+    def __init__(
+        self,
+        encoder=None,
+        projection_dim=128,
+        hidden_dim=None,
+        temperature=0.5,
+        augmentation=None,
+        seed=None,
+        negatives="global",
+        **kwargs,
+    ):
         if float(temperature) <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         if negatives not in ("global", "local"):
@@ -57,8 +66,13 @@ class CLMR(Pretrainer):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # Per-replica negatives in an SPMD program (JAX DataParallel) = one group per device.
         groups = distributed.data_parallel_size() if self.negatives == "local" else 1
-        loss = nt_xent(y_pred[:, 0], y_pred[:, 1], temperature=self.temperature, negatives=self.negatives,
-                       groups=groups)
+        loss = nt_xent(
+            y_pred[:, 0],
+            y_pred[:, 1],
+            temperature=self.temperature,
+            negatives=self.negatives,
+            groups=groups,
+        )
         return self.finish_loss(loss)
 
     def compute_output_shape(self, input_shape):
@@ -66,6 +80,10 @@ class CLMR(Pretrainer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(projection_dim=self.projection_dim, hidden_dim=self.hidden_dim,
-                      temperature=self.temperature, negatives=self.negatives)
+        config.update(
+            projection_dim=self.projection_dim,
+            hidden_dim=self.hidden_dim,
+            temperature=self.temperature,
+            negatives=self.negatives,
+        )
         return config

@@ -4,8 +4,12 @@ import keras
 from keras import layers, ops
 
 from keras_clmr.layers.frontends import LogMelSpectrogram
-from keras_clmr.layers.initializers import (BN_EPSILON, BN_MOMENTUM, torch_default_bias_initializer,
-                                            torch_default_kernel_initializer)
+from keras_clmr.layers.initializers import (
+    BN_EPSILON,
+    BN_MOMENTUM,
+    torch_default_bias_initializer,
+    torch_default_kernel_initializer,
+)
 from keras_clmr.models.backbone import Backbone
 
 DEFAULT_CHANNELS = (64, 128, 128, 128)
@@ -39,22 +43,40 @@ class FCN(Backbone):
             although its audio is 22050 Hz; keep it for checkpoint compatibility).
     """
 
-    def __init__(self, channels=DEFAULT_CHANNELS, pools=DEFAULT_POOLS, input_samples=59049, sample_rate=22050,
-                 n_fft=256, hop_length=128, n_mels=128, mel_sample_rate=16000, **kwargs):
+    def __init__(
+        self,
+        channels=DEFAULT_CHANNELS,
+        pools=DEFAULT_POOLS,
+        input_samples=59049,
+        sample_rate=22050,
+        n_fft=256,
+        hop_length=128,
+        n_mels=128,
+        mel_sample_rate=16000,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.channels = tuple(int(c) for c in channels)
         self.pools = tuple(tuple(int(p) for p in pool) for pool in pools)
         if len(self.channels) != len(self.pools) or not self.channels:
             raise ValueError(
-                f"FCN needs one (freq, time) pool per block: got {len(self.channels)} channel widths "
-                f"{self.channels} and {len(self.pools)} pools {self.pools}.")
+                f"FCN needs one (freq, time) pool per block: got {len(self.channels)} channel "
+                f"widths {self.channels} and {len(self.pools)} pools {self.pools}."
+            )
         if any(len(p) != 2 or min(p) < 1 for p in self.pools):
-            raise ValueError(f"Each FCN pool must be a (freq, time) pair of positive ints, got {self.pools}.")
+            raise ValueError(
+                f"Each FCN pool must be a (freq, time) pair of positive ints, got {self.pools}."
+            )
         self.input_samples = int(input_samples)
         self.sample_rate = int(sample_rate)
         self.mel_sample_rate = int(mel_sample_rate)
-        self.frontend = LogMelSpectrogram(n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                                          sample_rate=mel_sample_rate, name="frontend")
+        self.frontend = LogMelSpectrogram(
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            sample_rate=mel_sample_rate,
+            name="frontend",
+        )
         self.n_mels = self.frontend.n_mels
         self.num_frames = self.frontend.num_frames(self.input_samples)
         freq, time = self.n_mels, self.num_frames
@@ -63,22 +85,35 @@ class FCN(Backbone):
         if freq < 1 or time < 1:
             raise ValueError(
                 f"FCN pools {self.pools} reduce the {self.n_mels} x {self.num_frames} log-mel of "
-                f"{self.input_samples} samples to nothing: use longer input, more mels or smaller pools.")
+                f"{self.input_samples} samples to nothing: use longer input, more mels or smaller "
+                "pools."
+            )
         self.output_grid = (freq, time)
         self.embedding_dim = self.channels[-1] * freq * time
 
-        self.spec_bn = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="spec_bn")
+        self.spec_bn = layers.BatchNormalization(
+            epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="spec_bn"
+        )
         self.blocks = []
         in_channels = 1
         for i, (width, pool) in enumerate(zip(self.channels, self.pools), start=1):
-            self.blocks.append([
-                layers.Conv2D(width, 3, padding="same", name=f"layer{i}_conv",
-                              kernel_initializer=torch_default_kernel_initializer(),
-                              bias_initializer=torch_default_bias_initializer(9 * in_channels)),
-                layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"layer{i}_bn"),
-                layers.ReLU(name=f"layer{i}_relu"),
-                layers.MaxPooling2D(pool, name=f"layer{i}_pool"),
-            ])
+            self.blocks.append(
+                [
+                    layers.Conv2D(
+                        width,
+                        3,
+                        padding="same",
+                        name=f"layer{i}_conv",
+                        kernel_initializer=torch_default_kernel_initializer(),
+                        bias_initializer=torch_default_bias_initializer(9 * in_channels),
+                    ),
+                    layers.BatchNormalization(
+                        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"layer{i}_bn"
+                    ),
+                    layers.ReLU(name=f"layer{i}_relu"),
+                    layers.MaxPooling2D(pool, name=f"layer{i}_pool"),
+                ]
+            )
             in_channels = width
         # The input shape is fixed by the config: build now so weights exist before the first call.
         self.build((None, self.input_samples))
@@ -86,19 +121,24 @@ class FCN(Backbone):
     def _check_audio(self, shape):
         if len(shape) != 2:
             raise ValueError(
-                f"FCN expects mono audio shaped [batch, {self.input_samples}], got shape {tuple(shape)}.")
+                f"FCN expects mono audio shaped [batch, {self.input_samples}], got shape "
+                f"{tuple(shape)}."
+            )
         if shape[1] is not None and shape[1] != self.input_samples:
             raise ValueError(
                 f"FCN expects exactly {self.input_samples} samples per window "
-                f"({self.input_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz), got {shape[1]}. "
-                f"Crop or window the audio first (keras_clmr.inference.embed does this).")
+                f"({self.input_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz), got "
+                f"{shape[1]}. "
+                f"Crop or window the audio first (keras_clmr.inference.embed does this)."
+            )
 
     def _check_spectrogram(self, shape):
         expected = (self.n_mels, self.num_frames)
         if len(shape) != 3 or tuple(shape[1:]) != expected:
             raise ValueError(
                 f"FCN.embed_spectrogram expects log-mel [batch, {expected[0]}, {expected[1]}] "
-                f"(mels, frames), got shape {tuple(shape)}.")
+                f"(mels, frames), got shape {tuple(shape)}."
+            )
 
     def build(self, input_shape):
         self._check_audio(input_shape)
@@ -134,8 +174,14 @@ class FCN(Backbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=list(self.channels), pools=[list(p) for p in self.pools],
-                      input_samples=self.input_samples, sample_rate=self.sample_rate,
-                      n_fft=self.frontend.n_fft, hop_length=self.frontend.hop_length,
-                      n_mels=self.n_mels, mel_sample_rate=self.mel_sample_rate)
+        config.update(
+            channels=list(self.channels),
+            pools=[list(p) for p in self.pools],
+            input_samples=self.input_samples,
+            sample_rate=self.sample_rate,
+            n_fft=self.frontend.n_fft,
+            hop_length=self.frontend.hop_length,
+            n_mels=self.n_mels,
+            mel_sample_rate=self.mel_sample_rate,
+        )
         return config

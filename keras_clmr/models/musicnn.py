@@ -35,15 +35,22 @@ MSD_VGG_POOLS = ((4, 1, 4, 1), (1, 4, 1, 4), (2, 2, 2, 2), (2, 2, 2, 2), (4, 4, 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
 class MusicnnLogMel(layers.Layer):
-    """musicnn's input representation: audio [B, N] -> log10(1 + 10000 * mel) [B, 1 + N // hop, n_mels].
+    """musicnn's input: audio [B, N] -> log10(1 + 10000 * mel) [B, 1 + N // hop, n_mels].
 
     librosa conventions: centred frames with reflect padding, periodic Hann window, power
     spectrogram, Slaney mel filterbank. ``float16_rounding`` rounds the mel power to float16
     before the log, as musicnn's ``batch_data`` and its training data ("mtt_float16") did.
     """
 
-    def __init__(self, sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS,
-                 float16_rounding=True, **kwargs):
+    def __init__(
+        self,
+        sample_rate=SAMPLE_RATE,
+        n_fft=N_FFT,
+        hop_length=HOP,
+        n_mels=N_MELS,
+        float16_rounding=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
@@ -51,7 +58,9 @@ class MusicnnLogMel(layers.Layer):
         self.n_mels = int(n_mels)
         self.float16_rounding = bool(float16_rounding)
         self._dft = dft_kernels(self.n_fft)
-        self._mel = slaney_mel_filterbank(self.sample_rate, self.n_fft, self.n_mels).astype(np.float32)
+        self._mel = slaney_mel_filterbank(self.sample_rate, self.n_fft, self.n_mels).astype(
+            np.float32
+        )
 
     def compute_output_shape(self, input_shape):
         n = input_shape[1]
@@ -68,8 +77,13 @@ class MusicnnLogMel(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
-                      n_mels=self.n_mels, float16_rounding=self.float16_rounding)
+        config.update(
+            sample_rate=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+            float16_rounding=self.float16_rounding,
+        )
         return config
 
 
@@ -94,9 +108,19 @@ class Musicnn(Backbone):
     ``extractor`` (timbral, temporal, cnn1-3, max/mean pool, penultimate; vgg: pool1-5).
     """
 
-    def __init__(self, architecture="musicnn", num_filt_midend=64, num_units_backend=200, vgg_filters=128,
-                 vgg_pools=VGG_POOLS, n_frames=PATCH_FRAMES, sample_rate=SAMPLE_RATE, n_mels=N_MELS,
-                 float16_rounding=True, **kwargs):
+    def __init__(
+        self,
+        architecture="musicnn",
+        num_filt_midend=64,
+        num_units_backend=200,
+        vgg_filters=128,
+        vgg_pools=VGG_POOLS,
+        n_frames=PATCH_FRAMES,
+        sample_rate=SAMPLE_RATE,
+        n_mels=N_MELS,
+        float16_rounding=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
@@ -106,14 +130,17 @@ class Musicnn(Backbone):
         self.vgg_filters = int(vgg_filters)
         self.vgg_pools = tuple(tuple(int(v) for v in pool) for pool in vgg_pools)
         if len(self.vgg_pools) != 5 or any(len(pool) != 4 for pool in self.vgg_pools):
-            raise ValueError(f"vgg_pools needs 5 entries (pool_h, pool_w, stride_h, stride_w), got {vgg_pools}.")
+            raise ValueError(
+                f"vgg_pools needs 5 entries (pool_h, pool_w, stride_h, stride_w), got {vgg_pools}."
+            )
         self.n_frames = int(n_frames)
         self.sample_rate = int(sample_rate)
         self.n_mels = int(n_mels)
         self.float16_rounding = bool(float16_rounding)
         self.input_samples = (self.n_frames - 1) * HOP
-        self.frontend = MusicnnLogMel(self.sample_rate, N_FFT, HOP, self.n_mels, self.float16_rounding,
-                                      name="logmel")
+        self.frontend = MusicnnLogMel(
+            self.sample_rate, N_FFT, HOP, self.n_mels, self.float16_rounding, name="logmel"
+        )
         self.bn_input = _bn("bn_input")
         if architecture == "musicnn":
             self._make_musicnn()
@@ -124,7 +151,10 @@ class Musicnn(Backbone):
             for ph, pw, sh, sw in self.vgg_pools:
                 t, f = (t - ph) // sh + 1, (f - pw) // sw + 1
             if t < 1 or f < 1:
-                raise ValueError(f"vgg_pools {self.vgg_pools} leave no output for {self.n_frames}x{self.n_mels} input.")
+                raise ValueError(
+                    f"vgg_pools {self.vgg_pools} leave no output for {self.n_frames}x{self.n_mels} "
+                    "input."
+                )
             self.embedding_dim = t * f * self.vgg_filters
         self.build((None, self.input_samples))
 
@@ -135,19 +165,51 @@ class Musicnn(Backbone):
         n_mels = self.n_mels
         self.timbral = []
         for name, width in (("timbral_74", int(0.4 * n_mels)), ("timbral_77", int(0.7 * n_mels))):
-            self.timbral.append((layers.Conv2D(int(num_filt * 128), (7, width), padding="valid", activation="relu",
-                                               name=f"{name}_conv"), _bn(f"{name}_bn")))
+            self.timbral.append(
+                (
+                    layers.Conv2D(
+                        int(num_filt * 128),
+                        (7, width),
+                        padding="valid",
+                        activation="relu",
+                        name=f"{name}_conv",
+                    ),
+                    _bn(f"{name}_bn"),
+                )
+            )
         self.temporal = []
         for length in (128, 64, 32):
-            self.temporal.append((layers.Conv2D(int(num_filt * 32), (length, 1), padding="same", activation="relu",
-                                                name=f"temporal_{length}_conv"), _bn(f"temporal_{length}_bn")))
+            self.temporal.append(
+                (
+                    layers.Conv2D(
+                        int(num_filt * 32),
+                        (length, 1),
+                        padding="same",
+                        activation="relu",
+                        name=f"temporal_{length}_conv",
+                    ),
+                    _bn(f"temporal_{length}_bn"),
+                )
+            )
         self.midend = []
         for i in range(1, 4):
-            self.midend.append((layers.Conv1D(self.num_filt_midend, 7, padding="valid", activation="relu",
-                                              name=f"midend_{i}_conv"), _bn(f"midend_{i}_bn")))
+            self.midend.append(
+                (
+                    layers.Conv1D(
+                        self.num_filt_midend,
+                        7,
+                        padding="valid",
+                        activation="relu",
+                        name=f"midend_{i}_conv",
+                    ),
+                    _bn(f"midend_{i}_bn"),
+                )
+            )
         self.pool_bn = _bn("pool_bn")
         self.pool_dropout = layers.Dropout(0.5, name="pool_dropout")
-        self.penultimate = layers.Dense(self.num_units_backend, activation="relu", name="penultimate_dense")
+        self.penultimate = layers.Dense(
+            self.num_units_backend, activation="relu", name="penultimate_dense"
+        )
         self.penultimate_bn = _bn("penultimate_bn")
 
     def _make_vgg(self):
@@ -155,10 +217,17 @@ class Musicnn(Backbone):
         pools = self.vgg_pools
         for i, (ph, pw, sh, sw) in enumerate(pools, start=1):
             block = {
-                "conv": layers.Conv2D(self.vgg_filters, (3, 3), padding="same", activation="relu",
-                                      name=f"vgg_{i}_conv"),
+                "conv": layers.Conv2D(
+                    self.vgg_filters,
+                    (3, 3),
+                    padding="same",
+                    activation="relu",
+                    name=f"vgg_{i}_conv",
+                ),
                 "bn": _bn(f"vgg_{i}_bn"),
-                "pool": layers.MaxPooling2D((ph, pw), strides=(sh, sw), padding="valid", name=f"vgg_{i}_pool"),
+                "pool": layers.MaxPooling2D(
+                    (ph, pw), strides=(sh, sw), padding="valid", name=f"vgg_{i}_pool"
+                ),
             }
             if i < len(pools):
                 block["dropout"] = layers.Dropout(0.25, name=f"vgg_{i}_dropout")
@@ -207,14 +276,19 @@ class Musicnn(Backbone):
             return
         if self.architecture == "vgg" and length != self.input_samples:
             raise ValueError(
-                f"The musicnn VGG model takes exactly {self.input_samples} samples ({self.n_frames} frames, "
-                f"{self.input_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz), got {length}. "
-                "Window the audio first (keras_clmr.embed / keras_clmr.tag do).")
+                f"The musicnn VGG model takes exactly {self.input_samples} samples "
+                f"({self.n_frames} frames, "
+                f"{self.input_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz), got "
+                f"{length}. Window the audio first (keras_clmr.embed / keras_clmr.tag do)."
+            )
         if length < N_FFT:
-            raise ValueError(f"musicnn needs at least {N_FFT} samples at {self.sample_rate} Hz, got {length}.")
+            raise ValueError(
+                f"musicnn needs at least {N_FFT} samples at {self.sample_rate} Hz, got {length}."
+            )
 
     def logmel_features(self, logmel, training=None):
-        """Intermediate representations of log-mel patches [B, frames, n_mels], as musicnn's ``extractor``.
+        """Intermediate representations of log-mel patches [B, frames, n_mels] (musicnn's
+        ``extractor``).
 
         musicnn: ``timbral`` [B, T, 408], ``temporal`` [B, T, 153], ``cnn1``/``cnn2``/``cnn3``
         [B, T, 64], ``max_pool``/``mean_pool`` [B, 753], ``penultimate`` [B, 200] (the embedding).
@@ -231,7 +305,9 @@ class Musicnn(Backbone):
             features["embedding"] = self.flatten(x)
             return features
         padded = ops.pad(x, [[0, 0], [3, 3], [0, 0], [0, 0]])
-        timbral = [ops.max(bn(conv(padded), training=training), axis=2) for conv, bn in self.timbral]
+        timbral = [
+            ops.max(bn(conv(padded), training=training), axis=2) for conv, bn in self.timbral
+        ]
         temporal = [ops.max(bn(conv(x), training=training), axis=2) for conv, bn in self.temporal]
         features["timbral"] = ops.concatenate(timbral, axis=-1)
         features["temporal"] = ops.concatenate(temporal, axis=-1)
@@ -247,8 +323,10 @@ class Musicnn(Backbone):
         features["max_pool"] = ops.max(midend, axis=1)
         features["mean_pool"] = ops.mean(midend, axis=1)
         # The original concatenates [max, mean] on a trailing axis and flattens: interleaved.
-        pooled = ops.reshape(ops.stack([features["max_pool"], features["mean_pool"]], axis=-1),
-                             (-1, 2 * midend.shape[-1]))
+        pooled = ops.reshape(
+            ops.stack([features["max_pool"], features["mean_pool"]], axis=-1),
+            (-1, 2 * midend.shape[-1]),
+        )
         pooled = self.pool_dropout(self.pool_bn(pooled, training=training), training=training)
         features["penultimate"] = self.penultimate_bn(self.penultimate(pooled), training=training)
         return features
@@ -272,11 +350,17 @@ class Musicnn(Backbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(architecture=self.architecture, num_filt_midend=self.num_filt_midend,
-                      num_units_backend=self.num_units_backend, vgg_filters=self.vgg_filters,
-                      vgg_pools=[list(pool) for pool in self.vgg_pools], n_frames=self.n_frames,
-                      sample_rate=self.sample_rate, n_mels=self.n_mels,
-                      float16_rounding=self.float16_rounding)
+        config.update(
+            architecture=self.architecture,
+            num_filt_midend=self.num_filt_midend,
+            num_units_backend=self.num_units_backend,
+            vgg_filters=self.vgg_filters,
+            vgg_pools=[list(pool) for pool in self.vgg_pools],
+            n_frames=self.n_frames,
+            sample_rate=self.sample_rate,
+            n_mels=self.n_mels,
+            float16_rounding=self.float16_rounding,
+        )
         return config
 
 
@@ -290,7 +374,13 @@ def musicnn_tagger(architecture="musicnn", tags=None, num_classes=50, **kwargs):
 
     backbone = Musicnn(architecture=architecture, **kwargs)
     num_classes = len(tags) if tags is not None else num_classes
-    tagger = MusicTagger(backbone, num_classes=num_classes, head="linear", tags=tags, dropout=0.5,
-                         name=f"{architecture}_tagger")
+    tagger = MusicTagger(
+        backbone,
+        num_classes=num_classes,
+        head="linear",
+        tags=tags,
+        dropout=0.5,
+        name=f"{architecture}_tagger",
+    )
     tagger.build((None, backbone.input_samples))
     return tagger

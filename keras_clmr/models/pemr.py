@@ -34,9 +34,22 @@ class PEMRMaskGenerator(layers.Layer):
     ``mask_token`` fills masked frames in the positive/negative views.
     """
 
-    def __init__(self, num_frames=462, feature_dim=128, num_layers=3, num_heads=3, key_dim=128, ffn_dim=2048,
-                 dropout=0.1, pred_hidden_dim=512, bert_mask_prob=0.15, bert_strategy_probs=(0.8, 0.1, 0.1),
-                 huber_delta=0.1, seed=None, **kwargs):
+    def __init__(
+        self,
+        num_frames=462,
+        feature_dim=128,
+        num_layers=3,
+        num_heads=3,
+        key_dim=128,
+        ffn_dim=2048,
+        dropout=0.1,
+        pred_hidden_dim=512,
+        bert_mask_prob=0.15,
+        bert_strategy_probs=(0.8, 0.1, 0.1),
+        huber_delta=0.1,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_frames = int(num_frames)
         self.feature_dim = int(feature_dim)
@@ -51,18 +64,27 @@ class PEMRMaskGenerator(layers.Layer):
         self.huber_delta = float(huber_delta)
         self.seed = seed
         if self.num_layers < 2:
-            raise ValueError(f"PEMR's mask generator needs num_layers >= 2 (scores use the last layer), "
-                             f"got {num_layers}.")
+            raise ValueError(
+                f"PEMR's mask generator needs num_layers >= 2 (scores use the last layer), "
+                f"got {num_layers}."
+            )
         if not 0.0 <= self.bert_mask_prob <= 1.0:
             raise ValueError(f"bert_mask_prob must be in [0, 1], got {bert_mask_prob}.")
-        if len(self.bert_strategy_probs) != 3 or min(self.bert_strategy_probs) < 0 \
-                or abs(sum(self.bert_strategy_probs) - 1.0) > 1e-6:
-            raise ValueError(f"bert_strategy_probs must be 3 probabilities (zero, random frame, keep) summing to 1, "
-                             f"got {bert_strategy_probs}.")
+        if (
+            len(self.bert_strategy_probs) != 3
+            or min(self.bert_strategy_probs) < 0
+            or abs(sum(self.bert_strategy_probs) - 1.0) > 1e-6
+        ):
+            raise ValueError(
+                "bert_strategy_probs must be 3 probabilities (zero, random frame, keep) summing "
+                f"to 1, got {bert_strategy_probs}."
+            )
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.input_dropout = layers.Dropout(self.dropout_rate, name="input_dropout")
         self.encoder_layers = [
-            PEMREncoderLayer(num_heads, key_dim, ffn_dim, dropout=dropout, name=f"encoder_layer_{i}")
+            PEMREncoderLayer(
+                num_heads, key_dim, ffn_dim, dropout=dropout, name=f"encoder_layer_{i}"
+            )
             for i in range(self.num_layers)
         ]
         self.pred_layer = PEMRFeedForward(pred_hidden_dim, dropout=dropout, name="pred_layer")
@@ -70,8 +92,12 @@ class PEMRMaskGenerator(layers.Layer):
 
     def build(self, input_shape=None):
         init = keras.initializers.RandomNormal(0.0, 1.0)  # torch.nn.Embedding's N(0, 1)
-        self.cls_token = self.add_weight(name="cls_token", shape=(self.feature_dim,), initializer=init)
-        self.mask_token = self.add_weight(name="mask_token", shape=(self.feature_dim,), initializer=init)
+        self.cls_token = self.add_weight(
+            name="cls_token", shape=(self.feature_dim,), initializer=init
+        )
+        self.mask_token = self.add_weight(
+            name="mask_token", shape=(self.feature_dim,), initializer=init
+        )
         token_shape = (None, self.num_frames + 1, self.feature_dim)
         for layer in self.encoder_layers:
             layer.build(token_shape)
@@ -81,16 +107,20 @@ class PEMRMaskGenerator(layers.Layer):
     def _check_frames(self, frames):
         expected = (self.num_frames, self.feature_dim)
         if len(frames.shape) != 3 or tuple(frames.shape[1:]) != expected:
-            raise ValueError(f"PEMRMaskGenerator expects frames [batch, {expected[0]}, {expected[1]}] "
-                             f"(frames, mel bins), got shape {tuple(frames.shape)}.")
+            raise ValueError(
+                f"PEMRMaskGenerator expects frames [batch, {expected[0]}, {expected[1]}] "
+                f"(frames, mel bins), got shape {tuple(frames.shape)}."
+            )
 
     def tokens(self, frames):
         """[B, N, D] frames -> [B, N + 1, D]: CLS prepended, sinusoidal positions added."""
         self._check_frames(frames)
         frames = ops.cast(frames, self.compute_dtype)
         batch = ops.shape(frames)[0]
-        cls = ops.broadcast_to(ops.cast(self.cls_token, self.compute_dtype)[None, None, :],
-                               (batch, 1, self.feature_dim))
+        cls = ops.broadcast_to(
+            ops.cast(self.cls_token, self.compute_dtype)[None, None, :],
+            (batch, 1, self.feature_dim),
+        )
         positions = ops.convert_to_tensor(self._positions, dtype=self.compute_dtype)
         return ops.concatenate([cls, frames], axis=1) + positions[None]
 
@@ -113,20 +143,24 @@ class PEMRMaskGenerator(layers.Layer):
         keys_t = ops.transpose(keys, (0, 1, 3, 2))
         # The code scales by sqrt(d_model) here (not sqrt(d_k); both are 128 in PEMR).
         scale = math.sqrt(self.feature_dim)
-        probs_1 = ops.softmax(ops.matmul(attention.query_heads(h_1[:, :1]), keys_t) / scale, axis=-1)
-        probs_2 = ops.softmax(ops.matmul(attention.query_heads(h_2[:, :1]), keys_t) / scale, axis=-1)
+        probs_1 = ops.softmax(
+            ops.matmul(attention.query_heads(h_1[:, :1]), keys_t) / scale, axis=-1
+        )
+        probs_2 = ops.softmax(
+            ops.matmul(attention.query_heads(h_2[:, :1]), keys_t) / scale, axis=-1
+        )
         return ops.mean(probs_1[:, :, 0, :] + probs_2[:, :, 0, :], axis=1) / 2.0
 
     @staticmethod
     def inessential_mask(scores, num_masked):
-        """Hard top-K: 1.0 at the ``num_masked`` lowest-scoring frames of each row, else 0; no gradient."""
+        """Hard top-K: 1.0 at the ``num_masked`` lowest-scoring frames of each row; no gradient."""
         scores = ops.stop_gradient(scores)
         lowest = ops.argsort(scores, axis=-1)[:, :num_masked]
         mask = ops.sum(ops.one_hot(lowest, ops.shape(scores)[-1], dtype="float32"), axis=1)
         return ops.stop_gradient(mask)
 
     def mask_frames(self, frames, inessential):
-        """Positive (inessential frames -> MASK) and negative (all other frames -> MASK) of [B, N, D]."""
+        """Positive (inessential frames -> MASK) and negative (others -> MASK) of [B, N, D]."""
         m = ops.cast(inessential, frames.dtype)[:, :, None]
         mask_token = ops.cast(self.mask_token, frames.dtype)[None, None, :]
         positive = frames * (1.0 - m) + m * mask_token
@@ -144,10 +178,14 @@ class PEMRMaskGenerator(layers.Layer):
         tokens_1, tokens_2 = ops.convert_to_tensor(tokens_1), ops.convert_to_tensor(tokens_2)
         batch, length = ops.shape(tokens_1)[0], ops.shape(tokens_1)[1]
         dtype = tokens_1.dtype
-        mask_1 = ops.cast(keras.random.uniform((batch, length), seed=self.seed_generator) < self.bert_mask_prob,
-                          dtype)
-        mask_2 = ops.cast(keras.random.uniform((batch, length), seed=self.seed_generator) < self.bert_mask_prob,
-                          dtype)
+        mask_1 = ops.cast(
+            keras.random.uniform((batch, length), seed=self.seed_generator) < self.bert_mask_prob,
+            dtype,
+        )
+        mask_2 = ops.cast(
+            keras.random.uniform((batch, length), seed=self.seed_generator) < self.bert_mask_prob,
+            dtype,
+        )
         u = keras.random.uniform((), seed=self.seed_generator)
         position = keras.random.randint((1,), 0, length, seed=self.seed_generator)
         p_zero, p_random, _ = self.bert_strategy_probs
@@ -167,18 +205,29 @@ class PEMRMaskGenerator(layers.Layer):
         """
         inputs_1, mask_1, inputs_2, mask_2 = self.bert_mask(tokens_1, tokens_2)
         inputs = ops.concatenate([inputs_1, inputs_2], axis=0)
-        pred_1, pred_2 = ops.split(self.pred_layer(self.encode(inputs, training=training), training=training),
-                                   2, axis=0)
-        return (pemr_prediction_loss(tokens_1, pred_1, mask_1, self.huber_delta)
-                + pemr_prediction_loss(tokens_2, pred_2, mask_2, self.huber_delta))
+        pred_1, pred_2 = ops.split(
+            self.pred_layer(self.encode(inputs, training=training), training=training), 2, axis=0
+        )
+        return pemr_prediction_loss(
+            tokens_1, pred_1, mask_1, self.huber_delta
+        ) + pemr_prediction_loss(tokens_2, pred_2, mask_2, self.huber_delta)
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_frames=self.num_frames, feature_dim=self.feature_dim, num_layers=self.num_layers,
-                      num_heads=self.num_heads, key_dim=self.key_dim, ffn_dim=self.ffn_dim,
-                      dropout=self.dropout_rate, pred_hidden_dim=self.pred_hidden_dim,
-                      bert_mask_prob=self.bert_mask_prob, bert_strategy_probs=list(self.bert_strategy_probs),
-                      huber_delta=self.huber_delta, seed=self.seed)
+        config.update(
+            num_frames=self.num_frames,
+            feature_dim=self.feature_dim,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            ffn_dim=self.ffn_dim,
+            dropout=self.dropout_rate,
+            pred_hidden_dim=self.pred_hidden_dim,
+            bert_mask_prob=self.bert_mask_prob,
+            bert_strategy_probs=list(self.bert_strategy_probs),
+            huber_delta=self.huber_delta,
+            seed=self.seed,
+        )
         return config
 
 
@@ -209,10 +258,27 @@ class PEMR(Pretrainer):
         seed: seed of the crops and the BERT masking.
     """
 
-    def __init__(self, encoder=None, projection_dim=256, hidden_dim=None, mask_ratio=0.1, pred_weight=0.01,
-                 neg_weight=5e-3, offdiag_weight=5e-3, num_layers=3, num_heads=3, key_dim=128, ffn_dim=2048,
-                 dropout=0.1, pred_hidden_dim=512, bert_mask_prob=0.15, huber_delta=0.1, augmentation=None,
-                 seed=None, **kwargs):
+    def __init__(
+        self,
+        encoder=None,
+        projection_dim=256,
+        hidden_dim=None,
+        mask_ratio=0.1,
+        pred_weight=0.01,
+        neg_weight=5e-3,
+        offdiag_weight=5e-3,
+        num_layers=3,
+        num_heads=3,
+        key_dim=128,
+        ffn_dim=2048,
+        dropout=0.1,
+        pred_hidden_dim=512,
+        bert_mask_prob=0.15,
+        huber_delta=0.1,
+        augmentation=None,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(encoder=encoder, augmentation=augmentation, seed=seed, **kwargs)
         self.projection_dim = int(projection_dim)
         self.hidden_dim = int(hidden_dim or self.encoder.embedding_dim)
@@ -220,18 +286,33 @@ class PEMR(Pretrainer):
         self.num_frames = self.encoder.num_frames
         self.num_masked = int(self.mask_ratio * self.num_frames)
         if not 1 <= self.num_masked < self.num_frames:
-            raise ValueError(f"mask_ratio={mask_ratio} masks {self.num_masked} of {self.num_frames} frames; "
-                             f"choose a ratio that masks at least 1 and fewer than all frames.")
+            raise ValueError(
+                f"mask_ratio={mask_ratio} masks {self.num_masked} of {self.num_frames} frames; "
+                f"choose a ratio that masks at least 1 and fewer than all frames."
+            )
         self.pred_weight = float(pred_weight)
         self.neg_weight = float(neg_weight)
         self.offdiag_weight = float(offdiag_weight)
         self.generator = PEMRMaskGenerator(
-            num_frames=self.num_frames, feature_dim=self.encoder.n_mels, num_layers=num_layers,
-            num_heads=num_heads, key_dim=key_dim, ffn_dim=ffn_dim, dropout=dropout,
-            pred_hidden_dim=pred_hidden_dim, bert_mask_prob=bert_mask_prob, huber_delta=huber_delta,
-            seed=None if seed is None else seed + 1, name="generator")
-        self.projector = build_projector(self.encoder.embedding_dim, self.hidden_dim, self.projection_dim)
-        self.loss_bn = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="loss_bn")
+            num_frames=self.num_frames,
+            feature_dim=self.encoder.n_mels,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            key_dim=key_dim,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+            pred_hidden_dim=pred_hidden_dim,
+            bert_mask_prob=bert_mask_prob,
+            huber_delta=huber_delta,
+            seed=None if seed is None else seed + 1,
+            name="generator",
+        )
+        self.projector = build_projector(
+            self.encoder.embedding_dim, self.hidden_dim, self.projection_dim
+        )
+        self.loss_bn = layers.BatchNormalization(
+            epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="loss_bn"
+        )
         self.pos_loss_tracker = keras.metrics.Mean(name="pos_loss")
         self.neg_loss_tracker = keras.metrics.Mean(name="neg_loss")
         self.pred_loss_tracker = keras.metrics.Mean(name="pred_loss")
@@ -241,10 +322,19 @@ class PEMR(Pretrainer):
         return FCN()
 
     def check_encoder(self, encoder):
-        for attribute in ("spectrogram", "embed_spectrogram", "num_frames", "n_mels", "input_samples"):
+        for attribute in (
+            "spectrogram",
+            "embed_spectrogram",
+            "num_frames",
+            "n_mels",
+            "input_samples",
+        ):
             if not hasattr(encoder, attribute):
-                raise ValueError(f"PEMR needs a log-mel encoder such as keras_clmr.models.FCN (with `{attribute}`), "
-                                 f"got {type(encoder).__name__}.")
+                raise ValueError(
+                    "PEMR needs a log-mel encoder such as keras_clmr.models.FCN (with "
+                    f"`{attribute}`), "
+                    f"got {type(encoder).__name__}."
+                )
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -263,11 +353,14 @@ class PEMR(Pretrainer):
         """
         view_1, view_2 = self.views(source, training=training)
         # The frontend and the token builder treat examples independently: run both views at once.
-        spec_1, spec_2 = ops.split(self.encoder.spectrogram(ops.concatenate([view_1, view_2], axis=0)), 2, axis=0)
+        spec_1, spec_2 = ops.split(
+            self.encoder.spectrogram(ops.concatenate([view_1, view_2], axis=0)), 2, axis=0
+        )
         frames_1 = ops.transpose(spec_1, (0, 2, 1))
         frames_2 = ops.transpose(spec_2, (0, 2, 1))
-        tokens_1, tokens_2 = ops.split(self.generator.tokens(ops.concatenate([frames_1, frames_2], axis=0)),
-                                       2, axis=0)
+        tokens_1, tokens_2 = ops.split(
+            self.generator.tokens(ops.concatenate([frames_1, frames_2], axis=0)), 2, axis=0
+        )
         pred_loss = self.generator.prediction_loss(tokens_1, tokens_2, training=training)
         scores = self.generator.frame_scores(tokens_1, tokens_2, training=training)
         inessential = self.generator.inessential_mask(scores, self.num_masked)
@@ -311,16 +404,28 @@ class PEMR(Pretrainer):
         return self.finish_loss(loss)
 
     def compute_output_shape(self, input_shape):
-        return {"projections": (input_shape[0], 3, self.projection_dim), "pred_loss": (input_shape[0],)}
+        return {
+            "projections": (input_shape[0], 3, self.projection_dim),
+            "pred_loss": (input_shape[0],),
+        }
 
     def get_config(self):
         config = super().get_config()
         g = self.generator
         config.update(
-            projection_dim=self.projection_dim, hidden_dim=self.hidden_dim, mask_ratio=self.mask_ratio,
-            pred_weight=self.pred_weight, neg_weight=self.neg_weight, offdiag_weight=self.offdiag_weight,
-            num_layers=g.num_layers, num_heads=g.num_heads, key_dim=g.key_dim, ffn_dim=g.ffn_dim,
-            dropout=g.dropout_rate, pred_hidden_dim=g.pred_hidden_dim, bert_mask_prob=g.bert_mask_prob,
+            projection_dim=self.projection_dim,
+            hidden_dim=self.hidden_dim,
+            mask_ratio=self.mask_ratio,
+            pred_weight=self.pred_weight,
+            neg_weight=self.neg_weight,
+            offdiag_weight=self.offdiag_weight,
+            num_layers=g.num_layers,
+            num_heads=g.num_heads,
+            key_dim=g.key_dim,
+            ffn_dim=g.ffn_dim,
+            dropout=g.dropout_rate,
+            pred_hidden_dim=g.pred_hidden_dim,
+            bert_mask_prob=g.bert_mask_prob,
             huber_delta=g.huber_delta,
         )
         return config

@@ -12,11 +12,19 @@ def build_projector(input_dim, hidden_dim, projection_dim, name="projector"):
     """SimCLR's projector: Dense(hidden, no bias) -> ReLU -> Dense(projection_dim, no bias)."""
     projector = keras.Sequential(
         [
-            layers.Dense(hidden_dim, use_bias=False, kernel_initializer=torch_default_kernel_initializer(),
-                         name="dense_0"),
+            layers.Dense(
+                hidden_dim,
+                use_bias=False,
+                kernel_initializer=torch_default_kernel_initializer(),
+                name="dense_0",
+            ),
             layers.ReLU(name="relu"),
-            layers.Dense(projection_dim, use_bias=False, kernel_initializer=torch_default_kernel_initializer(),
-                         name="dense_2"),
+            layers.Dense(
+                projection_dim,
+                use_bias=False,
+                kernel_initializer=torch_default_kernel_initializer(),
+                name="dense_2",
+            ),
         ],
         name=name,
     )
@@ -53,8 +61,10 @@ class Pretrainer(keras.Model):
         """Raise ValueError when ``encoder`` cannot serve this pretrainer."""
         for attribute in ("input_samples", "embedding_dim"):
             if getattr(encoder, attribute, None) is None:
-                raise ValueError(f"{type(self).__name__} needs an encoder with `{attribute}` (a keras_clmr "
-                                 f"Backbone such as SampleCNN), got {type(encoder).__name__}.")
+                raise ValueError(
+                    f"{type(self).__name__} needs an encoder with `{attribute}` (a keras_clmr "
+                    f"Backbone such as SampleCNN), got {type(encoder).__name__}."
+                )
 
     def build(self, input_shape):
         self.crop._check(input_shape)
@@ -85,8 +95,11 @@ class Pretrainer(keras.Model):
         config = super().get_config()
         config.update(
             encoder=keras.saving.serialize_keras_object(self.encoder),
-            augmentation=(keras.saving.serialize_keras_object(self.augmentation)
-                          if self.augmentation is not None else None),
+            augmentation=(
+                keras.saving.serialize_keras_object(self.augmentation)
+                if self.augmentation is not None
+                else None
+            ),
             seed=self.seed,
         )
         return config

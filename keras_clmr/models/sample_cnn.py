@@ -6,7 +6,11 @@ import keras
 from keras import layers, ops
 
 from keras_clmr.layers.initializers import (  # noqa: F401 (BN_* re-exported for importers)
-    BN_EPSILON, BN_MOMENTUM, torch_default_bias_initializer, torch_default_kernel_initializer)
+    BN_EPSILON,
+    BN_MOMENTUM,
+    torch_default_bias_initializer,
+    torch_default_kernel_initializer,
+)
 from keras_clmr.models.backbone import Backbone
 
 # Stride sets of the original CLMR 2.0 code, chosen by sample rate.
@@ -20,9 +24,15 @@ DEFAULT_CHANNELS = (128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512)
 
 def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
     return [
-        layers.Conv1D(filters, kernel_size, strides=strides, padding=padding, name=f"{name}_conv",
-                      kernel_initializer=torch_default_kernel_initializer(),
-                      bias_initializer=torch_default_bias_initializer(kernel_size * in_channels)),
+        layers.Conv1D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            name=f"{name}_conv",
+            kernel_initializer=torch_default_kernel_initializer(),
+            bias_initializer=torch_default_bias_initializer(kernel_size * in_channels),
+        ),
         layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn"),
         layers.ReLU(name=f"{name}_relu"),
     ]
@@ -43,16 +53,25 @@ class SampleCNN(Backbone):
         sample_rate: the sample rate the model expects (metadata; not used in the maths).
     """
 
-    def __init__(self, strides=STRIDES_BY_SAMPLE_RATE[22050], channels=DEFAULT_CHANNELS,
-                 sample_rate=22050, **kwargs):
+    def __init__(
+        self,
+        strides=STRIDES_BY_SAMPLE_RATE[22050],
+        channels=DEFAULT_CHANNELS,
+        sample_rate=22050,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         strides = tuple(int(s) for s in strides)
         channels = tuple(int(c) for c in channels)
         if len(strides) != 9:
-            raise ValueError(f"SampleCNN needs 9 strides (one per middle block), got {len(strides)}: {strides}.")
+            raise ValueError(
+                f"SampleCNN needs 9 strides (one per middle block), got {len(strides)}: {strides}."
+            )
         if len(channels) != 11:
             raise ValueError(
-                f"SampleCNN needs 11 channel widths (stem, 9 blocks, final), got {len(channels)}: {channels}.")
+                f"SampleCNN needs 11 channel widths (stem, 9 blocks, final), got {len(channels)}: "
+                f"{channels}."
+            )
         if any(s < 2 for s in strides):
             raise ValueError(f"Every stride must be >= 2, got {strides}.")
         self.strides = strides
@@ -67,10 +86,14 @@ class SampleCNN(Backbone):
             # so keep its arithmetic for the other sample-rate variants too.
             kernel = stride
             if kernel == 3:
-                self.stack += _conv_bn_relu(channels[i], 3, 1, "same", f"block_{i}", channels[i - 1])
+                self.stack += _conv_bn_relu(
+                    channels[i], 3, 1, "same", f"block_{i}", channels[i - 1]
+                )
             else:
-                self.stack += [layers.ZeroPadding1D(1, name=f"block_{i}_pad"),
-                               *_conv_bn_relu(channels[i], kernel, 1, "valid", f"block_{i}", channels[i - 1])]
+                self.stack += [
+                    layers.ZeroPadding1D(1, name=f"block_{i}_pad"),
+                    *_conv_bn_relu(channels[i], kernel, 1, "valid", f"block_{i}", channels[i - 1]),
+                ]
             self.stack.append(layers.MaxPooling1D(stride, strides=stride, name=f"block_{i}_pool"))
         self.stack += _conv_bn_relu(channels[10], 3, 1, "same", "block_10", channels[9])
         self.flatten = layers.Flatten(name="flatten")
@@ -82,20 +105,24 @@ class SampleCNN(Backbone):
         if sample_rate not in STRIDES_BY_SAMPLE_RATE:
             raise ValueError(
                 f"No SampleCNN stride set for {sample_rate} Hz; choose one of "
-                f"{sorted(STRIDES_BY_SAMPLE_RATE)} or pass strides= explicitly.")
+                f"{sorted(STRIDES_BY_SAMPLE_RATE)} or pass strides= explicitly."
+            )
         return cls(strides=STRIDES_BY_SAMPLE_RATE[sample_rate], sample_rate=sample_rate, **kwargs)
 
     def _check_shape(self, shape):
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] not in (1, None)):
             raise ValueError(
                 f"SampleCNN expects mono audio shaped [batch, {self.input_samples}] or "
-                f"[batch, {self.input_samples}, 1], got shape {tuple(shape)}.")
+                f"[batch, {self.input_samples}, 1], got shape {tuple(shape)}."
+            )
         length = shape[1]
         if length is not None and length != self.input_samples:
             raise ValueError(
-                f"SampleCNN with strides {self.strides} expects exactly {self.input_samples} samples "
-                f"per window ({self.input_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz), "
-                f"got {length}. Crop or window the audio first (keras_clmr.inference.embed does this).")
+                f"SampleCNN with strides {self.strides} expects exactly {self.input_samples} "
+                f"samples per window ({self.input_samples / self.sample_rate:.2f} s at "
+                f"{self.sample_rate} Hz), got {length}. Crop or window the audio first "
+                "(keras_clmr.inference.embed does this)."
+            )
 
     def build(self, input_shape):
         self._check_shape(input_shape)
@@ -106,7 +133,9 @@ class SampleCNN(Backbone):
         if shape[1] != 1:
             raise ValueError(
                 f"SampleCNN strides {self.strides} leave {shape[1]} frames after the last block "
-                f"(need 1 for a {self.embedding_dim}-d embedding): use a stride set of the original.")
+                f"(need 1 for a {self.embedding_dim}-d embedding): use a stride set of the "
+                "original."
+            )
         self.flatten.build(shape)
         self.built = True
 
@@ -114,7 +143,11 @@ class SampleCNN(Backbone):
         self._check_shape(audio.shape)
         x = audio if len(audio.shape) == 3 else ops.expand_dims(audio, -1)
         for layer in self.stack:
-            x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
+            x = (
+                layer(x, training=training)
+                if isinstance(layer, layers.BatchNormalization)
+                else layer(x)
+            )
         return self.flatten(x)
 
     def compute_output_shape(self, input_shape):
@@ -122,6 +155,7 @@ class SampleCNN(Backbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(strides=list(self.strides), channels=list(self.channels),
-                      sample_rate=self.sample_rate)
+        config.update(
+            strides=list(self.strides), channels=list(self.channels), sample_rate=self.sample_rate
+        )
         return config

@@ -4,7 +4,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from keras_clmr.layers.initializers import torch_default_bias_initializer, torch_default_kernel_initializer
+from keras_clmr.layers.initializers import (
+    torch_default_bias_initializer,
+    torch_default_kernel_initializer,
+)
 from keras_clmr.models.backbone import Task
 
 HEADS = ("linear", "mlp")
@@ -23,7 +26,9 @@ def non_overlapping_chunks(audio, chunk_samples):
     if count == 0:
         raise ValueError(
             f"A clip of {audio.shape[0]} samples is shorter than one {chunk_samples}-sample chunk: "
-            f"drop clips shorter than the model's input (or zero-pad them) before clip-level prediction.")
+            "drop clips shorter than the model's input (or zero-pad them) before clip-level "
+            "prediction."
+        )
     return audio[: count * chunk_samples].reshape(count, int(chunk_samples))
 
 
@@ -41,7 +46,9 @@ def map_chunks(predict_batch, clips, chunk_samples, batch_size=32):
         batch = np.concatenate(pending, axis=0)
         n = batch.shape[0]
         if n < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - n, chunk_samples), np.float32)], axis=0)
+            batch = np.concatenate(
+                [batch, np.zeros((batch_size - n, chunk_samples), np.float32)], axis=0
+            )
         result = np.asarray(predict_batch(batch))[:n]
         outputs.append(result)
         pending.clear()
@@ -53,7 +60,7 @@ def map_chunks(predict_batch, clips, chunk_samples, batch_size=32):
         start = 0
         while start < chunks.shape[0]:
             take = min(batch_size - buffered, chunks.shape[0] - start)
-            pending.append(chunks[start:start + take])
+            pending.append(chunks[start : start + take])
             buffered += take
             start += take
             if buffered == batch_size:
@@ -90,8 +97,18 @@ class MusicTagger(Task):
         hidden_dim: width of the MLP head's hidden layer (512 in CLMR).
     """
 
-    def __init__(self, backbone, num_classes, head="linear", multi_label=True, tags=None,
-                 freeze_backbone=True, dropout=0.0, hidden_dim=512, **kwargs):
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        head="linear",
+        multi_label=True,
+        tags=None,
+        freeze_backbone=True,
+        dropout=0.0,
+        hidden_dim=512,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
@@ -106,8 +123,10 @@ class MusicTagger(Task):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
         for attribute in ("input_samples", "embedding_dim"):
             if not hasattr(backbone, attribute):
-                raise ValueError(f"The backbone ({type(backbone).__name__}) has no `{attribute}` attribute; "
-                                 f"MusicTagger needs a keras_clmr backbone such as SampleCNN.")
+                raise ValueError(
+                    f"The backbone ({type(backbone).__name__}) has no `{attribute}` attribute; "
+                    f"MusicTagger needs a keras_clmr backbone such as SampleCNN."
+                )
         self.backbone = backbone
         self.head_type = head
         self.multi_label = bool(multi_label)
@@ -118,7 +137,9 @@ class MusicTagger(Task):
         self.input_samples = int(backbone.input_samples)
         self.sample_rate = getattr(backbone, "sample_rate", None)
         self.backbone.trainable = not self.freeze_backbone
-        self.head = build_head(backbone.embedding_dim, self.num_classes, head, self.dropout, self.hidden_dim)
+        self.head = build_head(
+            backbone.embedding_dim, self.num_classes, head, self.dropout, self.hidden_dim
+        )
 
     def build(self, input_shape):
         if not self.backbone.built:
@@ -155,9 +176,17 @@ class MusicTagger(Task):
         Each clip is cut into non-overlapping ``input_samples`` chunks (the last partial
         chunk dropped); the per-chunk probabilities are averaged.
         """
-        per_clip = map_chunks(lambda x: ops.convert_to_numpy(self.predict_on_batch(x)),
-                              clips, self.input_samples, batch_size)
-        return np.stack([p.mean(axis=0) for p in per_clip]) if per_clip else np.zeros((0, self.num_classes))
+        per_clip = map_chunks(
+            lambda x: ops.convert_to_numpy(self.predict_on_batch(x)),
+            clips,
+            self.input_samples,
+            batch_size,
+        )
+        return (
+            np.stack([p.mean(axis=0) for p in per_clip])
+            if per_clip
+            else np.zeros((0, self.num_classes))
+        )
 
     def predict_clip(self, audio, batch_size=32):
         """Clip-level probabilities [num_classes] of one mono clip [T]."""
@@ -167,8 +196,12 @@ class MusicTagger(Task):
         config = super().get_config()
         config.update(
             backbone=keras.saving.serialize_keras_object(self.backbone),
-            num_classes=self.num_classes, head=self.head_type, multi_label=self.multi_label,
-            tags=self.tags, freeze_backbone=self.freeze_backbone, dropout=self.dropout,
+            num_classes=self.num_classes,
+            head=self.head_type,
+            multi_label=self.multi_label,
+            tags=self.tags,
+            freeze_backbone=self.freeze_backbone,
+            dropout=self.dropout,
             hidden_dim=self.hidden_dim,
         )
         return config
@@ -181,7 +214,7 @@ class MusicTagger(Task):
 
 
 def build_head(input_dim, num_classes, head="linear", dropout=0.0, hidden_dim=512, name="head"):
-    """The probe head on [B, input_dim] features -> logits [B, num_classes] (PyTorch-default init)."""
+    """The probe head: features [B, input_dim] -> logits [B, num_classes] (PyTorch default init)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
     stack = []
@@ -189,12 +222,24 @@ def build_head(input_dim, num_classes, head="linear", dropout=0.0, hidden_dim=51
         stack.append(layers.Dropout(dropout, name="dropout"))
     fan_in = input_dim
     if head == "mlp":
-        stack += [layers.Dense(hidden_dim, kernel_initializer=torch_default_kernel_initializer(),
-                               bias_initializer=torch_default_bias_initializer(fan_in), name="hidden"),
-                  layers.ReLU(name="relu")]
+        stack += [
+            layers.Dense(
+                hidden_dim,
+                kernel_initializer=torch_default_kernel_initializer(),
+                bias_initializer=torch_default_bias_initializer(fan_in),
+                name="hidden",
+            ),
+            layers.ReLU(name="relu"),
+        ]
         fan_in = hidden_dim
-    stack.append(layers.Dense(num_classes, kernel_initializer=torch_default_kernel_initializer(),
-                              bias_initializer=torch_default_bias_initializer(fan_in), name="logits"))
+    stack.append(
+        layers.Dense(
+            num_classes,
+            kernel_initializer=torch_default_kernel_initializer(),
+            bias_initializer=torch_default_bias_initializer(fan_in),
+            name="logits",
+        )
+    )
     model = keras.Sequential(stack, name=name)
     model.build((None, input_dim))
     return model

@@ -20,7 +20,18 @@ from keras_clmr.layers.augmentations.polarity_noise_gain import Gain, Noise, Pol
 from keras_clmr.layers.augmentations.random_apply import AugmentationChain, RandomApply
 
 __all__ = [
-    "AudioAugmentation", "AugmentationChain", "CLMR_PROBABILITIES", "Delay", "FilterDelayReverb", "Gain",
-    "HighLowPass", "Noise", "PitchShift", "PolarityInversion", "RandomApply", "RandomCrop", "Reverb",
+    "AudioAugmentation",
+    "AugmentationChain",
+    "CLMR_PROBABILITIES",
+    "Delay",
+    "FilterDelayReverb",
+    "Gain",
+    "HighLowPass",
+    "Noise",
+    "PitchShift",
+    "PolarityInversion",
+    "RandomApply",
+    "RandomCrop",
+    "Reverb",
     "clmr_augmentation",
 ]

@@ -59,7 +59,9 @@ def _fft_size(minimum):
 
 def _static_length(audio, name):
     if len(audio.shape) != 2:
-        raise ValueError(f"{name} expects mono audio [batch, samples], got shape {tuple(audio.shape)}.")
+        raise ValueError(
+            f"{name} expects mono audio [batch, samples], got shape {tuple(audio.shape)}."
+        )
     length = audio.shape[1]
     if length is None:
         raise ValueError(f"{name} needs a static number of samples (crop to a fixed length first).")

@@ -25,13 +25,17 @@ class FilterDelayReverb(AudioAugmentation):
     Same draws and maths as the separate layers up to edge effects (docs/fidelity.md).
     """
 
-    def __init__(self, filter, delay, reverb, p_filter=0.8, p_delay=0.3, p_reverb=0.6, seed=None, **kwargs):
+    def __init__(
+        self, filter, delay, reverb, p_filter=0.8, p_delay=0.3, p_reverb=0.6, seed=None, **kwargs
+    ):
         super().__init__(seed=seed, **kwargs)
 
         def layer(obj, cls):
             obj = keras.saving.deserialize_keras_object(obj) if isinstance(obj, dict) else obj
             if not isinstance(obj, cls):
-                raise TypeError(f"FilterDelayReverb needs a {cls.__name__}, got {type(obj).__name__}.")
+                raise TypeError(
+                    f"FilterDelayReverb needs a {cls.__name__}, got {type(obj).__name__}."
+                )
             return obj
 
         self.filter = layer(filter, HighLowPass)
@@ -40,7 +44,11 @@ class FilterDelayReverb(AudioAugmentation):
         for name, p in (("p_filter", p_filter), ("p_delay", p_delay), ("p_reverb", p_reverb)):
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"FilterDelayReverb needs 0 <= {name} <= 1, got {p}.")
-        self.p_filter, self.p_delay, self.p_reverb = float(p_filter), float(p_delay), float(p_reverb)
+        self.p_filter, self.p_delay, self.p_reverb = (
+            float(p_filter),
+            float(p_delay),
+            float(p_reverb),
+        )
 
     def build(self, input_shape):
         for layer in (self.filter, self.delay, self.reverb):
@@ -50,9 +58,14 @@ class FilterDelayReverb(AudioAugmentation):
 
     def draw(self, batch):
         coins = keras.random.uniform((batch, 3), seed=self.seed_generator)
-        return {"filter_on": coins[:, 0] < self.p_filter, "delay_on": coins[:, 1] < self.p_delay,
-                "reverb_on": coins[:, 2] < self.p_reverb, "filter": self.filter.draw(batch),
-                "delay": self.delay.draw(batch), "reverb": self.reverb.draw(batch)}
+        return {
+            "filter_on": coins[:, 0] < self.p_filter,
+            "delay_on": coins[:, 1] < self.p_delay,
+            "reverb_on": coins[:, 2] < self.p_reverb,
+            "filter": self.filter.draw(batch),
+            "delay": self.delay.draw(batch),
+            "reverb": self.reverb.draw(batch),
+        }
 
     def augment(self, audio):
         dtype = audio.dtype
@@ -63,8 +76,9 @@ class FilterDelayReverb(AudioAugmentation):
         length = _static_length(audio, "FilterDelayReverb")
         half = self.filter.max_half_size
         x = ops.where(ops.reshape(delay_on, (-1, 1)), self.delay.transform(audio, **delay), audio)
-        padded = ops.concatenate([ops.repeat(x[:, :1], half, axis=1), x, ops.repeat(x[:, -1:], half, axis=1)],
-                                 axis=1)
+        padded = ops.concatenate(
+            [ops.repeat(x[:, :1], half, axis=1), x, ops.repeat(x[:, -1:], half, axis=1)], axis=1
+        )
         total = length + 2 * half
         fft_length = _fft_size(int(math.ceil(1.05 * total)))
         log_window = math.log(1.0 / self.reverb.epsilon) / fft_length
@@ -75,30 +89,47 @@ class FilterDelayReverb(AudioAugmentation):
         low = self.filter.kernels(filter["cutoff_hz"])
         kernel = ops.where(ops.reshape(filter["highpass"], (-1, 1)), identity - low, low)
         kernel = ops.where(ops.reshape(filter_on, (-1, 1)), kernel, identity)
-        kernel = kernel * ops.convert_to_tensor(window[:2 * half + 1].astype("float32"))[None, :]
+        kernel = kernel * ops.convert_to_tensor(window[: 2 * half + 1].astype("float32"))[None, :]
         wet = self.reverb.impulse_response(total, log_window=log_window, **reverb)
         first = ops.convert_to_tensor(np.eye(1, total, dtype=np.float32))  # the dry impulse
         response = first + ops.where(ops.reshape(reverb_on, (-1, 1)), wet, 0.0)
-        xr, xi = ops.rfft(padded * ops.convert_to_tensor(window.astype("float32"))[None, :], fft_length)
+        xr, xi = ops.rfft(
+            padded * ops.convert_to_tensor(window.astype("float32"))[None, :], fft_length
+        )
         kr, ki = ops.rfft(kernel, fft_length)
         rr, ri = ops.rfft(response, fft_length)
         hr, hi = kr * rr - ki * ri, kr * ri + ki * rr
-        y = ops.irfft((xr * hr - xi * hi, xr * hi + xi * hr), fft_length)[:, 2 * half:2 * half + length]
-        unwindow = np.exp(log_window * (np.arange(length, dtype=np.float64) + 2 * half)).astype("float32")
+        y = ops.irfft((xr * hr - xi * hi, xr * hi + xi * hr), fft_length)[
+            :, 2 * half : 2 * half + length
+        ]
+        unwindow = np.exp(log_window * (np.arange(length, dtype=np.float64) + 2 * half)).astype(
+            "float32"
+        )
         y = y * ops.convert_to_tensor(unwindow)[None, :]
         return ops.where(ops.reshape(reverb_on, (-1, 1)), ops.clip(y, -1.0, 1.0), y)
 
     def get_config(self):
         config = super().get_config()
-        config.update(filter=keras.saving.serialize_keras_object(self.filter),
-                      delay=keras.saving.serialize_keras_object(self.delay),
-                      reverb=keras.saving.serialize_keras_object(self.reverb),
-                      p_filter=self.p_filter, p_delay=self.p_delay, p_reverb=self.p_reverb)
+        config.update(
+            filter=keras.saving.serialize_keras_object(self.filter),
+            delay=keras.saving.serialize_keras_object(self.delay),
+            reverb=keras.saving.serialize_keras_object(self.reverb),
+            p_filter=self.p_filter,
+            p_delay=self.p_delay,
+            p_reverb=self.p_reverb,
+        )
         return config
 
 
-CLMR_PROBABILITIES = {"polarity": 0.8, "noise": 0.01, "gain": 0.3, "filter": 0.8, "delay": 0.3,
-                      "pitch_shift": 0.6, "reverb": 0.6}
+CLMR_PROBABILITIES = {
+    "polarity": 0.8,
+    "noise": 0.01,
+    "gain": 0.3,
+    "filter": 0.8,
+    "delay": 0.3,
+    "pitch_shift": 0.6,
+    "reverb": 0.6,
+}
 
 
 def clmr_augmentation(sample_rate=22050, seed=None, pitch_shift=True, fused=True):
@@ -114,28 +145,65 @@ def clmr_augmentation(sample_rate=22050, seed=None, pitch_shift=True, fused=True
     work) runs filter, delay and reverb in one ``FilterDelayReverb`` pass and the pitch shift
     last (a deviation, see docs/fidelity.md); probabilities and draws are unchanged.
     """
+
     def sub_seed(i):
         return None if seed is None else int(seed) * 1009 + i
 
     p = CLMR_PROBABILITIES
-    layers = [RandomApply(PolarityInversion(seed=sub_seed(0), name="polarity_inversion"), p["polarity"],
-                          seed=sub_seed(1), name="random_polarity_inversion"),
-              RandomApply(Noise(1e-4, 1e-2, seed=sub_seed(2), name="noise"), p["noise"], seed=sub_seed(3),
-                          name="random_noise"),
-              RandomApply(Gain(-20.0, -1.0, seed=sub_seed(4), name="gain"), p["gain"], seed=sub_seed(5),
-                          name="random_gain")]
+    layers = [
+        RandomApply(
+            PolarityInversion(seed=sub_seed(0), name="polarity_inversion"),
+            p["polarity"],
+            seed=sub_seed(1),
+            name="random_polarity_inversion",
+        ),
+        RandomApply(
+            Noise(1e-4, 1e-2, seed=sub_seed(2), name="noise"),
+            p["noise"],
+            seed=sub_seed(3),
+            name="random_noise",
+        ),
+        RandomApply(
+            Gain(-20.0, -1.0, seed=sub_seed(4), name="gain"),
+            p["gain"],
+            seed=sub_seed(5),
+            name="random_gain",
+        ),
+    ]
     high_low_pass = HighLowPass(sample_rate, seed=sub_seed(6), name="high_low_pass")
     delay = Delay(sample_rate, seed=sub_seed(8), name="delay")
     reverb = Reverb(sample_rate, seed=sub_seed(12), name="reverb")
-    pitch = (RandomApply(PitchShift(sample_rate, seed=sub_seed(10), name="pitch_shift"), p["pitch_shift"],
-                         seed=sub_seed(11), name="random_pitch_shift") if pitch_shift else None)
+    pitch = (
+        RandomApply(
+            PitchShift(sample_rate, seed=sub_seed(10), name="pitch_shift"),
+            p["pitch_shift"],
+            seed=sub_seed(11),
+            name="random_pitch_shift",
+        )
+        if pitch_shift
+        else None
+    )
     if fused:
-        layers.append(FilterDelayReverb(high_low_pass, delay, reverb, p["filter"], p["delay"], p["reverb"],
-                                        seed=sub_seed(7), name="filter_delay_reverb"))
+        layers.append(
+            FilterDelayReverb(
+                high_low_pass,
+                delay,
+                reverb,
+                p["filter"],
+                p["delay"],
+                p["reverb"],
+                seed=sub_seed(7),
+                name="filter_delay_reverb",
+            )
+        )
         layers += [pitch] if pitch is not None else []
     else:
-        layers += [RandomApply(high_low_pass, p["filter"], seed=sub_seed(7), name="random_high_low_pass"),
-                   RandomApply(delay, p["delay"], seed=sub_seed(9), name="random_delay")]
+        layers += [
+            RandomApply(high_low_pass, p["filter"], seed=sub_seed(7), name="random_high_low_pass"),
+            RandomApply(delay, p["delay"], seed=sub_seed(9), name="random_delay"),
+        ]
         layers += [pitch] if pitch is not None else []
         layers.append(RandomApply(reverb, p["reverb"], seed=sub_seed(13), name="random_reverb"))
-    return AugmentationChain(layers, name="clmr_augmentation" if pitch_shift else "pemr_augmentation")
+    return AugmentationChain(
+        layers, name="clmr_augmentation" if pitch_shift else "pemr_augmentation"
+    )

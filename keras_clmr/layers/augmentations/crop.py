@@ -23,11 +23,15 @@ class RandomCrop(AudioAugmentation):
 
     def _check(self, shape):
         if len(shape) != 2:
-            raise ValueError(f"RandomCrop expects mono audio [batch, samples], got shape {tuple(shape)}.")
+            raise ValueError(
+                f"RandomCrop expects mono audio [batch, samples], got shape {tuple(shape)}."
+            )
         if shape[1] is not None and shape[1] < self.n_samples:
             raise ValueError(
-                f"Source segments of {shape[1]} samples are shorter than the {self.n_samples}-sample crop: "
-                f"feed segments of at least {self.n_samples} samples (pad short clips or drop them).")
+                f"Source segments of {shape[1]} samples are shorter than the "
+                f"{self.n_samples}-sample crop: feed segments of at least {self.n_samples} samples "
+                "(pad short clips or drop them)."
+            )
 
     def call(self, audio, training=None):
         self._check(audio.shape)

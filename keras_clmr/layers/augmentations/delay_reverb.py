@@ -20,22 +20,36 @@ class Delay(_ParametricAugmentation):
     ``range(min_delay, max_delay, delay_interval)`` ms ({200, 250, ..., 450}), offset
     ``int(ms * sr / 1000)`` samples, zero-padded at the front (as the original)."""
 
-    def __init__(self, sample_rate=22050, volume_factor=0.5, min_delay=200, max_delay=500, delay_interval=50,
-                 seed=None, **kwargs):
+    def __init__(
+        self,
+        sample_rate=22050,
+        volume_factor=0.5,
+        min_delay=200,
+        max_delay=500,
+        delay_interval=50,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(seed=seed, **kwargs)
         self.sample_rate = int(sample_rate)
         self.volume_factor = float(volume_factor)
         self.min_delay = int(min_delay)
         self.max_delay = int(max_delay)
         self.delay_interval = int(delay_interval)
-        self.delays_ms = [int(ms) for ms in np.arange(self.min_delay, self.max_delay, self.delay_interval)]
+        self.delays_ms = [
+            int(ms) for ms in np.arange(self.min_delay, self.max_delay, self.delay_interval)
+        ]
         if not self.delays_ms or self.delays_ms[0] <= 0:
-            raise ValueError(f"Delay needs 0 < min_delay < max_delay and delay_interval > 0, got "
-                             f"{min_delay}, {max_delay}, {delay_interval}.")
+            raise ValueError(
+                f"Delay needs 0 < min_delay < max_delay and delay_interval > 0, got "
+                f"{min_delay}, {max_delay}, {delay_interval}."
+            )
         self.offsets = [int(ms * (self.sample_rate / 1000)) for ms in self.delays_ms]
 
     def draw(self, batch):
-        return {"choice": keras.random.randint((batch,), 0, len(self.offsets), seed=self.seed_generator)}
+        return {
+            "choice": keras.random.randint((batch,), 0, len(self.offsets), seed=self.seed_generator)
+        }
 
     def transform(self, audio, choice):
         length = _static_length(audio, "Delay")
@@ -45,14 +59,19 @@ class Delay(_ParametricAugmentation):
         for i, offset in enumerate(self.offsets):
             if offset >= length:
                 continue
-            shifted = ops.pad(audio[:, :length - offset], [[0, 0], [offset, 0]])
+            shifted = ops.pad(audio[:, : length - offset], [[0, 0], [offset, 0]])
             delayed = ops.where(choice == i, shifted, delayed)
         return (audio + self.volume_factor * delayed) / 2.0
 
     def get_config(self):
         config = super().get_config()
-        config.update(sample_rate=self.sample_rate, volume_factor=self.volume_factor, min_delay=self.min_delay,
-                      max_delay=self.max_delay, delay_interval=self.delay_interval)
+        config.update(
+            sample_rate=self.sample_rate,
+            volume_factor=self.volume_factor,
+            min_delay=self.min_delay,
+            max_delay=self.max_delay,
+            delay_interval=self.delay_interval,
+        )
         return config
 
 
@@ -86,19 +105,37 @@ class Reverb(_ParametricAugmentation):
     [-1, 1]. The model and its measured error against sox are in docs/fidelity.md.
     """
 
-    def __init__(self, sample_rate=22050, reverberance_min=0, reverberance_max=100, dumping_factor_min=0,
-                 dumping_factor_max=100, room_size_min=0, room_size_max=100, wet_gain_db=0.0, epsilon=1e-3,
-                 seed=None, **kwargs):
+    def __init__(
+        self,
+        sample_rate=22050,
+        reverberance_min=0,
+        reverberance_max=100,
+        dumping_factor_min=0,
+        dumping_factor_max=100,
+        room_size_min=0,
+        room_size_max=100,
+        wet_gain_db=0.0,
+        epsilon=1e-3,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(seed=seed, **kwargs)
         self.sample_rate = int(sample_rate)
         self.reverberance_min, self.reverberance_max = int(reverberance_min), int(reverberance_max)
-        self.dumping_factor_min, self.dumping_factor_max = int(dumping_factor_min), int(dumping_factor_max)
+        self.dumping_factor_min, self.dumping_factor_max = (
+            int(dumping_factor_min),
+            int(dumping_factor_max),
+        )
         self.room_size_min, self.room_size_max = int(room_size_min), int(room_size_max)
-        for name, low, high in (("reverberance", self.reverberance_min, self.reverberance_max),
-                                ("dumping_factor", self.dumping_factor_min, self.dumping_factor_max),
-                                ("room_size", self.room_size_min, self.room_size_max)):
+        for name, low, high in (
+            ("reverberance", self.reverberance_min, self.reverberance_max),
+            ("dumping_factor", self.dumping_factor_min, self.dumping_factor_max),
+            ("room_size", self.room_size_min, self.room_size_max),
+        ):
             if not 0 <= low < high <= 100:
-                raise ValueError(f"Reverb needs 0 <= {name}_min < {name}_max <= 100, got {low}, {high}.")
+                raise ValueError(
+                    f"Reverb needs 0 <= {name}_min < {name}_max <= 100, got {low}, {high}."
+                )
         self.wet_gain_db = float(wet_gain_db)
         self.epsilon = float(epsilon)
         if not 0 < self.epsilon < 1:
@@ -109,9 +146,11 @@ class Reverb(_ParametricAugmentation):
         def randint(low, high):
             return keras.random.randint((batch,), low, high, seed=self.seed_generator)
 
-        return {"reverberance": randint(self.reverberance_min, self.reverberance_max),
-                "damping": randint(self.dumping_factor_min, self.dumping_factor_max),
-                "room_size": randint(self.room_size_min, self.room_size_max)}
+        return {
+            "reverberance": randint(self.reverberance_min, self.reverberance_max),
+            "damping": randint(self.dumping_factor_min, self.dumping_factor_max),
+            "room_size": randint(self.room_size_min, self.room_size_max),
+        }
 
     def _tail_bands(self, length):
         """A fixed seeded white noise split into frequency bands [K, length] (their sum is the
@@ -126,10 +165,15 @@ class Reverb(_ParametricAugmentation):
                 mask = (freqs >= low) & (freqs < high)
                 bands.append(np.fft.irfft(spectrum * mask, length))
                 top = min(high, self.sample_rate / 2)
-                centres.append(2 * np.pi * (top / 2 if low == 0 else math.sqrt(low * top)) / self.sample_rate)
+                centres.append(
+                    2 * np.pi * (top / 2 if low == 0 else math.sqrt(low * top)) / self.sample_rate
+                )
                 shares.append(mask.mean())
-            self._noise[length] = (np.stack(bands).astype("float32"), np.array(centres, "float32"),
-                                   np.array(shares, "float32"))
+            self._noise[length] = (
+                np.stack(bands).astype("float32"),
+                np.array(centres, "float32"),
+                np.array(shares, "float32"),
+            )
         return self._noise[length]
 
     def impulse_response(self, length, reverberance, damping, room_size, log_window=0.0):
@@ -148,16 +192,19 @@ class Reverb(_ParametricAugmentation):
         bands, centres, _ = self._tail_bands(length)
         # Per band k: loop gain f |H(w_k)| of sox's one-pole loop filter H = (1 - d) / (1 - d z^-1),
         # a per-sample decay rate, and the comb array's energy there, sum_m (f |H|)^(2m) per comb.
-        loop_gain_sq = ops.square(feedback) * ops.square(1.0 - hf_damping) / (
-            1.0 - 2.0 * hf_damping * ops.cos(centres)[None, :] + ops.square(hf_damping))   # [B, K]
+        loop_gain_sq = (
+            ops.square(feedback)
+            * ops.square(1.0 - hf_damping)
+            / (1.0 - 2.0 * hf_damping * ops.cos(centres)[None, :] + ops.square(hf_damping))
+        )  # [B, K]
         rates = 0.5 * ops.log(loop_gain_sq) / loop
         wet = _SOX_WET_SCALE * 10.0 ** (self.wet_gain_db / 20.0)
-        energy = _REVERB_ENERGY_SCALE * wet ** 2 * len(_SOX_COMB_LENGTHS) / (1.0 - loop_gain_sq)
+        energy = _REVERB_ENERGY_SCALE * wet**2 * len(_SOX_COMB_LENGTHS) / (1.0 - loop_gain_sq)
         amplitude = ops.sqrt(energy * (1.0 - ops.exp(2.0 * rates))) * ops.exp(-rates * onset)
         tail = 0.0
         for k in range(bands.shape[0]):
             # exp(rate * (t - onset)) as an outer product of two short exps (see _exp_ramp).
-            envelope = _exp_ramp(rates[:, k:k + 1] - log_window, length) * amplitude[:, k:k + 1]
+            envelope = _exp_ramp(rates[:, k : k + 1] - log_window, length) * amplitude[:, k : k + 1]
             tail = tail + envelope * ops.convert_to_tensor(bands[k])[None, :]
         t = ops.arange(length, dtype="float32")[None, :]
         return ops.where(t >= onset, tail, 0.0)
@@ -175,8 +222,15 @@ class Reverb(_ParametricAugmentation):
 
     def get_config(self):
         config = super().get_config()
-        config.update(sample_rate=self.sample_rate, reverberance_min=self.reverberance_min,
-                      reverberance_max=self.reverberance_max, dumping_factor_min=self.dumping_factor_min,
-                      dumping_factor_max=self.dumping_factor_max, room_size_min=self.room_size_min,
-                      room_size_max=self.room_size_max, wet_gain_db=self.wet_gain_db, epsilon=self.epsilon)
+        config.update(
+            sample_rate=self.sample_rate,
+            reverberance_min=self.reverberance_min,
+            reverberance_max=self.reverberance_max,
+            dumping_factor_min=self.dumping_factor_min,
+            dumping_factor_max=self.dumping_factor_max,
+            room_size_min=self.room_size_min,
+            room_size_max=self.room_size_max,
+            wet_gain_db=self.wet_gain_db,
+            epsilon=self.epsilon,
+        )
         return config

@@ -25,8 +25,17 @@ class HighLowPass(_ParametricAugmentation):
     ``random.randint(0, 1)`` (0: high-pass) and draws float cutoffs, as here.
     """
 
-    def __init__(self, sample_rate=22050, lowpass_freq_low=2200.0, lowpass_freq_high=4000.0,
-                 highpass_freq_low=200.0, highpass_freq_high=1200.0, zeros=8, seed=None, **kwargs):
+    def __init__(
+        self,
+        sample_rate=22050,
+        lowpass_freq_low=2200.0,
+        lowpass_freq_high=4000.0,
+        highpass_freq_low=200.0,
+        highpass_freq_high=1200.0,
+        zeros=8,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(seed=seed, **kwargs)
         self.sample_rate = int(sample_rate)
         self.lowpass_freq_low = float(lowpass_freq_low)
@@ -35,13 +44,18 @@ class HighLowPass(_ParametricAugmentation):
         self.highpass_freq_high = float(highpass_freq_high)
         self.zeros = float(zeros)
         nyquist = self.sample_rate / 2
-        for low, high, kind in ((self.lowpass_freq_low, self.lowpass_freq_high, "lowpass"),
-                                (self.highpass_freq_low, self.highpass_freq_high, "highpass")):
+        for low, high, kind in (
+            (self.lowpass_freq_low, self.lowpass_freq_high, "lowpass"),
+            (self.highpass_freq_low, self.highpass_freq_high, "highpass"),
+        ):
             if not 0 < low <= high < nyquist:
-                raise ValueError(f"HighLowPass needs 0 < {kind}_freq_low <= {kind}_freq_high < sample_rate / 2 "
-                                 f"= {nyquist}, got {low}, {high}.")
-        self.max_half_size = int(self.zeros / (min(self.lowpass_freq_low, self.highpass_freq_low)
-                                               / self.sample_rate) / 2)
+                raise ValueError(
+                    f"HighLowPass needs 0 < {kind}_freq_low <= {kind}_freq_high < sample_rate / 2 "
+                    f"= {nyquist}, got {low}, {high}."
+                )
+        self.max_half_size = int(
+            self.zeros / (min(self.lowpass_freq_low, self.highpass_freq_low) / self.sample_rate) / 2
+        )
 
     def draw(self, batch):
         u = keras.random.uniform((batch, 3), seed=self.seed_generator)
@@ -66,10 +80,16 @@ class HighLowPass(_ParametricAugmentation):
         half = self.max_half_size
         # Replicate padding by the largest half size equals julius' padding by each example's own
         # half size: the kernel is zero beyond it.
-        padded = ops.concatenate([ops.repeat(audio[:, :1], half, axis=1), audio,
-                                  ops.repeat(audio[:, -1:], half, axis=1)], axis=1)
+        padded = ops.concatenate(
+            [
+                ops.repeat(audio[:, :1], half, axis=1),
+                audio,
+                ops.repeat(audio[:, -1:], half, axis=1),
+            ],
+            axis=1,
+        )
         full = _fft_convolve(padded, self.kernels(cutoff_hz), _fft_size(length + 2 * half))
-        return full[:, 2 * half:2 * half + length]
+        return full[:, 2 * half : 2 * half + length]
 
     def transform(self, audio, cutoff_hz, highpass):
         low = self.lowpass(audio, cutoff_hz)
@@ -77,7 +97,12 @@ class HighLowPass(_ParametricAugmentation):
 
     def get_config(self):
         config = super().get_config()
-        config.update(sample_rate=self.sample_rate, lowpass_freq_low=self.lowpass_freq_low,
-                      lowpass_freq_high=self.lowpass_freq_high, highpass_freq_low=self.highpass_freq_low,
-                      highpass_freq_high=self.highpass_freq_high, zeros=self.zeros)
+        config.update(
+            sample_rate=self.sample_rate,
+            lowpass_freq_low=self.lowpass_freq_low,
+            lowpass_freq_high=self.lowpass_freq_high,
+            highpass_freq_low=self.highpass_freq_low,
+            highpass_freq_high=self.highpass_freq_high,
+            zeros=self.zeros,
+        )
         return config

@@ -20,7 +20,7 @@ class PolarityInversion(_ParametricAugmentation):
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
 class Gain(_ParametricAugmentation):
-    """Gain by ``U(min_gain, max_gain)`` dB per example, then clamp to [-1, 1] (torchaudio ``Vol``)."""
+    """Gain by ``U(min_gain, max_gain)`` dB per example, clamped to [-1, 1] (torchaudio ``Vol``)."""
 
     def __init__(self, min_gain=-20.0, max_gain=-1.0, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
@@ -30,7 +30,11 @@ class Gain(_ParametricAugmentation):
         self.max_gain = float(max_gain)
 
     def draw(self, batch):
-        return {"gain_db": keras.random.uniform((batch,), self.min_gain, self.max_gain, seed=self.seed_generator)}
+        return {
+            "gain_db": keras.random.uniform(
+                (batch,), self.min_gain, self.max_gain, seed=self.seed_generator
+            )
+        }
 
     def transform(self, audio, gain_db):
         scale = ops.power(10.0, ops.cast(gain_db, "float32") / 20.0)
@@ -73,8 +77,10 @@ class Noise(_ParametricAugmentation):
     def draw(self, batch):
         u = keras.random.uniform((batch, 2), seed=self.seed_generator)
         offset = keras.random.randint((batch,), 0, self._OFFSETS, seed=self.seed_generator)
-        return {"level": self.min_snr + (self.max_snr - self.min_snr) * u[:, 0],
-                "unit_noise": {"offset": offset, "sign": ops.where(u[:, 1] < 0.5, -1.0, 1.0)}}
+        return {
+            "level": self.min_snr + (self.max_snr - self.min_snr) * u[:, 0],
+            "unit_noise": {"offset": offset, "sign": ops.where(u[:, 1] < 0.5, -1.0, 1.0)},
+        }
 
     def unit_noise(self, batch, length, offset, sign):
         blocks = -(-length // self._BLOCK)

@@ -45,8 +45,10 @@ class AugmentationChain(AudioAugmentation):
 
     def __init__(self, layers, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
-        self.chain = [keras.saving.deserialize_keras_object(layer) if isinstance(layer, dict) else layer
-                      for layer in layers]
+        self.chain = [
+            keras.saving.deserialize_keras_object(layer) if isinstance(layer, dict) else layer
+            for layer in layers
+        ]
 
     def build(self, input_shape):
         for layer in self.chain:
