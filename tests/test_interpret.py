@@ -100,3 +100,261 @@ def test_fcn_input_spectrum_method():
     result = filters_lib.filter_spectra(model, layers=(1, 2), steps=10, input_samples=1024)
     assert [e.spectra.shape for e in result.layers] == [(4, 513), (4, 513)]
     assert all(np.all(np.isfinite(e.spectra)) for e in result.layers)
+
+
+# ----------------------------------------------------------------------------- listening page
+
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+from keras_clmr.interpret import listening as listening_lib  # noqa: E402
+
+WINDOW = 4410  # 0.2 s at 22050 Hz
+
+
+def _level_encoder():
+    """An encoder with known features: 0 = window power, 1 = minus the power, 2 = the mean."""
+    import keras
+    from keras import ops
+
+    class LevelFeatures(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.input_samples, self.sample_rate, self.embedding_dim = WINDOW, SAMPLE_RATE, 3
+
+        def call(self, audio):
+            power = ops.mean(ops.square(audio), axis=-1, keepdims=True)
+            return ops.concatenate([power, -power, ops.mean(audio, axis=-1, keepdims=True)], axis=-1)
+
+    return LevelFeatures(name="levels")
+
+
+def _write_level_corpus(root):
+    """Two collections of 1 s sines; file i has level a_i, rising within the file (best window last)."""
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    levels = {"indomain": [0.1, 0.5, 0.3, 0.7, 0.2], "outdomain": [0.6, 0.05, 0.4]}
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    for collection, amplitudes in levels.items():
+        os.makedirs(root / collection)
+        for i, amplitude in enumerate(amplitudes):
+            ramp = np.repeat(np.linspace(0.6, 1.0, 5), WINDOW)[:SAMPLE_RATE]
+            ramp = np.pad(ramp, (0, SAMPLE_RATE - len(ramp)), mode="edge")
+            audio = amplitude * ramp * np.sin(2 * np.pi * 440 * t + rng.uniform(0, 6))
+            soundfile.write(root / collection / f"{collection}_{i}.wav", audio, SAMPLE_RATE, subtype="FLOAT")
+    with open(root / "indomain" / "labels.csv", "w") as file:
+        file.write("path,labels,split\nindomain_1.wav,loud;sine,train\n")
+    return levels
+
+
+def _reference_ranking(root, feature, collection, top_k):
+    """float64 numpy reference: best window per file, files sorted by that value (descending)."""
+    import soundfile
+
+    entries = []
+    for path in sorted(root.rglob("*.wav")):
+        if collection != "all" and path.parent.name != collection:
+            continue
+        audio, _ = soundfile.read(path, dtype="float64")
+        windows = audio[:len(audio) // WINDOW * WINDOW].reshape(-1, WINDOW)
+        values = np.mean(windows ** 2, axis=1) * (1 if feature == 0 else -1)
+        best = int(np.argmax(values))
+        entries.append((-values[best], path.name, best * WINDOW / SAMPLE_RATE))
+    return [(name, start) for _, name, start in sorted(entries)[:top_k]]
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("Chromium is required in CI for the listening-page browser test: apt-get install -y chromium")
+    pytest.skip("Chromium is not installed (apt-get install -y chromium); the listening page needs a real browser")
+
+
+_PROBE_HEAD = """<script>window.__errors = [];
+window.addEventListener("error", function (e) { window.__errors.push(String(e.message)); });
+const __consoleError = console.error;
+console.error = function () { window.__errors.push([...arguments].join(" ")); __consoleError.apply(console, arguments); };
+</script>"""
+
+# Runs after the page's own script: reads the rows, uses the two pickers like a user, loads
+# every audio element of the final view and reports all of it as JSON in <pre id="probe">.
+_PROBE_TAIL = """<script>
+(async function () {
+  const out = {};
+  const rows = () => [...document.querySelectorAll("#rows tr")].map(r => ({
+    clip: r.dataset.clip, file: r.children[4].textContent, collection: r.children[5].textContent,
+    start: r.children[3].textContent, tags: r.children[6].textContent, predicted: r.children[7].textContent}));
+  const feature = document.getElementById("feature"), collection = document.getElementById("collection");
+  out.features = [...feature.options].map(o => o.value);
+  out.collections = [...collection.options].map(o => o.value);
+  out.initial = {feature: feature.value, collection: collection.value, rows: rows()};
+  feature.value = FEATURE; feature.dispatchEvent(new Event("change"));
+  out.after_feature = {feature: feature.value, rows: rows(), hash: location.hash};
+  collection.value = COLLECTION; collection.dispatchEvent(new Event("change"));
+  out.after_collection = {collection: collection.value, rows: rows()};
+  const audios = [...document.querySelectorAll("#rows audio")];
+  out.can_play = audios.map(a => a.canPlayType("audio/ogg; codecs=vorbis"));
+  out.audio = await Promise.all(audios.map(a => new Promise(function (resolve) {
+    a.addEventListener("loadedmetadata", () => resolve({src: a.getAttribute("src"), duration: a.duration}));
+    a.addEventListener("error", () => resolve({src: a.getAttribute("src"), error: a.error && a.error.code}));
+    a.preload = "auto"; a.load();
+  })));
+  out.errors = window.__errors;
+  const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>"""
+
+
+def _drive_page(page, feature, collection, tmp_path):
+    """Open ``page`` (file://) in headless Chromium with the probe injected; returns its report."""
+    chromium = _chromium()
+    text = open(page, encoding="utf-8").read()
+    tail = _PROBE_TAIL.replace("FEATURE", json.dumps(str(feature))).replace("COLLECTION", json.dumps(collection))
+    probe = os.path.join(os.path.dirname(page), "probe.html")
+    with open(probe, "w", encoding="utf-8") as file:
+        file.write(text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", tail + "</body>", 1))
+    try:
+        completed = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=15000", "--dump-dom",
+             "file://" + probe], capture_output=True, text=True, timeout=240)
+    finally:
+        os.remove(probe)
+    match = re.search(r'<pre id="probe">(.*?)</pre>', completed.stdout, re.S)
+    assert match, f"the probe did not report (rc {completed.returncode}): {completed.stderr[-2000:]}"
+    import html
+
+    return json.loads(html.unescape(match.group(1)))
+
+
+def test_running_top_k_matches_a_full_sort():
+    rng = np.random.default_rng(7)
+    clips = [rng.standard_normal((int(rng.integers(1, 6)), 6)) for _ in range(30)]
+    collections = [("a", "b", "c")[i % 3] for i in range(30)]
+    features = [5, 0, 3]
+    topk = listening_lib._RunningTopK(features, 4)
+    for i, (clip, collection) in enumerate(zip(clips, collections)):
+        topk.update(collection, i, clip, best_window_only=False)
+    for row, feature in enumerate(features):
+        for collection in ("all", "a", "b", "c"):
+            everything = sorted(((-clip[w, feature], i, w) for i, clip in enumerate(clips)
+                                 if collection in ("all", collections[i]) for w in range(len(clip))))[:4]
+            got = topk.ranking(row, collection)
+            assert [(i, w) for _, i, w in got] == [(i, w) for _, i, w in everything]
+            np.testing.assert_allclose([v for v, _, _ in got], [-v for v, _, _ in everything], rtol=1e-6)
+        assert topk.values["a"].shape == (3, 4), "memory stays k per feature and collection"
+
+
+def test_listening_page_in_headless_chromium(tmp_path):
+    root = tmp_path / "corpus"
+    _write_level_corpus(root)
+    page = listening_lib.listening_page(_level_encoder(), str(root), str(tmp_path / "page"), features=[0, 1],
+                                        top_k=3, progress=False)
+    data = json.loads((tmp_path / "page" / "listening.json").read_text())
+    assert data["collections"] == ["indomain", "outdomain"] and data["features"] == [0, 1]
+    for feature in (0, 1):
+        for collection in ("all", "indomain", "outdomain"):
+            expected = _reference_ranking(root, feature, collection, 3)
+            got = [(os.path.basename(data["clips"][c]["file"]), data["clips"][c]["start"])
+                   for c, _ in data["top"][str(feature)][collection]]
+            assert [name for name, _ in got] == [name for name, _ in expected], (feature, collection)
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-3)
+
+    report = _drive_page(page.path, 1, "outdomain", tmp_path)
+    assert report["errors"] == []
+    assert report["features"] == ["0", "1"] and report["collections"] == ["all", "indomain", "outdomain"]
+    loudest = [os.path.basename(r["file"]) for r in report["initial"]["rows"]]
+    assert loudest == [name for name, _ in _reference_ranking(root, 0, "all", 3)]
+    quietest = [os.path.basename(r["file"]) for r in report["after_feature"]["rows"]]
+    assert quietest == [name for name, _ in _reference_ranking(root, 1, "all", 3)] and quietest != loudest
+    assert report["after_feature"]["hash"] == "#feature=1&collection=all"
+    rows = report["after_collection"]["rows"]
+    assert [os.path.basename(r["file"]) for r in rows] == [n for n, _ in _reference_ranking(root, 1, "outdomain", 3)]
+    assert {r["collection"] for r in rows} == {"outdomain"}
+    assert all(r["start"] == "0:00.0" for r in rows), "the quietest window of a rising clip is its first"
+    assert len(report["audio"]) == 3 and all(p in ("probably", "maybe") for p in report["can_play"])
+    for audio in report["audio"]:
+        assert "error" not in audio, audio
+        assert os.path.exists(tmp_path / "page" / audio["src"])
+        assert audio["duration"] == pytest.approx(WINDOW / SAMPLE_RATE, abs=0.03)
+    tagged = [c for c in data["clips"].values() if c["file"].endswith("indomain_1.wav")]
+    assert tagged and tagged[0]["tags"] == ["loud", "sine"]
+
+
+def test_listening_page_with_tagger_predictions_and_sample_cnn(tmp_path):
+    import soundfile
+
+    from keras_clmr.models import MusicTagger
+
+    encoder = tiny_sample_cnn()
+    tagger = MusicTagger(encoder, num_classes=4, tags=["a", "b", "c", "d"])
+    rng = np.random.default_rng(1)
+    os.makedirs(tmp_path / "songs")
+    for i in range(3):
+        soundfile.write(tmp_path / "songs" / f"{i}.wav", 0.3 * rng.standard_normal(3 * encoder.input_samples),
+                        SAMPLE_RATE)
+    page = listening_lib.listening_page(encoder, [str(tmp_path / "songs")], str(tmp_path / "page"), tagger=tagger,
+                                        features=2, top_k=2, progress=False)
+    assert page.features == [0, 1] and len(page.top["0"]["all"]) == 2
+    for clip in page.clips.values():
+        assert len(clip["predictions"]) == 3 and {name for name, _ in clip["predictions"]} <= {"a", "b", "c", "d"}
+    # The shown predictions are the tagger's own output on that window.
+    clip = page.clips[page.top["0"]["all"][0][0]]
+    audio, _ = soundfile.read(tmp_path / "songs" / os.path.basename(clip["file"]), dtype="float32")
+    start = int(round(clip["start"] * SAMPLE_RATE))
+    probabilities = np.asarray(tagger.predict(audio[None, start:start + encoder.input_samples], verbose=0))[0]
+    best = sorted(zip(["a", "b", "c", "d"], probabilities), key=lambda e: -e[1])[:3]
+    assert [n for n, _ in clip["predictions"]] == [n for n, _ in best]
+    np.testing.assert_allclose([p for _, p in clip["predictions"]], [p for _, p in best], atol=2e-4)
+    # A second build into the same (own) folder replaces it without overwrite=True.
+    listening_lib.listening_page(encoder, str(tmp_path / "songs"), str(tmp_path / "page"), features=[1], top_k=1,
+                                 progress=False)
+    assert json.loads((tmp_path / "page" / "listening.json").read_text())["features"] == [1]
+
+
+def test_listening_page_bad_inputs(tmp_path):
+    from keras_clmr.io import OutputExistsError
+
+    encoder = _level_encoder()
+    os.makedirs(tmp_path / "empty")
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    with pytest.raises(listening_lib.ListeningInputError, match="No audio found"):
+        listening_lib.listening_page(encoder, str(tmp_path / "empty"), str(tmp_path / "out"), progress=False)
+    root = tmp_path / "corpus"
+    _write_level_corpus(root)
+    with pytest.raises(listening_lib.ListeningInputError, match="encoder has 3 features"):
+        listening_lib.listening_page(encoder, str(root), str(tmp_path / "out"), features=[0, 7], progress=False)
+    with pytest.raises(listening_lib.ListeningInputError, match="more features than the encoder's 3"):
+        listening_lib.listening_page(encoder, str(root), str(tmp_path / "out"), features=4, progress=False)
+    os.makedirs(tmp_path / "foreign")
+    (tmp_path / "foreign" / "thesis.tex").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        listening_lib.listening_page(encoder, str(root), str(tmp_path / "foreign"), progress=False)
+    assert os.listdir(tmp_path / "foreign") == ["thesis.tex"]
+
+    class BrokenTagger:  # fails after the snippets started: nothing may be left behind
+        backbone = None
+
+    with pytest.raises(TypeError, match="model must be"):
+        listening_lib.listening_page(encoder, str(root), str(tmp_path / "out"), tagger=BrokenTagger(), progress=False)
+    assert not os.path.exists(tmp_path / "out")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out")], "no temporary folder left behind"
+
+
+def test_short_file_warns_and_is_padded(tmp_path):
+    import soundfile
+
+    os.makedirs(tmp_path / "short")
+    soundfile.write(tmp_path / "short" / "tiny.wav", 0.5 * np.ones(1000), SAMPLE_RATE)
+    with pytest.warns(UserWarning, match="tiny.wav.*shorter than one"):
+        page = listening_lib.listening_page(_level_encoder(), str(tmp_path / "short"), str(tmp_path / "page"),
+                                            top_k=1, progress=False)
+    assert len(page.clips) == 1
