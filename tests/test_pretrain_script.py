@@ -13,15 +13,28 @@ import pytest
 import soundfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--channels=4,4,4,4,4,4,4,4,4,8,8", "--projection_dim=8", "--nojit_compile", "--augment=crop",
-        "--batch_size=4", "--steps_per_epoch=2", "--segment_samples=60000"]
+TINY = [
+    "--channels=4,4,4,4,4,4,4,4,4,8,8",
+    "--projection_dim=8",
+    "--nojit_compile",
+    "--augment=crop",
+    "--batch_size=4",
+    "--steps_per_epoch=2",
+    "--segment_samples=60000",
+]
 pytestmark = pytest.mark.large  # subprocess trainings, kill/resume
 
 
 def run(*args, timeout=600):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "training.pretrain", *TINY, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "training.pretrain", *TINY, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def state(output_dir):
@@ -32,9 +45,21 @@ def state(output_dir):
 def test_kill_then_resume_continues_from_the_saved_epoch(tmp_path):
     out = str(tmp_path / "run")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen([sys.executable, "-m", "training.pretrain", *TINY, "--demo_clips=12",
-                                "--epochs=500", f"--output_dir={out}"], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "training.pretrain",
+            *TINY,
+            "--demo_clips=12",
+            "--epochs=500",
+            f"--output_dir={out}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state_path = os.path.join(out, "checkpoints", "state.json")
     deadline = time.time() + 400
     while time.time() < deadline and not os.path.exists(state_path):
@@ -87,5 +112,7 @@ def test_audio_folder_with_bad_and_empty_inputs(tmp_path):
     assert "4 audio files" in result.stdout and "2 skipped" in result.stdout
     assert os.path.exists(tmp_path / "o2" / "encoder.keras")
 
-    result = run("--epochs=1", f"--data_dir={tmp_path / 'missing'}", f"--output_dir={tmp_path / 'o3'}")
+    result = run(
+        "--epochs=1", f"--data_dir={tmp_path / 'missing'}", f"--output_dir={tmp_path / 'o3'}"
+    )
     assert result.returncode != 0 and "not a directory" in result.stderr
