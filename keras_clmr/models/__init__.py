@@ -2,6 +2,7 @@
 
 from keras_clmr.models.backbone import Backbone, Task
 from keras_clmr.models.clmr import CLMR
+from keras_clmr.models.cpc import CPC, CPCEncoder
 from keras_clmr.models.fcn import FCN
 from keras_clmr.models.musicnn import Musicnn, MusicnnLogMel, musicnn_tagger
 from keras_clmr.models.pemr import PEMR, PEMRMaskGenerator
