@@ -29,7 +29,7 @@ CITATIONS = {
   year      = {2021},
   eprint    = {2103.09410},
   archivePrefix = {arXiv}
-}""",
+}""",  # noqa: E501
     "samplecnn": """@inproceedings{lee2017samplecnn,
   title     = {Sample-level Deep Convolutional Neural Networks for Music Auto-tagging Using Raw Waveforms},
   author    = {Lee, Jongpil and Park, Jiyoung and Kim, Keunhyoung Luke and Nam, Juhan},
@@ -37,7 +37,7 @@ CITATIONS = {
   year      = {2017},
   eprint    = {1703.01789},
   archivePrefix = {arXiv}
-}""",
+}""",  # noqa: E501
     "pemr": """@inproceedings{yao2022pemr,
   title     = {Contrastive Learning with Positive-Negative Frame Mask for Music Representation},
   author    = {Yao, Dong and others},
@@ -53,55 +53,87 @@ CITATIONS = {
   year      = {2019},
   eprint    = {1909.06654},
   archivePrefix = {arXiv}
-}""",
+}""",  # noqa: E501
 }
 
-_EXPORT_NOTE = ("The ONNX export folds each BatchNorm into its convolution (exact algebra, checked against the "
-                "Keras model); exports are float32 only.")
+_EXPORT_NOTE = (
+    "The ONNX export folds each BatchNorm into its convolution (exact algebra, checked against the "
+    "Keras model); exports are float32 only."
+)
 
 ARCHITECTURES = {
     "SampleCNN": {
-        "family": "clmr", "embedding_dim": 512, "citations": ("clmr", "samplecnn"),
-        "what": ("SampleCNN (Lee et al. 2017) on raw waveforms, as used by CLMR (Spijkervet & Burgoyne 2021): a "
-                 "stride-3 stem convolution, nine Conv1D(3)-BatchNorm-ReLU-MaxPool(3) blocks and a final conv "
-                 "block (128 to 512 channels), giving one 512-d embedding per window."),
+        "family": "clmr",
+        "embedding_dim": 512,
+        "citations": ("clmr", "samplecnn"),
+        "what": (
+            "SampleCNN (Lee et al. 2017) on raw waveforms, as used by CLMR (Spijkervet & Burgoyne "
+            "2021): a "
+            "stride-3 stem convolution, nine Conv1D(3)-BatchNorm-ReLU-MaxPool(3) blocks and a "
+            "final conv "
+            "block (128 to 512 channels), giving one 512-d embedding per window."
+        ),
         "limitations": (
-            "Input must be mono audio at the model's sample rate, float32 in [-1, 1]; longer audio is cut into "
-            "non-overlapping windows (`keras_clmr.embed`/`tag` do this; a remainder shorter than a window is "
+            "Input must be mono audio at the model's sample rate, float32 in [-1, 1]; longer audio "
+            "is cut into "
+            "non-overlapping windows (`keras_clmr.embed`/`tag` do this; a remainder shorter than a "
+            "window is "
             "dropped, a clip shorter than one window is zero-padded with a warning).",
-            "Decoding and resampling use soundfile/ffmpeg and soxr; CLMR used torchaudio/ffmpeg. Inputs, and so "
+            "Decoding and resampling use soundfile/ffmpeg and soxr; CLMR used torchaudio/ffmpeg. "
+            "Inputs, and so "
             "outputs, can differ slightly from the original pipeline's on the same file.",
-            "Published scores are the CLMR authors' figures (MTAT, their protocol); keras_clmr has not re-measured "
+            "Published scores are the CLMR authors' figures (MTAT, their protocol); keras_clmr has "
+            "not re-measured "
             "them unless a keras_clmr result is listed.",
-            "Trained on MagnaTagATune: 50 crowd-sourced tags with a Western pop/rock/classical bias; "
+            "Trained on MagnaTagATune: 50 crowd-sourced tags with a Western pop/rock/classical "
+            "bias; "
             "tags such as 'female vocal' vs 'woman' overlap.",
         ),
     },
     "FCN": {
-        "family": "pemr", "embedding_dim": 512, "citations": ("pemr", "clmr"),
-        "what": ("PEMR's encoder (Yao et al. 2022): a torchaudio-exact log-mel frontend (n_fft 256, hop 128, "
-                 "128 mels -> 128 x 462 frames per 59049-sample window), BatchNorm over the spectrogram and four "
-                 "Conv2D(3x3)-BatchNorm-ReLU-MaxPool blocks (64/128/128/128 channels), flattened in PyTorch's "
-                 "(channel, freq, time) order to 512-d."),
+        "family": "pemr",
+        "embedding_dim": 512,
+        "citations": ("pemr", "clmr"),
+        "what": (
+            "PEMR's encoder (Yao et al. 2022): a torchaudio-exact log-mel frontend (n_fft 256, hop "
+            "128, "
+            "128 mels -> 128 x 462 frames per 59049-sample window), BatchNorm over the spectrogram "
+            "and four "
+            "Conv2D(3x3)-BatchNorm-ReLU-MaxPool blocks (64/128/128/128 channels), flattened in "
+            "PyTorch's "
+            "(channel, freq, time) order to 512-d."
+        ),
         "limitations": (
-            "As in the official code, the mel filterbank is built for 16 kHz (torchaudio's default) although the "
-            "audio is 22050 Hz; kept for checkpoint compatibility. With 129 FFT bins some of the 128 mel filters "
+            "As in the official code, the mel filterbank is built for 16 kHz (torchaudio's "
+            "default) although the "
+            "audio is 22050 Hz; kept for checkpoint compatibility. With 129 FFT bins some of the "
+            "128 mel filters "
             "are empty.",
-            "Encoder only: the PEMR authors released no tagging head, and no published PEMR scores were verified.",
+            "Encoder only: the PEMR authors released no tagging head, and no published PEMR scores "
+            "were verified.",
             "Input must be mono 22050 Hz audio in windows of 59049 samples.",
         ),
     },
     "Musicnn": {
-        "family": "musicnn", "embedding_dim": 200, "citations": ("musicnn",),
-        "what": ("musicnn (Pons & Serra 2019) ported to Keras 3: a 16 kHz log-mel frontend (librosa conventions, "
-                 "log10(1 + 10000 mel)) and musically motivated CNN front/mid/back ends, or its VGG-like baseline; "
-                 "converted from the musicnn 0.1.0 wheel with parity against the original TF1 graph."),
+        "family": "musicnn",
+        "embedding_dim": 200,
+        "citations": ("musicnn",),
+        "what": (
+            "musicnn (Pons & Serra 2019) ported to Keras 3: a 16 kHz log-mel frontend (librosa "
+            "conventions, "
+            "log10(1 + 10000 mel)) and musically motivated CNN front/mid/back ends, or its "
+            "VGG-like baseline; "
+            "converted from the musicnn 0.1.0 wheel with parity against the original TF1 graph."
+        ),
         "limitations": (
             "Input must be mono 16 kHz audio, in 3 s windows.",
-            "The mel power is rounded to float16 before the log, as musicnn's own input pipeline did; switch it off "
+            "The mel power is rounded to float16 before the log, as musicnn's own input pipeline "
+            "did; switch it off "
             "(`float16_rounding=False`) only for new training.",
-            "Scores are those reported by the musicnn authors (experiment.result), not re-measured by keras_clmr.",
-            "Weights are licensed by their authors (ISC); check the musicnn repository before commercial use.",
+            "Scores are those reported by the musicnn authors (experiment.result), not re-measured "
+            "by keras_clmr.",
+            "Weights are licensed by their authors (ISC); check the musicnn repository before "
+            "commercial use.",
         ),
     },
 }
@@ -157,7 +189,11 @@ def describe_metadata(metadata, config=None, exports=()):
 def describe_registry(name, task):
     """Card inputs of a registry preset (no weights needed): what the registry knows."""
     preset = presets.get_preset(name)
-    stored_task = "tag" if (task == "tag" or preset.handles.get("embed") == preset.handles.get("tag")) else "embed"
+    stored_task = (
+        "tag"
+        if (task == "tag" or preset.handles.get("embed") == preset.handles.get("tag"))
+        else "embed"
+    )
     if stored_task not in preset.tasks:
         raise ModelCardError(f"Preset {name!r} has no {task!r} variant.")
     arch = ARCHITECTURES.get(preset.architecture, {})
@@ -167,7 +203,8 @@ def describe_registry(name, task):
 
         tags = list(MTAT_TAGS)
     return {
-        "name": name if stored_task == "embed" or preset.handles.get("embed") == preset.handles.get("tag")
+        "name": name
+        if stored_task == "embed" or preset.handles.get("embed") == preset.handles.get("tag")
         else f"{name}-tagger",
         "registry_name": name,
         "description": preset.description,
@@ -180,7 +217,9 @@ def describe_registry(name, task):
         "embedding_dim": arch.get("embedding_dim"),
         "num_classes": 50 if stored_task == "tag" else None,
         "tags": tags,
-        "source_checkpoint": {"url": preset.source.get(stored_task)} if preset.source.get(stored_task) else None,
+        "source_checkpoint": {"url": preset.source.get(stored_task)}
+        if preset.source.get(stored_task)
+        else None,
         "license": preset.license,
         "has_onnx": False,
         "has_savedmodel": False,
@@ -195,7 +234,7 @@ def _dataset(name):
 
 
 def eval_results(info, registry=None, results=(), scores=None):
-    """``EvalResult``s: published scores (``scores``, else the registry's) and results.json files."""
+    """``EvalResult``s: published scores (``scores``, else the registry's) and results.json."""
     from huggingface_hub import EvalResult
 
     out = []
@@ -205,22 +244,38 @@ def eval_results(info, registry=None, results=(), scores=None):
     family = ARCHITECTURES.get(architecture, {}).get("family")
     for score in published:
         dataset_type, dataset_name = _dataset(score["dataset"])
-        out.append(EvalResult(
-            task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
-            metric_type=score["metric"].lower().replace("-", "_"),
-            metric_name=f"{score['metric']}, tag-wise macro (%), {score['head']} head", metric_value=score["value"],
-            verified=False, source_name="published by the original authors",
-            source_url=HOMEPAGES.get(family, "https://github.com/Spijkervet/CLMR")))
+        out.append(
+            EvalResult(
+                task_type=task_type,
+                task_name=task_name,
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                metric_type=score["metric"].lower().replace("-", "_"),
+                metric_name=f"{score['metric']}, tag-wise macro (%), {score['head']} head",
+                metric_value=score["value"],
+                verified=False,
+                source_name="published by the original authors",
+                source_url=HOMEPAGES.get(family, "https://github.com/Spijkervet/CLMR"),
+            )
+        )
     for result in results:
         dataset_type, dataset_name = _dataset(result["dataset"])
         for key, (metric_type, metric_name) in METRICS.items():
             value = result["metrics"].get(key)
             if value is None:
                 continue
-            out.append(EvalResult(
-                task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
-                metric_type=metric_type, metric_name=f"{metric_name}, {result.get('task', 'probe')}",
-                metric_value=round(100.0 * float(value), 2), verified=False))
+            out.append(
+                EvalResult(
+                    task_type=task_type,
+                    task_name=task_name,
+                    dataset_type=dataset_type,
+                    dataset_name=dataset_name,
+                    metric_type=metric_type,
+                    metric_name=f"{metric_name}, {result.get('task', 'probe')}",
+                    metric_value=round(100.0 * float(value), 2),
+                    verified=False,
+                )
+            )
     return out
 
 
@@ -228,16 +283,24 @@ def eval_results(info, registry=None, results=(), scores=None):
 
 
 def model_json(info):
-    """The machine-readable sidecar: classes, sample rate, input samples, I/O names and shapes, files."""
+    """The machine-readable sidecar: classes, rate, input samples, I/O names and shapes, files."""
     samples = info.get("input_samples")
     rate = info.get("sample_rate")
     tagger = info.get("task") == "tag"
     classes = info.get("tags")
     num_classes = len(classes) if classes else info.get("num_classes")
-    outputs = [{"name": "embedding", "shape": ["batch", info.get("embedding_dim")], "dtype": "float32"}]
+    outputs = [
+        {"name": "embedding", "shape": ["batch", info.get("embedding_dim")], "dtype": "float32"}
+    ]
     if tagger:
-        outputs.append({"name": "tags", "shape": ["batch", num_classes], "dtype": "float32",
-                        "activation": "sigmoid (independent per-tag probabilities)"})
+        outputs.append(
+            {
+                "name": "tags",
+                "shape": ["batch", num_classes],
+                "dtype": "float32",
+                "activation": "sigmoid (independent per-tag probabilities)",
+            }
+        )
     exports = info.get("exports") or {}
     files = {"keras_config": CONFIG_FILE, "keras_weights": WEIGHTS_FILE}
     if info.get("has_onnx") or "onnx" in exports:
@@ -254,23 +317,34 @@ def model_json(info):
         "input_samples": samples,
         "window_seconds": round(samples / rate, 4) if samples and rate else None,
         "channels": 1,
-        "input": {"name": "audio", "shape": ["batch", samples], "dtype": "float32",
-                  "range": [-1.0, 1.0]},
+        "input": {
+            "name": "audio",
+            "shape": ["batch", samples],
+            "dtype": "float32",
+            "range": [-1.0, 1.0],
+        },
         "outputs": outputs,
         "classes": list(classes) if classes else None,
         "num_classes": num_classes if tagger else None,
-        "preprocessing": (f"decode, mix to mono, resample to {rate} Hz, float32 in [-1, 1]; cut into "
-                          f"non-overlapping windows of {samples} samples; clip-level tags = mean over windows"),
+        "preprocessing": (
+            f"decode, mix to mono, resample to {rate} Hz, float32 in [-1, 1]; cut into "
+            f"non-overlapping windows of {samples} samples; clip-level tags = mean over windows"
+        ),
         "parameter_count": info.get("parameter_count"),
         "files": files,
         "onnx": {k: exports["onnx"].get(k) for k in ("opset", "sha256") if k in exports["onnx"]}
-        if "onnx" in exports else None,
+        if "onnx" in exports
+        else None,
         "license": info.get("license") or "apache-2.0",
     }
 
 
 def _fmt(value, digits=2):
-    return "-" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}")
+    return (
+        "-"
+        if value is None
+        else (f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}")
+    )
 
 
 def _card_text(info, card_data, repo_id, registry, results, training):
@@ -283,13 +357,21 @@ def _card_text(info, card_data, repo_id, registry, results, training):
     sidecar = model_json(info)
     lines = [f"# {name}", "", info.get("description") or arch.get("what", ""), ""]
 
-    lines += ["## Model", "", arch.get("what", f"A keras_clmr {info.get('class_name')}."), "",
-              "| | |", "|---|---|",
-              f"| architecture | {info.get('architecture')}{' + linear/MLP tagging head (MusicTagger)' if tagger else ''} |",
-              f"| parameters | {_fmt(info.get('parameter_count'))} |",
-              f"| input | mono float32 audio, {rate} Hz, windows of {samples} samples ({seconds}) |",
-              f"| outputs | `embedding` [batch, {info.get('embedding_dim')}]"
-              + (f", `tags` [batch, {sidecar['num_classes']}] sigmoid probabilities" if tagger else "") + " |"]
+    head = " + linear/MLP tagging head (MusicTagger)" if tagger else ""
+    lines += [
+        "## Model",
+        "",
+        arch.get("what", f"A keras_clmr {info.get('class_name')}."),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | {info.get('architecture')}{head} |",
+        f"| parameters | {_fmt(info.get('parameter_count'))} |",
+        f"| input | mono float32 audio, {rate} Hz, windows of {samples} samples ({seconds}) |",
+        f"| outputs | `embedding` [batch, {info.get('embedding_dim')}]"
+        + (f", `tags` [batch, {sidecar['num_classes']}] sigmoid probabilities" if tagger else "")
+        + " |",
+    ]
     if info.get("tags"):
         lines.append(f"| classes | {', '.join(info['tags'])} |")
     lines.append("")
@@ -301,38 +383,72 @@ def _card_text(info, card_data, repo_id, registry, results, training):
     if source:
         where = source.get("url") or source.get("file")
         digest = f" (sha256 `{source['sha256']}`)" if source.get("sha256") else ""
-        lines += [f"Weights converted from the original release {where}{digest} with "
-                  "`python -m export.convert_checkpoint`, numerically checked against the original network.", ""]
+        lines += [
+            f"Weights converted from the original release {where}{digest} with "
+            "`python -m export.convert_checkpoint`, numerically checked against the original "
+            "network.",
+            "",
+        ]
     if not training and not source:
-        lines += ["Trained with keras_clmr (see `training/`); the preset's metadata.json records the details.", ""]
+        lines += [
+            "Trained with keras_clmr (see `training/`); the preset's metadata.json records the "
+            "details.",
+            "",
+        ]
 
-    lines += ["## How to use", "", "```python",
-              "from keras_clmr.hub import load_pretrained",
-              "from keras_clmr.inference import embed" + (", tag" if tagger else ""), "",
-              (f'model = load_pretrained("{info["registry_name"]}"' + (', task="tag"' if tagger else "")
-               + f')  # or load_pretrained("{handle}")' if info.get("registry_name") else f'model = load_pretrained("{handle}")'),
-              'result = embed("song.mp3", model=model)  # result.embeddings [T, D], result.times [T] (s)']
+    lines += [
+        "## How to use",
+        "",
+        "```python",
+        "from keras_clmr.hub import load_pretrained",
+        "from keras_clmr.inference import embed" + (", tag" if tagger else ""),
+        "",
+        (
+            f'model = load_pretrained("{info["registry_name"]}"'
+            + (', task="tag"' if tagger else "")
+            + f')  # or load_pretrained("{handle}")'
+            if info.get("registry_name")
+            else f'model = load_pretrained("{handle}")'
+        ),
+        'result = embed("song.mp3", model=model)  # result.embeddings [T, D], result.times [T] (s)',
+    ]
     if tagger:
-        lines.append('tags = tag("song.mp3", model=model, top_k=5)  # tags.top: [(name, probability)]')
-    lines += ["```", "",
-              "Without Keras, with ONNX Runtime (`model.onnx`, written by `python -m export.export`; input `audio`, "
-              f"outputs {', '.join('`' + o['name'] + '`' for o in sidecar['outputs'])}):", "",
-              "```python", "import numpy as np, onnxruntime as ort, soundfile as sf", "",
-              f'audio, rate = sf.read("song.wav", dtype="float32")  # mono, {rate} Hz',
-              f"n = {samples}",
-              "windows = audio[: len(audio) // n * n].reshape(-1, n)",
-              'session = ort.InferenceSession("model.onnx")',
-              'outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"audio": windows})))',
-              "```", "",
-              "A SavedModel (`saved_model/`, signatures `embed`" + (" and `tag`" if tagger else "")
-              + ") serves TF Serving and TF.js; `model.json` describes inputs, outputs and classes for other "
-              "runtimes (see keras_clmr's `export/examples/onnxruntime-node` for Node.js).", ""]
+        lines.append(
+            'tags = tag("song.mp3", model=model, top_k=5)  # tags.top: [(name, probability)]'
+        )
+    lines += [
+        "```",
+        "",
+        "Without Keras, with ONNX Runtime (`model.onnx`, written by `python -m export.export`; "
+        "input `audio`, "
+        f"outputs {', '.join('`' + o['name'] + '`' for o in sidecar['outputs'])}):",
+        "",
+        "```python",
+        "import numpy as np, onnxruntime as ort, soundfile as sf",
+        "",
+        f'audio, rate = sf.read("song.wav", dtype="float32")  # mono, {rate} Hz',
+        f"n = {samples}",
+        "windows = audio[: len(audio) // n * n].reshape(-1, n)",
+        'session = ort.InferenceSession("model.onnx")',
+        "outputs = dict(zip([o.name for o in session.get_outputs()], "
+        'session.run(None, {"audio": windows})))',
+        "```",
+        "",
+        "A SavedModel (`saved_model/`, signatures `embed`"
+        + (" and `tag`" if tagger else "")
+        + ") serves TF Serving and TF.js; `model.json` describes inputs, outputs and classes for "
+        "other "
+        "runtimes (see keras_clmr's `export/examples/onnxruntime-node` for Node.js).",
+        "",
+    ]
 
     lines += ["## Evaluation", ""]
     rows = []
     for result in card_data.eval_results or []:
         source = result.source_name or "keras_clmr evaluation (results.json)"
-        rows.append(f"| {result.dataset_name} | {result.metric_name} | {result.metric_value} | {source} |")
+        rows.append(
+            f"| {result.dataset_name} | {result.metric_name} | {result.metric_value} | {source} |"
+        )
     if rows:
         lines += ["| dataset | metric | value | source |", "|---|---|---|---|", *rows, ""]
     else:
@@ -343,18 +459,28 @@ def _card_text(info, card_data, repo_id, registry, results, training):
         protocol = result.get("protocol") or {}
         data = result.get("data") or {}
         details = ", ".join(f"{k}: {v}" for k, v in protocol.items() if not isinstance(v, dict))
-        lines += [f"Protocol (keras_clmr, `{os.path.basename(result['path'])}`, {result.get('task')}): "
-                  f"{details}. Data: {json.dumps(data)}.", ""]
+        lines += [
+            f"Protocol (keras_clmr, `{os.path.basename(result['path'])}`, {result.get('task')}): "
+            f"{details}. Data: {json.dumps(data)}.",
+            "",
+        ]
     exports = info.get("exports") or {}
     for fmt, export in exports.items():
         figures = (export.get("parity") or {}).get("max_abs_diff") or {}
         worst = max((max(v.values()) for v in figures.values()), default=None)
         if worst is not None:
-            lines += [f"Export parity ({fmt}): max abs difference to the Keras model {worst:.2e} over batches "
-                      f"{(export.get('parity') or {}).get('batches')} (tolerance {(export.get('parity') or {}).get('atol')}).", ""]
+            lines += [
+                f"Export parity ({fmt}): max abs difference to the Keras model {worst:.2e} over "
+                "batches "
+                f"{(export.get('parity') or {}).get('batches')} (tolerance "
+                f"{(export.get('parity') or {}).get('atol')}).",
+                "",
+            ]
 
     lines += ["## Limitations and deviations from the original", ""]
-    lines += [f"- {text}" for text in arch.get("limitations", ("See the keras_clmr documentation.",))]
+    lines += [
+        f"- {text}" for text in arch.get("limitations", ("See the keras_clmr documentation.",))
+    ]
     if exports or info.get("has_onnx"):
         lines.append(f"- {_EXPORT_NOTE}")
     lines.append("")
@@ -368,8 +494,10 @@ def _card_text(info, card_data, repo_id, registry, results, training):
 def require_input_shape(info):
     """Raise ``ModelCardError`` unless ``info`` knows the sample rate and window length."""
     if not info.get("sample_rate") or not info.get("input_samples"):
-        raise ModelCardError("The model's sample_rate and input_samples are unknown; re-save the "
-                             "preset with keras_clmr.save_preset (metadata.json records them).")
+        raise ModelCardError(
+            "The model's sample_rate and input_samples are unknown; re-save the "
+            "preset with keras_clmr.save_preset (metadata.json records them)."
+        )
 
 
 def render_card(info, *, repo_id=None, results=(), training=None, registry=None, scores=None):
@@ -391,10 +519,14 @@ def render_card(info, *, repo_id=None, results=(), training=None, registry=None,
     if info.get("has_onnx") or "onnx" in (info.get("exports") or {}):
         tags.append("onnx")
     card_data = ModelCardData(
-        library_name="keras", license=info.get("license") or (registry.license if registry else "apache-2.0"),
-        tags=tags, datasets=datasets or None,
+        library_name="keras",
+        license=info.get("license") or (registry.license if registry else "apache-2.0"),
+        tags=tags,
+        datasets=datasets or None,
         pipeline_tag="audio-classification" if info.get("task") == "tag" else "feature-extraction",
-        model_name=info.get("name") or "keras_clmr model", eval_results=evals or None)
+        model_name=info.get("name") or "keras_clmr model",
+        eval_results=evals or None,
+    )
     text = _card_text(info, card_data, repo_id, registry, list(results), training)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}")
 
@@ -405,11 +537,18 @@ def _sci(value):
 
 def conversion_notes(metadata):
     """The Training paragraph of a converted model: source format and parity figures."""
-    lines = [f"Source format `{metadata.get('source_format')}`, converted with "
-             "`keras_clmr.conversion`; every source tensor was used or is listed in "
-             "`metadata.json` with the reason it was left out.", "",
-             "| part | output | max abs difference | tolerance |", "|---|---|---|---|"]
-    for section, label in ((metadata, "model"), (metadata.get("finetuner") or {}, "fine-tuner head")):
+    lines = [
+        f"Source format `{metadata.get('source_format')}`, converted with "
+        "`keras_clmr.conversion`; every source tensor was used or is listed in "
+        "`metadata.json` with the reason it was left out.",
+        "",
+        "| part | output | max abs difference | tolerance |",
+        "|---|---|---|---|",
+    ]
+    for section, label in (
+        (metadata, "model"),
+        (metadata.get("finetuner") or {}, "fine-tuner head"),
+    ):
         parity = section.get("parity")
         for output, diff in (parity or {}).get("max_abs_diff", {}).items():
             lines.append(f"| {label} | {output} | {_sci(diff)} | {_sci(parity['tolerance'])} |")

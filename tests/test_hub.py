@@ -1,4 +1,4 @@
-"""Preset folders, the registry, hf:// handles through a hand-built Hugging Face cache, safe mode."""
+"""Preset folders, the registry, hf:// handles through a hand-built HF cache, safe mode."""
 
 import hashlib
 import json
@@ -8,17 +8,20 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_sample_cnn
 
 from keras_clmr import hub, presets
 from keras_clmr.models import CLMR
 from keras_clmr.models.tagger import MusicTagger
 
+from conftest import tiny_sample_cnn
+
 TAGS = ["guitar", "piano", "drums"]
 
 
 def _audio(model, batch=2, seed=0):
-    return np.random.default_rng(seed).uniform(-1, 1, (batch, model.input_samples)).astype("float32")
+    return (
+        np.random.default_rng(seed).uniform(-1, 1, (batch, model.input_samples)).astype("float32")
+    )
 
 
 def _tagger():
@@ -34,15 +37,25 @@ def saved(tmp_path):
     model = tiny_sample_cnn(sample_rate=8000)
     x = _audio(model)
     expected = keras.ops.convert_to_numpy(model(x, training=False))
-    folder = hub.save_preset(model, tmp_path / "tiny", name="tiny", source_checkpoint="https://example.org/ckpt.pt",
-                             evaluation={"demo": {"roc_auc": 0.5}})
+    folder = hub.save_preset(
+        model,
+        tmp_path / "tiny",
+        name="tiny",
+        source_checkpoint="https://example.org/ckpt.pt",
+        evaluation={"demo": {"roc_auc": 0.5}},
+    )
     return folder, x, expected
 
 
 @pytest.mark.multibackend
 def test_round_trip_identical_outputs_and_metadata(saved):
     folder, x, expected = saved
-    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "metadata.json", "model.weights.h5"]
+    assert sorted(os.listdir(folder)) == [
+        "README.md",
+        "config.json",
+        "metadata.json",
+        "model.weights.h5",
+    ]
     loaded = hub.load_preset(folder)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x, training=False)), expected)
     meta = json.load(open(os.path.join(folder, "metadata.json")))
@@ -64,13 +77,19 @@ def test_tagger_round_trip_and_task_selection(tmp_path):
     expected = keras.ops.convert_to_numpy(tagger(x))
     folder = hub.save_preset(tagger, tmp_path / "tagger")
     meta = hub.read_metadata(folder)
-    assert meta["task"] == "tag" and meta["tags"] == TAGS and meta["output_names"] == ["tag_probabilities"]
+    assert (
+        meta["task"] == "tag"
+        and meta["tags"] == TAGS
+        and meta["output_names"] == ["tag_probabilities"]
+    )
     loaded = hub.load_pretrained(str(folder))
     assert isinstance(loaded, MusicTagger) and loaded.tags == TAGS
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), expected)
     encoder = hub.load_pretrained(str(folder), task="embed")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(encoder(x, training=False)),
-                                  keras.ops.convert_to_numpy(tagger.backbone(x, training=False)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(encoder(x, training=False)),
+        keras.ops.convert_to_numpy(tagger.backbone(x, training=False)),
+    )
     with pytest.raises(presets.PresetError, match="task='embed'"):
         hub.load_preset(hub.save_preset(tiny_sample_cnn(), tmp_path / "enc"), task="tag")
 
@@ -106,7 +125,9 @@ def test_hf_handle_from_hand_built_cache_offline_with_revisions(saved, tmp_path,
     folder, x, expected = saved
     cache = str(tmp_path / "hf")
     rev_a, rev_b = "a" * 40, "b" * 40
-    other = hub.save_preset(tiny_sample_cnn(sample_rate=8000), tmp_path / "other")  # different weights
+    other = hub.save_preset(
+        tiny_sample_cnn(sample_rate=8000), tmp_path / "other"
+    )  # different weights
     _hand_built_cache(cache, "test-org/tiny", other, rev_a, ref=None)
     _hand_built_cache(cache, "test-org/tiny", folder, rev_b)  # refs/main -> rev_b
     main = hub.load_pretrained("hf://test-org/tiny", cache_dir=cache)
@@ -114,8 +135,10 @@ def test_hf_handle_from_hand_built_cache_offline_with_revisions(saved, tmp_path,
     pinned = hub.load_pretrained(f"hf://test-org/tiny@{rev_a}", cache_dir=cache)
     assert not np.allclose(keras.ops.convert_to_numpy(pinned(x, training=False)), expected)
     same = hub.load_pretrained("hf://test-org/tiny", revision=rev_a, cache_dir=cache)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(same(x, training=False)),
-                                  keras.ops.convert_to_numpy(pinned(x, training=False)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(same(x, training=False)),
+        keras.ops.convert_to_numpy(pinned(x, training=False)),
+    )
 
 
 def test_registry_name_through_populated_cache(saved, tmp_path, monkeypatch):
@@ -124,10 +147,21 @@ def test_registry_name_through_populated_cache(saved, tmp_path, monkeypatch):
     cache = str(tmp_path / "hf")
     snap = hub.populate_local_cache(folder, "test-org/tiny-reg", cache_dir=cache)
     assert os.path.islink(os.path.join(snap, "model.weights.h5"))
-    assert open(os.path.join(cache, "models--test-org--tiny-reg", "refs", "main")).read() == os.path.basename(snap)
-    monkeypatch.setitem(presets._REGISTRY, "tiny-reg", presets.Preset(
-        name="tiny-reg", description="test", architecture="SampleCNN",
-        handles={"embed": "hf://test-org/tiny-reg"}, sample_rate=8000, input_samples=7776))
+    assert open(
+        os.path.join(cache, "models--test-org--tiny-reg", "refs", "main")
+    ).read() == os.path.basename(snap)
+    monkeypatch.setitem(
+        presets._REGISTRY,
+        "tiny-reg",
+        presets.Preset(
+            name="tiny-reg",
+            description="test",
+            architecture="SampleCNN",
+            handles={"embed": "hf://test-org/tiny-reg"},
+            sample_rate=8000,
+            input_samples=7776,
+        ),
+    )
     model = hub.load_pretrained("tiny-reg", cache_dir=cache)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x, training=False)), expected)
 
@@ -175,8 +209,10 @@ def _rewrite_config(folder, config):
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f)
     meta = hub.read_metadata(folder)
-    meta["files"]["config.json"] = {"sha256": _sha(os.path.join(folder, "config.json")),
-                                    "size": os.path.getsize(os.path.join(folder, "config.json"))}
+    meta["files"]["config.json"] = {
+        "sha256": _sha(os.path.join(folder, "config.json")),
+        "size": os.path.getsize(os.path.join(folder, "config.json")),
+    }
     with open(os.path.join(folder, "metadata.json"), "w") as f:
         json.dump(meta, f)
 
@@ -191,8 +227,13 @@ def test_configs_naming_code_or_foreign_classes_are_refused(saved, tmp_path, mon
     folder, _, _ = saved
     marker = tmp_path / "ran"
     monkeypatch.setenv("KERAS_CLMR_TEST_MARKER", str(marker))
-    lam = keras.Sequential([keras.layers.Lambda(
-        lambda x: (open(__import__("os").environ["KERAS_CLMR_TEST_MARKER"], "w"), x)[1])])
+    lam = keras.Sequential(
+        [
+            keras.layers.Lambda(
+                lambda x: (open(__import__("os").environ["KERAS_CLMR_TEST_MARKER"], "w"), x)[1]
+            )
+        ]
+    )
     lam.build((None, 4))  # building runs the lambda once; only loading is under test
     _rewrite_config(folder, keras.saving.serialize_keras_object(lam))
     marker.unlink()
@@ -207,13 +248,23 @@ def test_configs_naming_code_or_foreign_classes_are_refused(saved, tmp_path, mon
         hub.load_pretrained(folder)
 
     config = json.load(open(os.path.join(tmp_path, "tiny", "config.json")))
-    _rewrite_config(folder, {"module": "os", "class_name": "system", "config": {"command": "touch x"},
-                             "registered_name": None})
+    _rewrite_config(
+        folder,
+        {
+            "module": "os",
+            "class_name": "system",
+            "config": {"command": "touch x"},
+            "registered_name": None,
+        },
+    )
     with pytest.raises(hub.UnsafePresetError, match="os.system"):
         hub.load_pretrained(folder)
     # A keras_clmr module name pointing at a class registered elsewhere is refused too.
-    bad = dict(json.loads(json.dumps(config)), module="keras_clmr.models.sample_cnn",
-               registered_name="foreign>ForeignLayer")
+    bad = dict(
+        json.loads(json.dumps(config)),
+        module="keras_clmr.models.sample_cnn",
+        registered_name="foreign>ForeignLayer",
+    )
     _rewrite_config(folder, bad)
     with pytest.raises(hub.UnsafePresetError):
         hub.load_pretrained(folder)
@@ -225,9 +276,13 @@ def test_save_is_atomic_and_refuses_to_overwrite(saved, tmp_path):
     with pytest.raises(FileExistsError):
         hub.save_preset(model, folder)
     with pytest.raises(FileNotFoundError):
-        hub.save_preset(model, tmp_path / "broken", extra_files={"export.onnx": str(tmp_path / "missing.onnx")})
+        hub.save_preset(
+            model, tmp_path / "broken", extra_files={"export.onnx": str(tmp_path / "missing.onnx")}
+        )
     assert not os.path.exists(tmp_path / "broken")
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no half-written temp folder left
+    assert not [
+        n for n in os.listdir(tmp_path) if n.startswith(".")
+    ]  # no half-written temp folder left
     hub.save_preset(model, folder, overwrite=True)
     hub.verify_preset(folder)
 
@@ -242,16 +297,27 @@ def test_local_builder_hook_builds_once_into_the_cache(tmp_path, monkeypatch):
         hub.save_preset(tiny_sample_cnn(sample_rate=8000), preset_dir)
 
     # With an unreachable Hub handle: falls back to the builder; then reuses what it built.
-    monkeypatch.setitem(presets._REGISTRY, "built-tiny", presets.Preset(
-        name="built-tiny", description="test", architecture="SampleCNN",
-        handles={"embed": "hf://test-org/never-published"}, sample_rate=8000, input_samples=7776))
+    monkeypatch.setitem(
+        presets._REGISTRY,
+        "built-tiny",
+        presets.Preset(
+            name="built-tiny",
+            description="test",
+            architecture="SampleCNN",
+            handles={"embed": "hf://test-org/never-published"},
+            sample_rate=8000,
+            input_samples=7776,
+        ),
+    )
     presets.register_local_builder("built-tiny", builder)
     first = hub.load_pretrained("built-tiny", cache_dir=str(tmp_path / "hf"))
     second = hub.load_pretrained("built-tiny", cache_dir=str(tmp_path / "hf"))
     assert calls == ["embed"]
     x = _audio(first)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(first(x, training=False)),
-                                  keras.ops.convert_to_numpy(second(x, training=False)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(first(x, training=False)),
+        keras.ops.convert_to_numpy(second(x, training=False)),
+    )
     assert os.path.isfile(tmp_path / "kc" / "presets" / "built-tiny-embed" / "metadata.json")
 
     def failing(preset_dir, task):
@@ -259,9 +325,20 @@ def test_local_builder_hook_builds_once_into_the_cache(tmp_path, monkeypatch):
         open(os.path.join(preset_dir, "config.json"), "w").write("{")
         raise RuntimeError("conversion failed")
 
-    monkeypatch.setitem(presets._REGISTRY, "broken-tiny", presets.Preset(
-        name="broken-tiny", description="test", architecture="SampleCNN", handles={},
-        sample_rate=8000, input_samples=7776, params={"embed": None}, local_builder=failing))
+    monkeypatch.setitem(
+        presets._REGISTRY,
+        "broken-tiny",
+        presets.Preset(
+            name="broken-tiny",
+            description="test",
+            architecture="SampleCNN",
+            handles={},
+            sample_rate=8000,
+            input_samples=7776,
+            params={"embed": None},
+            local_builder=failing,
+        ),
+    )
     with pytest.raises(presets.PresetError, match="conversion failed"):
         hub.load_pretrained("broken-tiny")
     assert not os.path.exists(tmp_path / "kc" / "presets" / "broken-tiny-embed")
@@ -284,7 +361,13 @@ def test_demo_preset_round_trip_and_tags(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the cache load is offline by argument
     tagger = _tagger()
     wav = str(tmp_path / "demo.wav")
-    sf.write(wav, np.random.default_rng(1).uniform(-0.5, 0.5, 3 * tagger.input_samples + 10).astype("float32"), 8000)
+    sf.write(
+        wav,
+        np.random.default_rng(1)
+        .uniform(-0.5, 0.5, 3 * tagger.input_samples + 10)
+        .astype("float32"),
+        8000,
+    )
     summary = preset_round_trip(tagger, tmp_path / "demo", wav, repo_id="test-org/demo")
     assert summary["round_trip_max_abs_diff"] == 0.0 and summary["windows"] == 3
     assert [name for name, _ in summary["top_tags"]] and set(dict(summary["top_tags"])) <= set(TAGS)

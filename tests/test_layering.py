@@ -61,15 +61,7 @@ LAYER_NAMES = [
 ]
 
 # KNOWN VIOLATIONS, to be removed (not design): (importer, imported): what is wrong.
-ALLOWED_UPWARD = {
-    ("keras_clmr.models.musicnn", "keras_clmr.presets"): (
-        "models/musicnn registers its presets (lazy import); presets/musicnn.py holds them as data"
-    ),
-    ("keras_clmr.models.musicnn", "keras_clmr.conversion.musicnn"): (
-        "the same registration names the conversion builder; presets/musicnn.py names it by a "
-        "dotted path instead"
-    ),
-}
+ALLOWED_UPWARD: dict = {}
 
 # Function-level (lazy) imports of a higher layer that are part of the design: (importer
 # prefix, imported prefix): why.

@@ -1,4 +1,4 @@
-"""Model cards: YAML parsed back (model-index from results.json and the registry), sections, model.json."""
+"""Model cards: YAML parsed back (model-index from results.json, registry), sections, model.json."""
 
 import json
 import os
@@ -9,8 +9,14 @@ import yaml
 from conftest import tiny_sample_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ["## Model", "## Training", "## How to use", "## Evaluation",
-            "## Limitations and deviations from the original", "## Citation"]
+SECTIONS = [
+    "## Model",
+    "## Training",
+    "## How to use",
+    "## Evaluation",
+    "## Limitations and deviations from the original",
+    "## Citation",
+]
 
 
 def _front_matter(text):
@@ -31,9 +37,18 @@ def _tagger_preset(tmp_path):
 
 
 def _results_json(path):
-    results = {"task": "linear_probe", "metrics": {"roc_auc_tag": 0.81234, "pr_auc_tag": 0.41, "roc_auc_clip": 0.9,
-                                                   "pr_auc_clip": 0.5, "n_tags_evaluated": 3},
-               "protocol": {"head": "linear", "learning_rate": 0.001, "seed": 0}, "data": {"n_test_clips": 12}}
+    results = {
+        "task": "linear_probe",
+        "metrics": {
+            "roc_auc_tag": 0.81234,
+            "pr_auc_tag": 0.41,
+            "roc_auc_clip": 0.9,
+            "pr_auc_clip": 0.5,
+            "n_tags_evaluated": 3,
+        },
+        "protocol": {"head": "linear", "learning_rate": 0.001, "seed": 0},
+        "data": {"n_test_clips": 12},
+    }
     path.write_text(json.dumps(results))
     return path
 
@@ -46,8 +61,12 @@ def test_card_of_a_preset_folder(tmp_path):
 
     folder = _tagger_preset(tmp_path)
     results = _results_json(tmp_path / "results.json")
-    card, sidecar = model_card.write_card(folder, repo_id="me/tiny-tagger", results=[(results, "demo")],
-                                          training="Trained by the test suite.")
+    card, sidecar = model_card.write_card(
+        folder,
+        repo_id="me/tiny-tagger",
+        results=[(results, "demo")],
+        training="Trained by the test suite.",
+    )
     text = (folder / "README.md").read_text()
     meta, body = _front_matter(text)
     assert meta["library_name"] == "keras" and meta["license"] == "apache-2.0"
@@ -73,7 +92,10 @@ def test_card_of_a_preset_folder(tmp_path):
     assert sidecar_file == sidecar
     assert sidecar["classes"] == ["rock", "piano", "quiet"] and sidecar["num_classes"] == 3
     assert sidecar["sample_rate"] == 22050 and sidecar["input_samples"] == 7776
-    assert sidecar["input"]["name"] == "audio" and [o["name"] for o in sidecar["outputs"]] == ["embedding", "tags"]
+    assert sidecar["input"]["name"] == "audio" and [o["name"] for o in sidecar["outputs"]] == [
+        "embedding",
+        "tags",
+    ]
     assert sidecar["outputs"][0]["shape"] == ["batch", 16]
     # The folder stays a valid preset: metadata.json hashes the new README.md and model.json.
     metadata = hub.verify_preset(folder)
@@ -100,24 +122,44 @@ def test_registry_cards(tmp_path):
 
     folders = model_card.write_registry_cards(tmp_path)
     names = {os.path.basename(f) for f in folders}
-    assert {"clmr-mtat", "clmr-mtat-tagger", "clmr-mtat-1550", "clmr-mtat-1550-tagger", "pemr-mtat",
-            "musicnn-mtt", "vgg-msd"} <= names
+    assert {
+        "clmr-mtat",
+        "clmr-mtat-tagger",
+        "clmr-mtat-1550",
+        "clmr-mtat-1550-tagger",
+        "pemr-mtat",
+        "musicnn-mtt",
+        "vgg-msd",
+    } <= names
     meta, body = _front_matter((tmp_path / "clmr-mtat-tagger" / "README.md").read_text())
     values = [m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]]
     assert values == [88.7, 35.6, 89.3, 36.0]
-    assert meta["model-index"][0]["results"][0]["source"]["url"] == "https://github.com/Spijkervet/CLMR"
-    assert json.loads((tmp_path / "clmr-mtat-tagger" / "model.json").read_text())["classes"][0] == "guitar"
+    assert (
+        meta["model-index"][0]["results"][0]["source"]["url"]
+        == "https://github.com/Spijkervet/CLMR"
+    )
+    assert (
+        json.loads((tmp_path / "clmr-mtat-tagger" / "model.json").read_text())["classes"][0]
+        == "guitar"
+    )
     pemr_meta, pemr_body = _front_matter((tmp_path / "pemr-mtat" / "README.md").read_text())
-    assert "model-index" not in pemr_meta and "16 kHz" in pemr_body and "@inproceedings{yao2022pemr" in pemr_body
+    assert (
+        "model-index" not in pemr_meta
+        and "16 kHz" in pemr_body
+        and "@inproceedings{yao2022pemr" in pemr_body
+    )
     musicnn_meta, musicnn_body = _front_matter((tmp_path / "musicnn-mtt" / "README.md").read_text())
     assert musicnn_meta["license"] == "isc" and "@inproceedings{pons2019musicnn" in musicnn_body
     # The cards kept in the repository are the ones the code renders now.
     for name in names:
         for file in ("README.md", "model.json"):
             kept = os.path.join(REPO, "model_cards", name, file)
-            assert os.path.isfile(kept), f"model_cards/{name}/{file} missing: run python -m export.model_card --registry"
+            assert os.path.isfile(kept), (
+                f"model_cards/{name}/{file} missing: run python -m export.model_card --registry"
+            )
             assert open(kept).read() == (tmp_path / name / file).read_text(), (
-                f"model_cards/{name}/{file} is stale: run python -m export.model_card --registry")
+                f"model_cards/{name}/{file} is stale: run python -m export.model_card --registry"
+            )
 
 
 def test_bad_results_file(tmp_path):

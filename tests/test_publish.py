@@ -1,5 +1,6 @@
-"""publish: validation before any call, the exact Hub calls (mocked HfApi), retries, dry run, and a round trip
-publish -> Hugging Face cache layout -> load_pretrained("hf://...") offline -> identical outputs."""
+"""publish: validation before any call, the exact Hub calls (mocked HfApi), retries, dry run,
+and a round trip publish -> Hugging Face cache layout -> load_pretrained("hf://...") offline ->
+identical outputs."""
 
 import os
 import subprocess
@@ -44,7 +45,8 @@ def fake_api(monkeypatch):
         api = factory.return_value
         api.create_repo.return_value = "https://huggingface.co/org/tiny"
         api.upload_folder.return_value = types.SimpleNamespace(
-            commit_url="https://huggingface.co/org/tiny/commit/abc123", oid="abc123")
+            commit_url="https://huggingface.co/org/tiny/commit/abc123", oid="abc123"
+        )
         yield factory, api
 
 
@@ -57,11 +59,22 @@ def test_exact_calls(tmp_path, fake_api):
     factory.assert_called_once_with(token="hf_test_token")
     assert api.mock_calls == [
         mock.call.create_repo(repo_id="org/tiny", repo_type="model", private=True, exist_ok=True),
-        mock.call.upload_folder(repo_id="org/tiny", repo_type="model", folder_path=str(folder),
-                                commit_message="first upload", ignore_patterns=[".*"]),
+        mock.call.upload_folder(
+            repo_id="org/tiny",
+            repo_type="model",
+            folder_path=str(folder),
+            commit_message="first upload",
+            ignore_patterns=[".*"],
+        ),
     ]
     assert result["commit_url"] == "https://huggingface.co/org/tiny/commit/abc123"
-    assert set(result["files"]) == {"config.json", "model.weights.h5", "README.md", "metadata.json", "model.json"}
+    assert set(result["files"]) == {
+        "config.json",
+        "model.weights.h5",
+        "README.md",
+        "metadata.json",
+        "model.json",
+    }
 
 
 def test_retries_transient_errors_only(tmp_path, fake_api):
@@ -70,7 +83,10 @@ def test_retries_transient_errors_only(tmp_path, fake_api):
     _, api = fake_api
     folder = _preset(tmp_path)
     info = api.upload_folder.return_value
-    api.create_repo.side_effect = [ConnectionError("reset by peer"), "https://huggingface.co/org/tiny"]
+    api.create_repo.side_effect = [
+        ConnectionError("reset by peer"),
+        "https://huggingface.co/org/tiny",
+    ]
     api.upload_folder.side_effect = [_http_error(503), _http_error(429), info]
     sleeps = []
     result = publish.publish(folder, "org/tiny", sleep=sleeps.append, base_delay=0.5)
@@ -145,27 +161,58 @@ def test_dry_run_calls_nothing(tmp_path, fake_api, monkeypatch):
     factory, api = fake_api
     monkeypatch.delenv("HF_TOKEN")  # no token needed either
     result = publish.publish(_preset(tmp_path), "org/tiny", dry_run=True)
-    assert result["dry_run"] and "## How to use" in result["card"] and "model.weights.h5" in result["files"]
+    assert (
+        result["dry_run"]
+        and "## How to use" in result["card"]
+        and "model.weights.h5" in result["files"]
+    )
     factory.assert_not_called()
 
 
 def test_cli_dry_run_and_refusal(tmp_path):
     folder = _preset(tmp_path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_TOKEN="")
-    done = subprocess.run([sys.executable, "-m", "export.publish", f"--preset_dir={folder}", "--repo_id=org/tiny",
-                           "--dry_run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.publish",
+            f"--preset_dir={folder}",
+            "--repo_id=org/tiny",
+            "--dry_run",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Dry run: would create org/tiny" in done.stdout and "model.weights.h5" in done.stdout
     assert "----- README.md -----" in done.stdout and "library_name: keras" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "export.publish", f"--preset_dir={tmp_path / 'nowhere'}",
-                          "--repo_id=org/tiny", "--dry_run"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.publish",
+            f"--preset_dir={tmp_path / 'nowhere'}",
+            "--repo_id=org/tiny",
+            "--dry_run",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "no such folder" in bad.stderr
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="the ONNX export in the round trip runs on TensorFlow")
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="the ONNX export in the round trip runs on TensorFlow"
+)
 def test_round_trip_through_the_hub_cache(tmp_path, fake_api, monkeypatch):
-    """The fake Hub stores what upload_folder sends in a Hugging Face cache layout; load it back offline."""
+    """The fake Hub stores what upload_folder sends in an HF cache layout; load it back offline."""
     from keras_clmr import export, hub
     from keras_clmr.export import publish
 
@@ -181,8 +228,10 @@ def test_round_trip_through_the_hub_cache(tmp_path, fake_api, monkeypatch):
 
     def upload_folder(repo_id, folder_path, **kwargs):
         snapshot = hub.populate_local_cache(folder_path, repo_id, cache_dir=str(cache))
-        return types.SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{os.path.basename(snapshot)}",
-                                     oid=os.path.basename(snapshot))
+        return types.SimpleNamespace(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{os.path.basename(snapshot)}",
+            oid=os.path.basename(snapshot),
+        )
 
     api.upload_folder.side_effect = upload_folder
     result = publish.publish(folder, "org/tiny")
@@ -191,8 +240,12 @@ def test_round_trip_through_the_hub_cache(tmp_path, fake_api, monkeypatch):
     loaded = hub.load_pretrained("hf://org/tiny", cache_dir=str(cache))
     audio = np.random.default_rng(0).uniform(-0.9, 0.9, (4, model.input_samples)).astype("float32")
     expected = keras.ops.convert_to_numpy(model(audio, training=False))
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(audio, training=False)), expected)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded(audio, training=False)), expected
+    )
     snapshot = hub.resolve("hf://org/tiny", cache_dir=str(cache))
     assert os.path.islink(os.path.join(snapshot, "model.onnx"))
-    onnx_out = export.run_onnx(export.onnx_session(os.path.join(snapshot, "model.onnx")), audio)["embedding"]
+    onnx_out = export.run_onnx(export.onnx_session(os.path.join(snapshot, "model.onnx")), audio)[
+        "embedding"
+    ]
     np.testing.assert_allclose(onnx_out, expected, atol=1e-4)

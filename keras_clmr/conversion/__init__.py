@@ -10,8 +10,15 @@ torch is needed only here (an optional dependency).
 import os
 
 from keras_clmr.conversion.common import (
-    PARITY_TOLERANCE, ConversionError, ParityError, UnsafeCheckpointError, json_safe, load_torch_checkpoint,
-    sha256_of, to_numpy_state_dict)
+    PARITY_TOLERANCE,
+    ConversionError,
+    ParityError,
+    UnsafeCheckpointError,
+    json_safe,
+    load_torch_checkpoint,
+    sha256_of,
+    to_numpy_state_dict,
+)
 
 FORMATS = ("auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr")
 
@@ -36,10 +43,11 @@ def read_checkpoint(path):
     else:
         raise ConversionError(
             f"{path}: expected a state dict or a Lightning checkpoint (a dict with 'state_dict'), "
-            f"got a {type(obj).__name__}.")
+            f"got a {type(obj).__name__}."
+        )
     if state and all(str(k).startswith("module.") for k in state):
         # Saved from a DataParallel/DistributedDataParallel wrapper without unwrapping it.
-        state = {str(k)[len("module."):]: v for k, v in state.items()}
+        state = {str(k)[len("module.") :]: v for k, v in state.items()}
         info["stripped_prefix"] = "module."
     return to_numpy_state_dict(state), info
 
@@ -54,11 +62,14 @@ def detect_format(state):
         sample = ", ".join(sorted(state)[:8])
         raise ConversionError(
             f"Cannot tell the checkpoint family from its keys ({sample}, ...): pass --format "
-            f"(one of {', '.join(FORMATS[1:])}).")
+            f"(one of {', '.join(FORMATS[1:])})."
+        )
     return fmt
 
 
-def convert_checkpoint(source, format="auto", finetuner=None, sample_rate=None, parity=True, tags=None):
+def convert_checkpoint(
+    source, format="auto", finetuner=None, sample_rate=None, parity=True, tags=None
+):
     """Convert a CLMR/PEMR checkpoint (and optional fine-tuner head) to a Keras model.
 
     Args:
@@ -84,24 +95,43 @@ def convert_checkpoint(source, format="auto", finetuner=None, sample_rate=None, 
     if fmt == "clmr-finetuner":
         raise ConversionError(
             f"{info['file']} is a fine-tuner head only: convert the encoder checkpoint with "
-            f"--source and pass this file as --finetuner.")
+            f"--source and pass this file as --finetuner."
+        )
     if fmt == "pemr":
-        model, metadata, reference = pemr.convert_pemr_with_reference(state, parity=parity, source=label)
+        model, metadata, reference = pemr.convert_pemr_with_reference(
+            state, parity=parity, source=label
+        )
     else:
-        model, metadata, reference = clmr.convert_clmr_with_reference(state, fmt, sample_rate=sample_rate,
-                                                                      parity=parity, source=label)
+        model, metadata, reference = clmr.convert_clmr_with_reference(
+            state, fmt, sample_rate=sample_rate, parity=parity, source=label
+        )
     metadata = {"converted_from": info, **metadata}
     if finetuner is not None:
         head_state, head_info = read_checkpoint(finetuner)
         if is_tagger(model):
-            raise ConversionError(f"{info['file']} already carries a head (encoder.fc); --finetuner is not needed.")
+            raise ConversionError(
+                f"{info['file']} already carries a head (encoder.fc); --finetuner is not needed."
+            )
         encoder = encoder_of(model)
-        model, head_meta = clmr.attach_finetuner(encoder, head_state, parity=parity, tags=tags,
-                                                 source=f"{head_info['file']} (fine-tuner)",
-                                                 encoder_reference=reference)
+        model, head_meta = clmr.attach_finetuner(
+            encoder,
+            head_state,
+            parity=parity,
+            tags=tags,
+            source=f"{head_info['file']} (fine-tuner)",
+            encoder_reference=reference,
+        )
         metadata["finetuner"] = {"converted_from": head_info, **head_meta}
     return model, metadata
 
 
-__all__ = ["FORMATS", "PARITY_TOLERANCE", "ConversionError", "ParityError", "UnsafeCheckpointError",
-           "convert_checkpoint", "detect_format", "read_checkpoint"]
+__all__ = [
+    "FORMATS",
+    "PARITY_TOLERANCE",
+    "ConversionError",
+    "ParityError",
+    "UnsafeCheckpointError",
+    "convert_checkpoint",
+    "detect_format",
+    "read_checkpoint",
+]

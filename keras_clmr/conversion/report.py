@@ -3,8 +3,18 @@
 from keras_clmr import cards, presets
 
 
-def save_converted(model, metadata, output, name=None, description=None, reported_scores=(),
-                   license_id="apache-2.0", source_url=None, overwrite=False, encoder_only=None):
+def save_converted(
+    model,
+    metadata,
+    output,
+    name=None,
+    description=None,
+    reported_scores=(),
+    license_id="apache-2.0",
+    source_url=None,
+    overwrite=False,
+    encoder_only=None,
+):
     """Write a converted model as a preset folder with ``keras_clmr.hub.save_preset``.
 
     The conversion figures (parity, parameter counts, key report) go into metadata.json's
@@ -21,7 +31,8 @@ def save_converted(model, metadata, output, name=None, description=None, reporte
     if reported_scores:
         evaluation["reported_scores"] = {
             "note": "published by the original authors; not re-measured by keras_clmr",
-            "scores": list(reported_scores)}
+            "scores": list(reported_scores),
+        }
     name = name or "converted"
     description = description or f"Converted {metadata.get('source_format')} checkpoint."
     conversion = {**metadata, "converted_from": source}
@@ -31,9 +42,20 @@ def save_converted(model, metadata, output, name=None, description=None, reporte
         info["license"] = license_id
         if name in presets.preset_names():
             info["registry_name"] = name
-        return str(cards.render_card(info, training=cards.conversion_notes(conversion),
-                                     scores=list(reported_scores)))
+        return str(
+            cards.render_card(
+                info, training=cards.conversion_notes(conversion), scores=list(reported_scores)
+            )
+        )
 
-    return save_preset(model, output, encoder_only=encoder_only, name=name, description=description,
-                       source_checkpoint=source, evaluation=evaluation, model_card=card,
-                       overwrite=overwrite)
+    return save_preset(
+        model,
+        output,
+        encoder_only=encoder_only,
+        name=name,
+        description=description,
+        source_checkpoint=source,
+        evaluation=evaluation,
+        model_card=card,
+        overwrite=overwrite,
+    )

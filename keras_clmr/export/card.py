@@ -10,8 +10,15 @@ import os
 
 from keras_clmr import hub, io, presets
 from keras_clmr.cards import (  # noqa: F401  (the card API in one place for callers)
-    CARD_FILE, MODEL_JSON, ModelCardError, describe_metadata, describe_registry, model_json,
-    render_card, require_input_shape)
+    CARD_FILE,
+    MODEL_JSON,
+    ModelCardError,
+    describe_metadata,
+    describe_registry,
+    model_json,
+    render_card,
+    require_input_shape,
+)
 
 
 def describe_folder(preset_dir):
@@ -22,9 +29,14 @@ def describe_folder(preset_dir):
             config = json.load(f)
     except (OSError, json.JSONDecodeError):
         config = None
-    exports = [name for name, present in (
-        ("onnx", os.path.isfile(os.path.join(preset_dir, "model.onnx"))),
-        ("savedmodel", os.path.isdir(os.path.join(preset_dir, "saved_model")))) if present]
+    exports = [
+        name
+        for name, present in (
+            ("onnx", os.path.isfile(os.path.join(preset_dir, "model.onnx"))),
+            ("savedmodel", os.path.isdir(os.path.join(preset_dir, "saved_model"))),
+        )
+        if present
+    ]
     return describe_metadata(metadata, config, exports)
 
 
@@ -36,7 +48,8 @@ def read_results(path, dataset=None):
     except (OSError, json.JSONDecodeError) as error:
         raise ModelCardError(
             f"Cannot read evaluation results {path}: {error}. Pass a results.json written by "
-            "training/linear_eval.py or training/supervised.py.") from error
+            "training/linear_eval.py or training/supervised.py."
+        ) from error
     if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
         raise ModelCardError(f"{path} has no 'metrics' table; it is not a keras_clmr results.json.")
     results = dict(results)
@@ -49,11 +62,14 @@ def _write(folder, card, sidecar):
     os.makedirs(folder, exist_ok=True)
     io.atomic_write_text(os.path.join(folder, MODEL_JSON), json.dumps(sidecar, indent=2) + "\n")
     text = str(card)
-    io.atomic_write_text(os.path.join(folder, CARD_FILE), text if text.endswith("\n") else text + "\n")
+    io.atomic_write_text(
+        os.path.join(folder, CARD_FILE), text if text.endswith("\n") else text + "\n"
+    )
 
 
-def write_card(preset_dir, *, repo_id=None, results=(), training=None, license=None,
-               update_metadata=True):
+def write_card(
+    preset_dir, *, repo_id=None, results=(), training=None, license=None, update_metadata=True
+):
     """Render the card of a preset folder into its README.md and model.json; re-hash metadata.json.
 
     ``results``: paths of keras_clmr results.json files, or ``(path, dataset)`` pairs.
@@ -64,21 +80,28 @@ def write_card(preset_dir, *, repo_id=None, results=(), training=None, license=N
     require_input_shape(info)
     if license:
         info["license"] = license
-    loaded = [read_results(*r) if isinstance(r, (tuple, list)) else read_results(r)
-              for r in results]
+    loaded = [
+        read_results(*r) if isinstance(r, (tuple, list)) else read_results(r) for r in results
+    ]
     card = render_card(info, repo_id=repo_id, results=loaded, training=training)
     sidecar = model_json(info)
     _write(preset_dir, card, sidecar)
     if update_metadata:
         from keras_clmr.export import update_metadata as _update
 
-        _update(preset_dir, card={"rendered_by": "keras_clmr.cards", "repo_id": repo_id,
-                                  "results": [os.path.basename(r["path"]) for r in loaded]})
+        _update(
+            preset_dir,
+            card={
+                "rendered_by": "keras_clmr.cards",
+                "repo_id": repo_id,
+                "results": [os.path.basename(r["path"]) for r in loaded],
+            },
+        )
     return card, sidecar
 
 
 def registry_variants():
-    """(name, task, folder name) of every published registry preset (one card per Hub repository)."""
+    """(name, task, folder name) of every published registry preset (one card per Hub repo)."""
     out = []
     for name in presets.preset_names():
         preset = presets.get_preset(name)
@@ -100,8 +123,9 @@ def write_registry_cards(output_dir="model_cards"):
     for name, task, repo in registry_variants():
         info = describe_registry(name, task)
         require_input_shape(info)
-        card = render_card(info, repo_id=f"{presets.HUB_ORG}/{repo}",
-                           registry=presets.get_preset(name))
+        card = render_card(
+            info, repo_id=f"{presets.HUB_ORG}/{repo}", registry=presets.get_preset(name)
+        )
         folder = os.path.join(output_dir, repo)
         _write(folder, card, model_json(info))
         written.append(folder)

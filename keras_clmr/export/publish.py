@@ -23,7 +23,7 @@ _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-
 
 
 class PublishError(RuntimeError):
-    """A folder that must not be published, or a publication that failed; the message says what to do."""
+    """A folder that must not be published, or a failed publication; the message says what to do."""
 
 
 def HfApi(**kwargs):  # noqa: N802  (the test boundary: patch keras_clmr.export.publish.HfApi)
@@ -39,7 +39,9 @@ def validate_repo_id(repo_id):
     if repo_id and repo_id.startswith("hf://"):
         repo_id = hub.parse_hf_handle(repo_id)[0]
     if not repo_id or not _REPO_ID_RE.match(repo_id) or ".." in repo_id:
-        raise PublishError(f"--repo_id must be 'org/name' (letters, digits, '.', '_', '-'), got {repo_id!r}.")
+        raise PublishError(
+            f"--repo_id must be 'org/name' (letters, digits, '.', '_', '-'), got {repo_id!r}."
+        )
     return repo_id
 
 
@@ -54,18 +56,27 @@ def _uploaded_files(folder):
 
 
 def validate_folder(preset_dir):
-    """Check a preset folder for publication; return {"metadata", "files", "card"} or raise PublishError."""
+    """Check a preset folder for publication: {"metadata", "files", "card"}, else PublishError."""
     from huggingface_hub import ModelCard
 
     preset_dir = os.fspath(preset_dir)
     if not os.path.isdir(preset_dir):
-        raise PublishError(f"{preset_dir}: no such folder. Pass --preset_dir, a folder written by "
-                           "keras_clmr.save_preset / python -m export.export.")
-    missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(preset_dir, name))]
+        raise PublishError(
+            f"{preset_dir}: no such folder. Pass --preset_dir, a folder written by "
+            "keras_clmr.save_preset / python -m export.export."
+        )
+    missing = [
+        name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(preset_dir, name))
+    ]
     if missing:
-        hint = (" Render the card with `python -m export.model_card --preset_dir=...`."
-                if hub.README_FILE in missing else "")
-        raise PublishError(f"{preset_dir} is not a complete preset: missing {', '.join(missing)}.{hint}")
+        hint = (
+            " Render the card with `python -m export.model_card --preset_dir=...`."
+            if hub.README_FILE in missing
+            else ""
+        )
+        raise PublishError(
+            f"{preset_dir} is not a complete preset: missing {', '.join(missing)}.{hint}"
+        )
     try:
         metadata = hub.verify_preset(preset_dir)
         with open(os.path.join(preset_dir, hub.CONFIG_FILE)) as f:
@@ -77,26 +88,35 @@ def validate_folder(preset_dir):
     unlisted = [rel for rel in files if rel not in listed]
     if unlisted:
         raise PublishError(
-            f"{preset_dir} holds files metadata.json does not hash: {unlisted[:5]}{' ...' if len(unlisted) > 5 else ''}. "
-            "Remove them, or re-hash with keras_clmr.export.update_metadata(folder) if they belong to the preset.")
+            f"{preset_dir} holds files metadata.json does not hash: "
+            f"{unlisted[:5]}{' ...' if len(unlisted) > 5 else ''}. "
+            "Remove them, or re-hash with keras_clmr.export.update_metadata(folder) if they belong "
+            "to the preset."
+        )
     if hub.README_FILE not in metadata["files"]:
-        raise PublishError(f"{preset_dir}/metadata.json does not hash README.md; re-render the card with "
-                           "`python -m export.model_card --preset_dir=...`.")
+        raise PublishError(
+            f"{preset_dir}/metadata.json does not hash README.md; re-render the card with "
+            "`python -m export.model_card --preset_dir=...`."
+        )
     try:
         card = ModelCard.load(os.path.join(preset_dir, hub.README_FILE))
     except Exception as error:  # huggingface_hub raises ValueError/yaml errors for a bad header
-        raise PublishError(f"{preset_dir}/README.md is not a valid model card ({error}); re-render it with "
-                           "`python -m export.model_card --preset_dir=...`.") from error
+        raise PublishError(
+            f"{preset_dir}/README.md is not a valid model card ({error}); re-render it with "
+            "`python -m export.model_card --preset_dir=...`."
+        ) from error
     data = card.data.to_dict()
     absent = [key for key in ("library_name", "license") if not data.get(key)]
     if absent:
-        raise PublishError(f"{preset_dir}/README.md's YAML lacks {absent}; re-render it with "
-                           "`python -m export.model_card --preset_dir=...`.")
+        raise PublishError(
+            f"{preset_dir}/README.md's YAML lacks {absent}; re-render it with "
+            "`python -m export.model_card --preset_dir=...`."
+        )
     return {"metadata": metadata, "files": files, "card": card}
 
 
 def get_token(token=None):
-    """``token``, else ``$HF_TOKEN``, else the huggingface_hub login; raise PublishError when there is none."""
+    """``token``, else ``$HF_TOKEN``, else the huggingface_hub login; else PublishError."""
     if token:
         return token
     if os.environ.get("HF_TOKEN"):
@@ -105,8 +125,10 @@ def get_token(token=None):
 
     found = stored()
     if not found:
-        raise PublishError("No Hugging Face token: set HF_TOKEN to a token with write access "
-                           "(https://huggingface.co/settings/tokens) or run `hf auth login` first.")
+        raise PublishError(
+            "No Hugging Face token: set HF_TOKEN to a token with write access "
+            "(https://huggingface.co/settings/tokens) or run `hf auth login` first."
+        )
     return found
 
 
@@ -114,7 +136,7 @@ def get_token(token=None):
 
 
 def is_transient(error):
-    """Connection errors, timeouts and HTTP 408/429/5xx; not auth, not-found or validation errors."""
+    """Connection errors, timeouts, HTTP 408/429/5xx; not auth, not-found or validation errors."""
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     if isinstance(error, OfflineModeIsEnabled):
@@ -126,25 +148,40 @@ def is_transient(error):
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
     names = {cls.__name__ for cls in type(error).__mro__}
-    return bool(names & {"TransportError", "TimeoutException", "ConnectError", "ReadTimeout", "ConnectionError",
-                         "Timeout", "ChunkedEncodingError"})
+    return bool(
+        names
+        & {
+            "TransportError",
+            "TimeoutException",
+            "ConnectError",
+            "ReadTimeout",
+            "ConnectionError",
+            "Timeout",
+            "ChunkedEncodingError",
+        }
+    )
 
 
 def with_retries(call, *, what, attempts=4, base_delay=2.0, sleep=time.sleep, log=None):
-    """``call()``, retried up to ``attempts`` times on transient errors with delays base, 2 base, 4 base..."""
+    """``call()``, retried up to ``attempts`` times on transient errors (delays base, 2 base...)."""
     for attempt in range(1, int(attempts) + 1):
         try:
             return call()
         except Exception as error:
             if not is_transient(error) or attempt == attempts:
                 if is_transient(error):
-                    raise PublishError(f"{what} failed {attempts} times; the last error: {error}. The Hub may be "
-                                       "down: try again later (the upload is one commit, nothing half-done).") from error
+                    raise PublishError(
+                        f"{what} failed {attempts} times; the last error: {error}. The Hub may be "
+                        "down: try again later (the upload is one commit, nothing half-done)."
+                    ) from error
                 raise
             delay = base_delay * 2 ** (attempt - 1)
             if log is not None:
-                log(f"{what}: transient error ({type(error).__name__}: {error}); retry {attempt}/{attempts - 1} "
-                    f"in {delay:g} s")
+                log(
+                    f"{what}: transient error ({type(error).__name__}: {error}); retry "
+                    f"{attempt}/{attempts - 1} "
+                    f"in {delay:g} s"
+                )
             sleep(delay)
 
 
@@ -155,15 +192,35 @@ def plan(preset_dir, repo_id, private=False, commit_message=None):
     """Validate and describe what would be uploaded (no network)."""
     repo_id = validate_repo_id(repo_id)
     checked = validate_folder(preset_dir)
-    sizes = {rel: os.path.getsize(os.path.join(preset_dir, *rel.split("/"))) for rel in checked["files"]}
+    sizes = {
+        rel: os.path.getsize(os.path.join(preset_dir, *rel.split("/"))) for rel in checked["files"]
+    }
     name = checked["metadata"].get("name") or os.path.basename(os.path.abspath(preset_dir))
-    return {"repo_id": repo_id, "private": bool(private), "preset_dir": os.path.abspath(preset_dir),
-            "commit_message": commit_message or f"Upload {name} (keras_clmr {checked['metadata'].get('keras_clmr_version')})",
-            "files": sizes, "total_bytes": sum(sizes.values()), "card": str(checked["card"])}
+    return {
+        "repo_id": repo_id,
+        "private": bool(private),
+        "preset_dir": os.path.abspath(preset_dir),
+        "commit_message": commit_message
+        or f"Upload {name} (keras_clmr {checked['metadata'].get('keras_clmr_version')})",
+        "files": sizes,
+        "total_bytes": sum(sizes.values()),
+        "card": str(checked["card"]),
+    }
 
 
-def publish(preset_dir, repo_id, *, private=False, commit_message=None, token=None, dry_run=False, attempts=4,
-            base_delay=2.0, sleep=time.sleep, log=None):
+def publish(
+    preset_dir,
+    repo_id,
+    *,
+    private=False,
+    commit_message=None,
+    token=None,
+    dry_run=False,
+    attempts=4,
+    base_delay=2.0,
+    sleep=time.sleep,
+    log=None,
+):
     """Validate ``preset_dir``, create ``repo_id`` (exist_ok) and upload the folder in one commit.
 
     Returns the plan plus ``commit_url`` (not with ``dry_run``, which calls nothing).
@@ -174,15 +231,31 @@ def publish(preset_dir, repo_id, *, private=False, commit_message=None, token=No
         return result
     api = HfApi(token=get_token(token))
     repo_id = result["repo_id"]
-    repo_url = with_retries(lambda: api.create_repo(repo_id=repo_id, repo_type="model", private=private,
-                                                    exist_ok=True),
-                            what=f"create_repo({repo_id})", attempts=attempts, base_delay=base_delay, sleep=sleep,
-                            log=log)
-    info = with_retries(lambda: api.upload_folder(repo_id=repo_id, repo_type="model",
-                                                  folder_path=result["preset_dir"],
-                                                  commit_message=result["commit_message"], ignore_patterns=[".*"]),
-                        what=f"upload_folder({repo_id})", attempts=attempts, base_delay=base_delay, sleep=sleep,
-                        log=log)
-    result.update(repo_url=str(repo_url), commit_url=getattr(info, "commit_url", None),
-                  commit=getattr(info, "oid", None))
+    repo_url = with_retries(
+        lambda: api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True),
+        what=f"create_repo({repo_id})",
+        attempts=attempts,
+        base_delay=base_delay,
+        sleep=sleep,
+        log=log,
+    )
+    info = with_retries(
+        lambda: api.upload_folder(
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=result["preset_dir"],
+            commit_message=result["commit_message"],
+            ignore_patterns=[".*"],
+        ),
+        what=f"upload_folder({repo_id})",
+        attempts=attempts,
+        base_delay=base_delay,
+        sleep=sleep,
+        log=log,
+    )
+    result.update(
+        repo_url=str(repo_url),
+        commit_url=getattr(info, "commit_url", None),
+        commit=getattr(info, "oid", None),
+    )
     return result

@@ -7,11 +7,28 @@
 """
 
 from keras_clmr.hub.folder import (
-    CONFIG_FILE, FORMAT_VERSION, METADATA_FILE, README_FILE, REQUIRED_FILES, WEIGHTS_FILE,
-    PresetIntegrityError, PresetMissingFileError, hash_folder, load_preset, model_attribute,
-    read_metadata, save_preset, verify_preset)
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    README_FILE,
+    REQUIRED_FILES,
+    WEIGHTS_FILE,
+    PresetIntegrityError,
+    PresetMissingFileError,
+    hash_folder,
+    load_preset,
+    model_attribute,
+    read_metadata,
+    save_preset,
+    verify_preset,
+)
 from keras_clmr.hub.hf_cache import (
-    PresetNotCachedError, hf_cache_dir, parse_hf_handle, populate_local_cache, snapshot)
+    PresetNotCachedError,
+    hf_cache_dir,
+    parse_hf_handle,
+    populate_local_cache,
+    snapshot,
+)
 from keras_clmr.hub.resolution import keras_clmr_cache_dir, load_pretrained, resolve
 from keras_clmr.hub.safety import UnsafePresetError, check_config_safe
 from keras_clmr.io import sha256_file
@@ -19,18 +36,34 @@ from keras_clmr.models import is_tagger
 from keras_clmr.presets import TASKS, PresetError, UnknownPresetError, get_preset
 
 __all__ = [
-    "CONFIG_FILE", "FORMAT_VERSION", "METADATA_FILE", "README_FILE", "REQUIRED_FILES", "TASKS",
-    "WEIGHTS_FILE", "PresetError", "PresetIntegrityError", "PresetMissingFileError",
-    "PresetNotCachedError", "UnknownPresetError", "UnsafePresetError", "check_config_safe",
-    "get_preset", "hash_folder", "hf_cache_dir", "is_tagger", "keras_clmr_cache_dir",
-    "load_preset", "load_pretrained", "model_attribute", "parse_hf_handle",
-    "populate_local_cache", "read_metadata", "resolve", "save_preset", "sha256_file", "snapshot",
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "README_FILE",
+    "REQUIRED_FILES",
+    "TASKS",
+    "WEIGHTS_FILE",
+    "PresetError",
+    "PresetIntegrityError",
+    "PresetMissingFileError",
+    "PresetNotCachedError",
+    "UnknownPresetError",
+    "UnsafePresetError",
+    "check_config_safe",
+    "get_preset",
+    "hash_folder",
+    "hf_cache_dir",
+    "is_tagger",
+    "keras_clmr_cache_dir",
+    "load_preset",
+    "load_pretrained",
+    "model_attribute",
+    "parse_hf_handle",
+    "populate_local_cache",
+    "read_metadata",
+    "resolve",
+    "save_preset",
+    "sha256_file",
+    "snapshot",
     "verify_preset",
 ]
-
-# Transitional aliases for modules not yet moved to keras_clmr.models / keras_clmr.io
-# (inference, export); remove once nothing imports them.
-from keras_clmr.hub.folder import hash_folder as _hash_folder  # noqa: E402
-from keras_clmr.io import atomic_write_json as _write_json_atomic  # noqa: E402
-from keras_clmr.io import to_jsonable as _to_jsonable  # noqa: E402
-from keras_clmr.models import is_pretrainer as _is_pretrainer  # noqa: E402

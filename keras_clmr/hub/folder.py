@@ -46,8 +46,10 @@ def model_attribute(model, name, default=None):
 def _ensure_built(model, input_samples):
     if not model.built or not model.weights:
         if input_samples is None:
-            raise PresetError(f"Cannot build {type(model).__name__}: its input length is unknown "
-                              "(metadata.json has no input_samples).")
+            raise PresetError(
+                f"Cannot build {type(model).__name__}: its input length is unknown "
+                "(metadata.json has no input_samples)."
+            )
         model(np.zeros((1, int(input_samples)), "float32"), training=False)
 
 
@@ -72,9 +74,19 @@ def _default_card(metadata, config):
     return str(cards.render_card(cards.describe_metadata(metadata, config)))
 
 
-def save_preset(model, preset_dir, *, encoder_only=None, name=None, description=None,
-                source_checkpoint=None, evaluation=None, model_card=None, extra_files=None,
-                overwrite=False):
+def save_preset(
+    model,
+    preset_dir,
+    *,
+    encoder_only=None,
+    name=None,
+    description=None,
+    source_checkpoint=None,
+    evaluation=None,
+    model_card=None,
+    extra_files=None,
+    overwrite=False,
+):
     """Write ``model`` as a preset folder at ``preset_dir``, atomically; return the folder path.
 
     Args:
@@ -115,34 +127,41 @@ def save_preset(model, preset_dir, *, encoder_only=None, name=None, description=
         io.atomic_write_json(os.path.join(tmp, CONFIG_FILE), config)
         stored.save_weights(os.path.join(tmp, WEIGHTS_FILE))
         for target, source in (extra_files or {}).items():
-            if (target in (METADATA_FILE, CONFIG_FILE, WEIGHTS_FILE) or os.path.isabs(target)
-                    or ".." in target):
+            if (
+                target in (METADATA_FILE, CONFIG_FILE, WEIGHTS_FILE)
+                or os.path.isabs(target)
+                or ".." in target
+            ):
                 raise ValueError(f"extra_files: invalid name {target!r} in the preset folder.")
             os.makedirs(os.path.dirname(os.path.join(tmp, target)) or tmp, exist_ok=True)
             copy = shutil.copytree if os.path.isdir(source) else shutil.copyfile
             copy(source, os.path.join(tmp, target))
         tags = getattr(stored, "tags", None)
-        metadata = io.to_jsonable({
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "description": description,
-            "keras_clmr_version": keras_clmr.__version__,
-            "keras_version": keras.__version__,
-            "backend_saved": keras.backend.backend(),
-            "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "class_name": type(stored).__name__,
-            "registered_name": config.get("registered_name"),
-            "task": task,
-            "stored_from": type(model).__name__ + (".encoder" if encoder_only else ""),
-            "parameter_count": int(stored.count_params()),
-            "sample_rate": model_attribute(stored, "sample_rate"),
-            "input_samples": input_samples,
-            "embedding_dim": model_attribute(stored, "embedding_dim"),
-            "output_names": ["tag_probabilities"] if task == "tag" else ["embedding"],
-            "tags": list(tags) if tags is not None else None,
-            "source_checkpoint": _source_checkpoint(source_checkpoint),
-            "evaluation": evaluation,
-        })
+        metadata = io.to_jsonable(
+            {
+                "format_version": FORMAT_VERSION,
+                "name": name,
+                "description": description,
+                "keras_clmr_version": keras_clmr.__version__,
+                "keras_version": keras.__version__,
+                "backend_saved": keras.backend.backend(),
+                "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+                "class_name": type(stored).__name__,
+                "registered_name": config.get("registered_name"),
+                "task": task,
+                "stored_from": type(model).__name__ + (".encoder" if encoder_only else ""),
+                "parameter_count": int(stored.count_params()),
+                "sample_rate": model_attribute(stored, "sample_rate"),
+                "input_samples": input_samples,
+                "embedding_dim": model_attribute(stored, "embedding_dim"),
+                "output_names": ["tag_probabilities"] if task == "tag" else ["embedding"],
+                "tags": list(tags) if tags is not None else None,
+                "source_checkpoint": _source_checkpoint(source_checkpoint),
+                "evaluation": evaluation,
+            }
+        )
         if model_card is None:
             model_card = _default_card
         card = model_card(metadata, config) if callable(model_card) else model_card
@@ -175,16 +194,20 @@ def read_metadata(preset_dir):
     if not os.path.isfile(path):
         raise PresetMissingFileError(
             f"{preset_dir} is not a complete keras_clmr preset: {METADATA_FILE} is missing. "
-            "Save presets with keras_clmr.save_preset, or re-download the folder.")
+            "Save presets with keras_clmr.save_preset, or re-download the folder."
+        )
     try:
         with open(path) as f:
             metadata = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PresetIntegrityError(
-            f"{path} is not valid JSON ({error}); re-download or re-save the preset.") from error
+            f"{path} is not valid JSON ({error}); re-download or re-save the preset."
+        ) from error
     if not isinstance(metadata, dict) or not isinstance(metadata.get("files"), dict):
-        raise PresetIntegrityError(f"{path} has no 'files' table of sha256 sums; re-save the preset "
-                                   "with keras_clmr.save_preset.")
+        raise PresetIntegrityError(
+            f"{path} has no 'files' table of sha256 sums; re-save the preset "
+            "with keras_clmr.save_preset."
+        )
     return metadata
 
 
@@ -195,9 +218,12 @@ def verify_preset(preset_dir, metadata=None):
     missing = [f for f in REQUIRED_FILES if f not in files]
     if missing:
         raise PresetIntegrityError(
-            f"{preset_dir}/{METADATA_FILE} does not list {missing}; re-save the preset.")
-    fix = ("Re-download it (for an hf:// handle, delete this snapshot from the Hugging Face cache, "
-           "e.g. with `hf cache delete`, then load again online) or re-save the preset.")
+            f"{preset_dir}/{METADATA_FILE} does not list {missing}; re-save the preset."
+        )
+    fix = (
+        "Re-download it (for an hf:// handle, delete this snapshot from the Hugging Face cache, "
+        "e.g. with `hf cache delete`, then load again online) or re-save the preset."
+    )
     for rel, expected in files.items():
         path = os.path.join(preset_dir, *rel.split("/"))
         if not os.path.isfile(path):
@@ -209,7 +235,8 @@ def verify_preset(preset_dir, metadata=None):
             raise PresetIntegrityError(
                 f"{path} fails its integrity check ({kind}?): sha256 {digest} ({size} bytes), "
                 f"metadata.json expects {expected.get('sha256')} ({expected.get('size')} bytes). "
-                f"{fix}")
+                f"{fix}"
+            )
     return metadata
 
 
@@ -229,7 +256,8 @@ def load_preset(preset_dir, *, task=None, verify=True):
     for required in REQUIRED_FILES:
         if not os.path.isfile(os.path.join(preset_dir, required)):
             raise PresetMissingFileError(
-                f"Preset {preset_dir} is missing {required}; re-download or re-save it.")
+                f"Preset {preset_dir} is missing {required}; re-download or re-save it."
+            )
     try:
         with open(config_path) as f:
             config = json.load(f)
@@ -239,7 +267,8 @@ def load_preset(preset_dir, *, task=None, verify=True):
         raise PresetError(
             f"Preset {preset_dir} stores an encoder ({metadata.get('class_name')}) without a "
             "tagging head; load it with task='embed', choose a preset with a 'tag' variant, or "
-            "fit a keras_clmr.models.MusicTagger on it.")
+            "fit a keras_clmr.models.MusicTagger on it."
+        )
     check_config_safe(config)
     config.pop("compile_config", None)
     model = keras.saving.deserialize_keras_object(config, safe_mode=True)

@@ -23,7 +23,7 @@ class PresetNotCachedError(PresetError):
 
 def parse_hf_handle(handle):
     """``hf://org/name[@revision]`` -> (repo_id, revision or None)."""
-    body = handle[len("hf://"):]
+    body = handle[len("hf://") :]
     revision = None
     if "@" in body:
         body, revision = body.split("@", 1)
@@ -56,21 +56,27 @@ def snapshot(handle, revision=None, cache_dir=None, offline=None):
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
-        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo_id, handle_revision = parse_hf_handle(handle)
     revision = revision or handle_revision
     offline = _offline() if offline is None else bool(offline)
     try:
-        return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                 local_files_only=offline)
+        return snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline
+        )
     except RevisionNotFoundError as error:
         raise PresetError(
-            f"{handle}: revision {revision!r} does not exist on the Hub ({error}).") from error
+            f"{handle}: revision {revision!r} does not exist on the Hub ({error})."
+        ) from error
     except RepositoryNotFoundError as error:
         raise PresetError(
             f"{handle}: no such repository on the Hugging Face Hub (or it is private/gated and no "
-            f"token is set: `hf auth login`). ({error})") from error
+            f"token is set: `hf auth login`). ({error})"
+        ) from error
     except LocalEntryNotFoundError as error:
         where = hf_cache_dir(cache_dir)
         reason = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
@@ -82,7 +88,8 @@ def snapshot(handle, revision=None, cache_dir=None, offline=None):
             "HF_HUB_OFFLINE unset) and copy the cache folder here (set HF_HUB_CACHE to it); or "
             "put a preset folder on disk and pass its path; or call "
             f"keras_clmr.hub.populate_local_cache(folder, {repo_id!r}) to register a local "
-            "folder in the cache.") from error
+            "folder in the cache."
+        ) from error
 
 
 def populate_local_cache(preset_dir, repo_id, cache_dir=None, revision=None):

@@ -18,7 +18,8 @@ from keras_clmr.presets import PresetError, get_preset
 def keras_clmr_cache_dir():
     """Where locally built presets go: ``$KERAS_CLMR_CACHE`` or ``~/.cache/keras_clmr``."""
     return os.environ.get("KERAS_CLMR_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "keras_clmr")
+        os.path.expanduser("~"), ".cache", "keras_clmr"
+    )
 
 
 def resolve_builder(builder):
@@ -74,21 +75,27 @@ def resolve(name_or_handle, task=None, revision=None, cache_dir=None):
     if name_or_handle.startswith("hf://"):
         return snapshot(name_or_handle, revision=revision, cache_dir=cache_dir)
     if "://" in name_or_handle:
-        raise PresetError(f"{name_or_handle}: only hf:// handles, registry names and local folders "
-                          "are supported.")
+        raise PresetError(
+            f"{name_or_handle}: only hf:// handles, registry names and local folders are supported."
+        )
     if os.path.isdir(name_or_handle):
         return name_or_handle
     if "/" in name_or_handle or os.sep in name_or_handle or name_or_handle.startswith((".", "~")):
-        looks_like_repo = (name_or_handle.count("/") == 1
-                           and not name_or_handle.startswith((".", "/", "~")))
-        hint = (f" (for a Hugging Face repository write hf://{name_or_handle})"
-                if looks_like_repo else "")
+        looks_like_repo = name_or_handle.count("/") == 1 and not name_or_handle.startswith(
+            (".", "/", "~")
+        )
+        hint = (
+            f" (for a Hugging Face repository write hf://{name_or_handle})"
+            if looks_like_repo
+            else ""
+        )
         raise PresetError(f"{name_or_handle}: no such preset folder{hint}.")
     preset = get_preset(name_or_handle)
     task = task or "embed"
     if task not in preset.tasks:
         raise PresetError(
-            f"Preset {preset.name!r} has no {task!r} variant; it offers {preset.tasks}.")
+            f"Preset {preset.name!r} has no {task!r} variant; it offers {preset.tasks}."
+        )
     handle = preset.handles.get(task)
     if preset.local_builder is not None and os.path.isdir(_built_path(preset, task)):
         return _built_path(preset, task)

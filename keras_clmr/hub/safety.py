@@ -40,7 +40,8 @@ def _refuse(where, what, why):
     raise UnsafePresetError(
         f"Refusing to load this preset: {where} names {what}, {why}. keras_clmr presets may only "
         "contain keras_clmr's registered classes and core Keras layers that run no stored code. "
-        "If you trust this file, load it yourself with keras.saving (safe_mode=False).")
+        "If you trust this file, load it yourself with keras.saving (safe_mode=False)."
+    )
 
 
 def _check_entry(entry, where):
@@ -55,14 +56,18 @@ def _check_entry(entry, where):
         _refuse(where, repr(class_name), "without a module")
     if module == "keras_clmr" or module.startswith("keras_clmr."):
         if registered != f"keras_clmr>{class_name}":
-            _refuse(where, f"{module}.{class_name}",
-                    f"registered as {registered!r}, not keras_clmr>{class_name}")
+            _refuse(
+                where,
+                f"{module}.{class_name}",
+                f"registered as {registered!r}, not keras_clmr>{class_name}",
+            )
         try:
             importlib.import_module(module)
         except ImportError as error:
             raise UnsafePresetError(
                 f"{where} needs {module}.{class_name}, which this keras_clmr ({_version()}) does "
-                f"not have ({error}); upgrade keras_clmr.") from error
+                f"not have ({error}); upgrade keras_clmr."
+            ) from error
         obj = keras.saving.get_registered_object(registered)
         if obj is None or not getattr(obj, "__module__", "").startswith("keras_clmr"):
             _refuse(where, registered, "which is not a class registered by keras_clmr")

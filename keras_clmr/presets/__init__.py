@@ -10,13 +10,36 @@ re-measure them. Presets built locally (musicnn) go to the keras_clmr cache
 
 from keras_clmr.presets import clmr, musicnn
 from keras_clmr.presets.registry import (  # noqa: F401  (_REGISTRY: tests patch it)
-    _REGISTRY, HUB_ORG, TASKS, Preset, PresetError, UnknownPresetError, get_preset, hub_handle,
-    list_presets, preset_names, register_local_builder, register_preset, suggest)
+    _REGISTRY,
+    HUB_ORG,
+    TASKS,
+    Preset,
+    PresetError,
+    UnknownPresetError,
+    get_preset,
+    hub_handle,
+    list_presets,
+    preset_names,
+    register_local_builder,
+    register_preset,
+    suggest,
+)
 
 for _preset in (*clmr.PRESETS, *musicnn.PRESETS):
     register_preset(_preset)
 del _preset
 
-__all__ = ["HUB_ORG", "TASKS", "Preset", "PresetError", "UnknownPresetError", "get_preset",
-           "hub_handle", "list_presets", "preset_names", "register_local_builder",
-           "register_preset", "suggest"]
+__all__ = [
+    "HUB_ORG",
+    "TASKS",
+    "Preset",
+    "PresetError",
+    "UnknownPresetError",
+    "get_preset",
+    "hub_handle",
+    "list_presets",
+    "preset_names",
+    "register_local_builder",
+    "register_preset",
+    "suggest",
+]

@@ -8,59 +8,79 @@ _CLMR_PROTOCOL = (
     "MagnaTagATune (50 tags), encoder frozen; head trained on 59049-sample crops; test: each "
     "track cut into consecutive non-overlapping 59049-sample chunks, per-chunk sigmoid "
     "outputs averaged, macro ROC-AUC / PR-AUC (sklearn). Figures from the CLMR README, "
-    "not re-measured by keras_clmr.")
+    "not re-measured by keras_clmr."
+)
 _CLMR_RELEASES = "https://github.com/Spijkervet/CLMR/releases/download"
 
 
 def _mtat_scores(linear_roc, linear_pr, mlp_roc, mlp_pr):
-    return tuple({"task": "tag", "dataset": "MTAT", "metric": metric, "value": value, "head": head}
-                 for head, metric, value in (("linear", "ROC-AUC", linear_roc),
-                                             ("linear", "PR-AUC", linear_pr),
-                                             ("mlp", "ROC-AUC", mlp_roc), ("mlp", "PR-AUC", mlp_pr)))
+    return tuple(
+        {"task": "tag", "dataset": "MTAT", "metric": metric, "value": value, "head": head}
+        for head, metric, value in (
+            ("linear", "ROC-AUC", linear_roc),
+            ("linear", "PR-AUC", linear_pr),
+            ("mlp", "ROC-AUC", mlp_roc),
+            ("mlp", "PR-AUC", mlp_pr),
+        )
+    )
 
 
 PRESETS = (
     Preset(
         name="clmr-mtat",
-        description=("CLMR 2.0 release: SampleCNN pretrained with SimCLR on MagnaTagATune "
-                     "(48 pairs = 96 views per batch, 10,000 epochs), 22050 Hz; 'tag' adds the "
-                     "released linear MTAT head."),
+        description=(
+            "CLMR 2.0 release: SampleCNN pretrained with SimCLR on MagnaTagATune "
+            "(48 pairs = 96 views per batch, 10,000 epochs), 22050 Hz; 'tag' adds the "
+            "released linear MTAT head."
+        ),
         architecture="SampleCNN",
         handles={"embed": hub_handle("clmr-mtat"), "tag": hub_handle("clmr-mtat-tagger")},
-        sample_rate=22050, input_samples=59049,
+        sample_rate=22050,
+        input_samples=59049,
         params={"embed": SAMPLE_CNN_PARAMS, "tag": SAMPLE_CNN_PARAMS + MTAT_HEAD_PARAMS},
         scores=_mtat_scores(88.7, 35.6, 89.3, 36.0),
         protocol=_CLMR_PROTOCOL,
-        source={"embed": f"{_CLMR_RELEASES}/2.0/clmr_checkpoint_10000.zip",
-                "tag": f"{_CLMR_RELEASES}/2.0/finetuner_checkpoint_200.zip"},
+        source={
+            "embed": f"{_CLMR_RELEASES}/2.0/clmr_checkpoint_10000.zip",
+            "tag": f"{_CLMR_RELEASES}/2.0/finetuner_checkpoint_200.zip",
+        },
     ),
     Preset(
         name="clmr-mtat-1550",
-        description=("CLMR 1.0 release: SampleCNN pretrained with SimCLR on MagnaTagATune "
-                     "(batch 48, 1,550 epochs), 22050 Hz; 'tag' adds the released linear MTAT "
-                     "head."),
+        description=(
+            "CLMR 1.0 release: SampleCNN pretrained with SimCLR on MagnaTagATune "
+            "(batch 48, 1,550 epochs), 22050 Hz; 'tag' adds the released linear MTAT "
+            "head."
+        ),
         architecture="SampleCNN",
-        handles={"embed": hub_handle("clmr-mtat-1550"),
-                 "tag": hub_handle("clmr-mtat-1550-tagger")},
-        sample_rate=22050, input_samples=59049,
+        handles={"embed": hub_handle("clmr-mtat-1550"), "tag": hub_handle("clmr-mtat-1550-tagger")},
+        sample_rate=22050,
+        input_samples=59049,
         params={"embed": SAMPLE_CNN_PARAMS, "tag": SAMPLE_CNN_PARAMS + MTAT_HEAD_PARAMS},
         scores=_mtat_scores(87.71, 34.27, 88.47, 34.96),
         protocol=_CLMR_PROTOCOL,
-        source={"embed": f"{_CLMR_RELEASES}/1.0/clmr_checkpoint_1550.pt",
-                "tag": f"{_CLMR_RELEASES}/1.0-l/finetuner_checkpoint_20.pt"},
+        source={
+            "embed": f"{_CLMR_RELEASES}/1.0/clmr_checkpoint_1550.pt",
+            "tag": f"{_CLMR_RELEASES}/1.0-l/finetuner_checkpoint_20.pt",
+        },
     ),
     Preset(
         name="pemr-mtat",
-        description=("PEMR release: FCN on log-mel (128 x 462 frames per 59049-sample window at "
-                     "22050 Hz) pretrained on MagnaTagATune (batch 48, 300 epochs). Encoder only: "
-                     "the authors released no tagging head."),
+        description=(
+            "PEMR release: FCN on log-mel (128 x 462 frames per 59049-sample window at "
+            "22050 Hz) pretrained on MagnaTagATune (batch 48, 300 epochs). Encoder only: "
+            "the authors released no tagging head."
+        ),
         architecture="FCN",
         handles={"embed": hub_handle("pemr-mtat")},
-        sample_rate=22050, input_samples=59049,
+        sample_rate=22050,
+        input_samples=59049,
         params={"embed": 371_460},  # 370,562 trainable + 898 BatchNorm statistics (FCN)
         scores=(),
         protocol="No published PEMR scores were verified.",
-        source={"embed": "https://github.com/yaoodng7/PEMR/releases/download/pre-trained/"
-                         "pre-trained_model.ckpt"},
+        source={
+            "embed": "https://github.com/yaoodng7/PEMR/releases/download/pre-trained/"
+            "pre-trained_model.ckpt"
+        },
     ),
 )

@@ -11,20 +11,46 @@ BUILDER = "keras_clmr.conversion.musicnn:build_preset"
 SAMPLE_RATE = 16000
 INPUT_SAMPLES = (187 - 1) * 256  # (patch frames - 1) * hop: 3 s windows at 16 kHz
 _WHEEL = "pip install --no-deps musicnn==0.1.0"
-_PROTOCOL = ("As reported by the musicnn authors (experiment.result in the wheel); "
-             "not re-measured by keras_clmr.")
+_PROTOCOL = (
+    "As reported by the musicnn authors (experiment.result in the wheel); "
+    "not re-measured by keras_clmr."
+)
 
 # name: (backbone/tagger parameters, dataset, ROC-AUC, PR-AUC, what it is); the
 # builder maps each name to its model in the wheel.
 MODELS = {
-    "musicnn-mtt": (782_029, 792_079, "MTAT", 90.67, 38.31,
-                    "musicnn trained on MagnaTagATune (50 tags)"),
-    "musicnn-msd": (782_029, 792_079, "MSD", 88.02, 28.91,
-                    "musicnn trained on the Million Song Dataset (50 tags)"),
-    "vgg-mtt": (594_180, 607_030, "MTAT", 90.30, 38.23,
-                "musicnn's VGG baseline trained on MagnaTagATune (50 tags)"),
-    "vgg-msd": (594_180, 607_030, "MSD", 87.68, 28.19,
-                "musicnn's VGG baseline trained on the Million Song Dataset (50 tags)"),
+    "musicnn-mtt": (
+        782_029,
+        792_079,
+        "MTAT",
+        90.67,
+        38.31,
+        "musicnn trained on MagnaTagATune (50 tags)",
+    ),
+    "musicnn-msd": (
+        782_029,
+        792_079,
+        "MSD",
+        88.02,
+        28.91,
+        "musicnn trained on the Million Song Dataset (50 tags)",
+    ),
+    "vgg-mtt": (
+        594_180,
+        607_030,
+        "MTAT",
+        90.30,
+        38.23,
+        "musicnn's VGG baseline trained on MagnaTagATune (50 tags)",
+    ),
+    "vgg-msd": (
+        594_180,
+        607_030,
+        "MSD",
+        87.68,
+        28.19,
+        "musicnn's VGG baseline trained on the Million Song Dataset (50 tags)",
+    ),
 }
 
 
@@ -32,14 +58,19 @@ def _preset(name, backbone_params, tagger_params, dataset, roc, pr, what):
     handle = hub_handle(name)
     return Preset(
         name=name,
-        description=(f"{what}, Pons & Serra 2019, 16 kHz, 3 s windows; converted from the musicnn "
-                     "0.1.0 wheel (parity with the original TF1 graph <= 1e-4)."),
+        description=(
+            f"{what}, Pons & Serra 2019, 16 kHz, 3 s windows; converted from the musicnn "
+            "0.1.0 wheel (parity with the original TF1 graph <= 1e-4)."
+        ),
         architecture="Musicnn",
         handles={"embed": handle, "tag": handle},
-        sample_rate=SAMPLE_RATE, input_samples=INPUT_SAMPLES,
+        sample_rate=SAMPLE_RATE,
+        input_samples=INPUT_SAMPLES,
         params={"embed": backbone_params, "tag": tagger_params},
-        scores=({"task": "tag", "dataset": dataset, "metric": "ROC-AUC", "value": roc, "head": "own"},
-                {"task": "tag", "dataset": dataset, "metric": "PR-AUC", "value": pr, "head": "own"}),
+        scores=(
+            {"task": "tag", "dataset": dataset, "metric": "ROC-AUC", "value": roc, "head": "own"},
+            {"task": "tag", "dataset": dataset, "metric": "PR-AUC", "value": pr, "head": "own"},
+        ),
         protocol=_PROTOCOL,
         source={"embed": _WHEEL, "tag": _WHEEL},
         license="isc",

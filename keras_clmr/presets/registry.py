@@ -12,7 +12,7 @@ Built-in presets name it as data, by a dotted path ``"package.module:function"``
 
 import dataclasses
 import difflib
-from typing import Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
 
 HUB_ORG = "keras-clmr"
 TASKS = ("embed", "tag")
@@ -33,20 +33,23 @@ class Preset:
     name: str
     description: str
     architecture: str
-    handles: Mapping[str, Optional[str]]
+    handles: Mapping[str, str | None]
     sample_rate: int
     input_samples: int
-    params: Mapping[str, Optional[int]] = dataclasses.field(default_factory=dict)
+    params: Mapping[str, int | None] = dataclasses.field(default_factory=dict)
     scores: tuple = ()
     protocol: str = ""
     source: Mapping[str, str] = dataclasses.field(default_factory=dict)
     license: str = "apache-2.0"
-    local_builder: Optional[Union[str, Callable[[str, str], None]]] = None
+    local_builder: str | Callable[[str, str], None] | None = None
 
     @property
     def tasks(self):
-        return tuple(task for task in TASKS if task in self.handles or
-                     (self.local_builder is not None and task in self.params))
+        return tuple(
+            task
+            for task in TASKS
+            if task in self.handles or (self.local_builder is not None and task in self.params)
+        )
 
 
 _REGISTRY = {}
@@ -60,21 +63,29 @@ def hub_handle(name):
 def register_preset(preset, overwrite=False):
     """Add a ``Preset`` to the registry (``overwrite=True`` to replace one)."""
     if not isinstance(preset, Preset):
-        raise TypeError("register_preset expects a keras_clmr.presets.Preset, "
-                        f"got {type(preset).__name__}.")
+        raise TypeError(
+            f"register_preset expects a keras_clmr.presets.Preset, got {type(preset).__name__}."
+        )
     if preset.name in _REGISTRY and not overwrite:
-        raise ValueError(f"A preset named {preset.name!r} is already registered; pass "
-                         "overwrite=True to replace it.")
+        raise ValueError(
+            f"A preset named {preset.name!r} is already registered; pass "
+            "overwrite=True to replace it."
+        )
     unknown = set(preset.handles) - set(TASKS)
     if unknown:
-        raise ValueError(f"Preset {preset.name!r}: unknown task(s) {sorted(unknown)}; "
-                         f"tasks are {TASKS}.")
+        raise ValueError(
+            f"Preset {preset.name!r}: unknown task(s) {sorted(unknown)}; tasks are {TASKS}."
+        )
     for task, handle in preset.handles.items():
         if handle is not None and not handle.startswith("hf://"):
-            raise ValueError(f"Preset {preset.name!r}: handle {handle!r} for task {task!r} must "
-                             "start with hf://.")
+            raise ValueError(
+                f"Preset {preset.name!r}: handle {handle!r} for task {task!r} must "
+                "start with hf://."
+            )
     if not preset.handles and preset.local_builder is None:
-        raise ValueError(f"Preset {preset.name!r} needs at least one Hub handle or a local_builder.")
+        raise ValueError(
+            f"Preset {preset.name!r} needs at least one Hub handle or a local_builder."
+        )
     _REGISTRY[preset.name] = preset
     return preset
 
@@ -114,7 +125,8 @@ def get_preset(name):
     raise UnknownPresetError(
         f"Unknown preset {name!r}.{hint} Registered presets: {', '.join(preset_names())} "
         "(keras_clmr.list_presets() describes them). A Hub repository is written hf://org/name, "
-        "a preset folder as a path.")
+        "a preset folder as a path."
+    )
 
 
 def _format_scores(preset):
@@ -126,14 +138,25 @@ def list_presets(print_table=True):
     """Print the registered presets (name, tasks, parameters, rate, scores); return their names."""
     names = preset_names()
     if print_table:
-        rows = [("name", "tasks", "params (embed/tag)", "sample rate", "published scores", "handle")]
+        rows = [
+            ("name", "tasks", "params (embed/tag)", "sample rate", "published scores", "handle")
+        ]
         for name in names:
             preset = _REGISTRY[name]
-            params = "/".join(f"{preset.params[t]:,}" if preset.params.get(t) else "?"
-                              for t in preset.tasks)
+            params = "/".join(
+                f"{preset.params[t]:,}" if preset.params.get(t) else "?" for t in preset.tasks
+            )
             handle = preset.handles.get("embed") or "(built locally)"
-            rows.append((name, ",".join(preset.tasks), params, f"{preset.sample_rate} Hz",
-                         _format_scores(preset), handle))
+            rows.append(
+                (
+                    name,
+                    ",".join(preset.tasks),
+                    params,
+                    f"{preset.sample_rate} Hz",
+                    _format_scores(preset),
+                    handle,
+                )
+            )
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
         for i, row in enumerate(rows):
             print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
