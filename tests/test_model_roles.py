@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_sample_cnn
 from keras_clmr.models import (
     CLMR,
     FCN,
@@ -18,6 +17,8 @@ from keras_clmr.models import (
     is_pretrainer,
     is_tagger,
 )
+
+from conftest import tiny_sample_cnn
 
 
 def test_roles_follow_the_base_classes():
