@@ -358,3 +358,120 @@ def test_short_file_warns_and_is_padded(tmp_path):
         page = listening_lib.listening_page(_level_encoder(), str(tmp_path / "short"), str(tmp_path / "page"),
                                             top_k=1, progress=False)
     assert len(page.clips) == 1
+
+
+# ----------------------------------------------------------------------------- taggram and map
+
+from keras_clmr.interpret import maps as maps_lib  # noqa: E402
+from keras_clmr.interpret import taggram as taggram_lib  # noqa: E402
+
+
+def test_taggram_is_the_taggers_output_per_window(tmp_path):
+    import soundfile
+
+    from keras_clmr.models import MusicTagger
+
+    encoder = tiny_sample_cnn()
+    names = [f"tag{i}" for i in range(6)]
+    tagger = MusicTagger(encoder, num_classes=6, tags=names)
+    window = encoder.input_samples
+    audio = (0.3 * np.random.default_rng(2).standard_normal(4 * window + 100)).astype(np.float32)
+    soundfile.write(tmp_path / "song.wav", audio, SAMPLE_RATE, subtype="FLOAT")
+    result = taggram_lib.taggram(str(tmp_path / "song.wav"), model=tagger, top_n=3, output=str(tmp_path / "t.png"))
+    windows = audio[:4 * window].reshape(4, window)
+    reference = np.asarray(tagger.predict(windows, verbose=0), np.float64)
+    order = np.argsort(-reference.mean(axis=0), kind="stable")[:3]
+    assert result.tags == [names[j] for j in order]
+    np.testing.assert_allclose(result.probabilities, reference[:, order], atol=1e-5)
+    np.testing.assert_allclose(result.times, np.arange(4) * window / SAMPLE_RATE)
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG" and result.path == str(tmp_path / "t.png")
+    overlapping = taggram_lib.taggram(str(tmp_path / "song.wav"), model=tagger, top_n=2,
+                                      hop=window / 2 / SAMPLE_RATE, output=str(tmp_path / "t2.png"))
+    assert overlapping.probabilities.shape == (7, 2)
+    with pytest.raises(ValueError, match="top_n"):
+        taggram_lib.taggram(str(tmp_path / "song.wav"), model=tagger, top_n=0)
+    soundfile.write(tmp_path / "short.wav", audio[:100], SAMPLE_RATE, subtype="FLOAT")
+    with pytest.warns(UserWarning, match="shorter than one"):
+        assert taggram_lib.taggram(str(tmp_path / "short.wav"), model=tagger, top_n=2).probabilities.shape == (1, 2)
+
+
+def test_pca_projection_matches_a_covariance_eigendecomposition():
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((40, 6)) @ np.diag([5.0, 2.0, 1.0, 0.5, 0.1, 0.1]) @ np.linalg.qr(
+        rng.standard_normal((6, 6)))[0]
+    points, explained = maps_lib.project(data, "pca")
+    centred = data - data.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov(centred.T))
+    reference = centred @ vectors[:, ::-1][:, :2]
+    for axis in range(2):
+        sign = np.sign(points[:, axis] @ reference[:, axis])
+        np.testing.assert_allclose(points[:, axis], sign * reference[:, axis], atol=1e-9 * np.abs(reference).max())
+    np.testing.assert_allclose(explained, values[::-1][:2] / values.sum(), rtol=1e-9)
+    tsne, none = maps_lib.project(data[:12], "tsne", seed=0)
+    assert tsne.shape == (12, 2) and none is None and np.all(np.isfinite(tsne))
+
+
+def test_embedding_map_png_and_interactive_page(tmp_path):
+    import soundfile
+
+    root = tmp_path / "corpus"
+    _write_level_corpus(root)
+    result = maps_lib.embedding_map(str(root), model=_level_encoder(), output_dir=str(tmp_path / "map"),
+                                    progress=False)
+    files = sorted(str(p) for p in root.rglob("*.wav"))
+    assert result.files == files
+    assert result.labels == [os.path.basename(os.path.dirname(f)) for f in files]
+    reference = []
+    for path in files:
+        audio, _ = soundfile.read(path, dtype="float64")
+        windows = audio[:len(audio) // WINDOW * WINDOW].reshape(-1, WINDOW)
+        power = np.mean(windows ** 2, axis=1)
+        reference.append([power.mean(), -power.mean(), windows.mean()])
+    reference = np.asarray(reference) - np.mean(reference, axis=0)
+    first_axis = reference @ np.linalg.eigh(np.cov(reference.T))[1][:, -1]
+    sign = np.sign(result.points[:, 0] @ first_axis)
+    np.testing.assert_allclose(result.points[:, 0], sign * first_axis, atol=1e-4 * np.abs(first_axis).max())
+    assert (tmp_path / "map" / "map.png").read_bytes()[:4] == b"\x89PNG"
+
+    chromium = _chromium()
+    page = tmp_path / "map" / "map.html"
+    probe = tmp_path / "map" / "probe.html"
+    script = """<script>
+    const out = {errors: window.__errors, circles: document.querySelectorAll("#plot circle").length};
+    const target = document.querySelector("#plot circle[data-index='3']");
+    target.dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));
+    out.info = document.getElementById("info").textContent;
+    out.legend = [...document.querySelectorAll("#legend div")].map(d => d.textContent);
+    document.querySelector("#legend div[data-label='outdomain']").click();
+    out.after_hide = document.querySelectorAll("#plot circle").length;
+    const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+    </script>"""
+    text = page.read_text().replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", script + "</body>", 1)
+    probe.write_text(text)
+    completed = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri()],
+                               capture_output=True, text=True, timeout=240)
+    match = re.search(r'<pre id="probe">(.*?)</pre>', completed.stdout, re.S)
+    assert match, completed.stderr[-2000:]
+    import html
+
+    report = json.loads(html.unescape(match.group(1)))
+    assert report["errors"] == [] and report["circles"] == len(files)
+    assert report["info"].startswith(files[3] + "\nlabel: indomain")
+    assert report["legend"] == ["indomain (5)", "outdomain (3)"] and report["after_hide"] == 5
+
+
+def test_embedding_map_bad_inputs(tmp_path):
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(maps_lib.MapInputError, match="No audio files"):
+        maps_lib.embedding_map(str(tmp_path / "empty"), model=_level_encoder())
+    with pytest.raises(maps_lib.MapInputError, match="method"):
+        maps_lib.embedding_map(str(tmp_path / "empty"), model=_level_encoder(), method="umap")
+    root = tmp_path / "corpus"
+    _write_level_corpus(root)
+    with pytest.raises(maps_lib.MapInputError, match="3 labels for 8 files"):
+        maps_lib.embedding_map(str(root), model=_level_encoder(), labels=["a", "b", "c"], progress=False)
+    with pytest.raises(maps_lib.MapInputError, match="at least 4"):
+        maps_lib.embedding_map(sorted(str(p) for p in root.rglob("*.wav"))[:3], model=_level_encoder(),
+                               method="tsne", progress=False)
