@@ -4,7 +4,7 @@
     python -m benchmarks.inference --skip-memory --skip-reference
 
 Prints one JSON object. Throughput is measured for both engines (keras = predict_on_batch on
-the current backend, onnxruntime = the ONNX graph built by keras_clmr.inference), interleaved
+the current backend, onnxruntime = the graph of keras_clmr.export.onnx), interleaved
 with the original PyTorch encoder (``/work/shared/bench/reference_clmr.py infer``, run in
 /tmp/refvenv when it exists), so ratios come from the same minutes of machine load. Peak
 memory is ru_maxrss of a fresh subprocess running embed() on a 10-minute and a 60-minute

@@ -40,7 +40,7 @@ def keras_predictor(model):
 
 
 def predict_batched(predict, x, batch_size, policy="full"):
-    """``predict`` over the rows of ``x`` in padded batches of ``batch_size``; outputs [len(x), ...].
+    """``predict`` over the rows of ``x`` in padded batches of ``batch_size``: [len(x), ...].
 
     ``predict`` is a callable ``batch -> array`` or a ``keras.Model`` (run with
     ``predict_on_batch``). Padding rows are never part of the result.
@@ -50,7 +50,7 @@ def predict_batched(predict, x, batch_size, policy="full"):
     x = np.asarray(x, dtype=np.float32)
     outputs = []
     for start in range(0, x.shape[0], int(batch_size)):
-        batch = x[start:start + int(batch_size)]
+        batch = x[start : start + int(batch_size)]
         n = batch.shape[0]
         outputs.append(np.asarray(predict(pad_rows(batch, padded_size(n, batch_size, policy))))[:n])
     return np.concatenate(outputs) if outputs else np.zeros((0,))

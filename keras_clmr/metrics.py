@@ -43,7 +43,9 @@ def _check_pair(y_true, y_score):
     y_true = _as_2d("y_true", y_true)
     y_score = _as_2d("y_score", y_score).astype(np.float64)
     if y_true.shape != y_score.shape:
-        raise ValueError(f"y_true {y_true.shape} and y_score {y_score.shape} must have the same shape.")
+        raise ValueError(
+            f"y_true {y_true.shape} and y_score {y_score.shape} must have the same shape."
+        )
     if y_true.shape[0] == 0:
         raise ValueError("No clips to evaluate (y_true is empty).")
     if not np.all(np.isfinite(y_score)):
@@ -86,7 +88,10 @@ def tag_wise_auc(y_true, y_score, tags=None):
     roc, ap = _aucs_per_column(y_true, y_score)
     undefined = [int(j) for j in np.flatnonzero(np.isnan(roc))]
     if len(undefined) == y_true.shape[1]:
-        warnings.warn("No tag has both positive and negative examples: tag-wise AUCs are undefined (NaN).")
+        warnings.warn(
+            "No tag has both positive and negative examples: tag-wise AUCs are undefined (NaN).",
+            stacklevel=2,
+        )
     return {
         "roc_auc": _nanmean(roc),
         "pr_auc": _nanmean(ap),
@@ -105,8 +110,11 @@ def clip_wise_auc(y_true, y_score):
     """
     y_true, y_score = _check_pair(y_true, y_score)
     roc, ap = _aucs_per_column(y_true.T, y_score.T)
-    return {"roc_auc": _nanmean(roc), "pr_auc": _nanmean(ap),
-            "n_clips_evaluated": int(np.sum(~np.isnan(roc)))}
+    return {
+        "roc_auc": _nanmean(roc),
+        "pr_auc": _nanmean(ap),
+        "n_clips_evaluated": int(np.sum(~np.isnan(roc))),
+    }
 
 
 def accuracy(y_true, y_score):
@@ -117,11 +125,15 @@ def accuracy(y_true, y_score):
     y_true = np.asarray(y_true)
     if y_true.ndim == 2:
         if y_true.shape != y_score.shape:
-            raise ValueError(f"y_true {y_true.shape} and y_score {y_score.shape} must have the same shape.")
+            raise ValueError(
+                f"y_true {y_true.shape} and y_score {y_score.shape} must have the same shape."
+            )
         y_true = np.argmax(y_true, axis=1)
     if y_true.shape[0] != y_score.shape[0] or y_true.shape[0] == 0:
-        raise ValueError(f"Need the same non-zero number of labels ({y_true.shape[0]}) and scores "
-                         f"({y_score.shape[0]}).")
+        raise ValueError(
+            f"Need the same non-zero number of labels ({y_true.shape[0]}) and scores "
+            f"({y_score.shape[0]})."
+        )
     return float(np.mean(np.argmax(y_score, axis=1) == y_true))
 
 
@@ -136,20 +148,27 @@ def tagging_metrics(y_true, y_score, multi_label=True, tags=None):
         tag = tag_wise_auc(y_true, y_score, tags=tags)
         clip = clip_wise_auc(y_true, y_score)
         return {
-            "roc_auc_tag": tag["roc_auc"], "pr_auc_tag": tag["pr_auc"],
-            "roc_auc_clip": clip["roc_auc"], "pr_auc_clip": clip["pr_auc"],
-            "n_tags_evaluated": tag["n_tags_evaluated"], "undefined_tags": tag["undefined_tags"],
+            "roc_auc_tag": tag["roc_auc"],
+            "pr_auc_tag": tag["pr_auc"],
+            "roc_auc_clip": clip["roc_auc"],
+            "pr_auc_clip": clip["pr_auc"],
+            "n_tags_evaluated": tag["n_tags_evaluated"],
+            "undefined_tags": tag["undefined_tags"],
             "n_clips_evaluated": clip["n_clips_evaluated"],
-            "per_tag_roc_auc": tag["per_tag_roc_auc"], "per_tag_pr_auc": tag["per_tag_pr_auc"],
+            "per_tag_roc_auc": tag["per_tag_roc_auc"],
+            "per_tag_pr_auc": tag["per_tag_pr_auc"],
         }
     y_true = np.asarray(y_true)
     one_hot = y_true if y_true.ndim == 2 else np.eye(y_score.shape[1], dtype=np.int64)[y_true]
     tag = tag_wise_auc(one_hot, y_score, tags=tags)
     return {
         "accuracy": accuracy(y_true, y_score),
-        "roc_auc_tag": tag["roc_auc"], "pr_auc_tag": tag["pr_auc"],
-        "n_tags_evaluated": tag["n_tags_evaluated"], "undefined_tags": tag["undefined_tags"],
-        "per_tag_roc_auc": tag["per_tag_roc_auc"], "per_tag_pr_auc": tag["per_tag_pr_auc"],
+        "roc_auc_tag": tag["roc_auc"],
+        "pr_auc_tag": tag["pr_auc"],
+        "n_tags_evaluated": tag["n_tags_evaluated"],
+        "undefined_tags": tag["undefined_tags"],
+        "per_tag_roc_auc": tag["per_tag_roc_auc"],
+        "per_tag_pr_auc": tag["per_tag_pr_auc"],
     }
 
 
@@ -203,8 +222,14 @@ def cover_song_metrics(distances, groups, top_k=10):
         first_ranks.append(float(hit_ranks[0]))
         precisions.append(float(hits[:k].sum()) / k)
     if not aps:
-        raise ValueError("No item has another version in the collection: every group is a singleton, "
-                         "so there is nothing to identify. Check the group ids.")
-    return {"map": float(np.mean(aps)), "mr1": float(np.mean(first_ranks)),
-            f"precision_at_{int(top_k)}": float(np.mean(precisions)),
-            "n_queries": len(aps), "n_items": int(n)}
+        raise ValueError(
+            "No item has another version in the collection: every group is a singleton, "
+            "so there is nothing to identify. Check the group ids."
+        )
+    return {
+        "map": float(np.mean(aps)),
+        "mr1": float(np.mean(first_ranks)),
+        f"precision_at_{int(top_k)}": float(np.mean(precisions)),
+        "n_queries": len(aps),
+        "n_items": int(n),
+    }

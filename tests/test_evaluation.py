@@ -10,10 +10,11 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_sample_cnn
 
 from keras_clmr import evaluation, metrics
 from keras_clmr.models import CLMR
+
+from conftest import tiny_sample_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_STRIDES = "3,3,3,3,2,2,2,2,2"
@@ -29,12 +30,20 @@ def _clipset(n=12, seconds=1.0, tags=4, seed=0):
 
 
 def test_label_fraction_subsets_are_reproducible_nested_and_right_sized():
-    for n, fraction, size in ((1000, 0.01, 10), (1000, 0.1, 100), (1000, 1.0, 1000), (18706, 0.01, 187),
-                              (7, 0.01, 1), (10, 0.25, 2)):
+    for n, fraction, size in (
+        (1000, 0.01, 10),
+        (1000, 0.1, 100),
+        (1000, 1.0, 1000),
+        (18706, 0.01, 187),
+        (7, 0.01, 1),
+        (10, 0.25, 2),
+    ):
         indices = evaluation.label_fraction_indices(n, fraction, seed=3)
         assert len(indices) == size and len(set(indices.tolist())) == size
         assert indices.min() >= 0 and indices.max() < n and np.all(np.diff(indices) > 0)
-        np.testing.assert_array_equal(indices, evaluation.label_fraction_indices(n, fraction, seed=3))
+        np.testing.assert_array_equal(
+            indices, evaluation.label_fraction_indices(n, fraction, seed=3)
+        )
     small = set(evaluation.label_fraction_indices(1000, 0.01, seed=3).tolist())
     assert small <= set(evaluation.label_fraction_indices(1000, 0.1, seed=3).tolist())
     assert small != set(evaluation.label_fraction_indices(1000, 0.01, seed=4).tolist())
@@ -50,7 +59,7 @@ def test_random_crops_are_windows_of_their_clip():
     np.testing.assert_array_equal(owner, np.repeat(np.arange(3), 4))
     for crop, i in zip(audio, owner):
         start = crop[0] - 1000 * i
-        np.testing.assert_array_equal(crop, clips[i][int(start):int(start) + 30])
+        np.testing.assert_array_equal(crop, clips[i][int(start) : int(start) + 30])
     again, _ = evaluation.random_crops(clips, 30, crops_per_clip=4, seed=0)
     np.testing.assert_array_equal(audio, again)
     with pytest.raises(ValueError, match="fewer than"):
@@ -61,8 +70,17 @@ def test_fit_head_learns_separable_features():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 8)).astype(np.float32)
     y = (x[:, :3] > 0).astype(np.float32)
-    head, history = evaluation.fit_head(x[:200], y[:200], x[200:250], y[200:250], epochs=15, learning_rate=5e-2,
-                                        batch_size=50, jit_compile=False, run_eagerly=True)
+    head, history = evaluation.fit_head(
+        x[:200],
+        y[:200],
+        x[200:250],
+        y[200:250],
+        epochs=15,
+        learning_rate=5e-2,
+        batch_size=50,
+        jit_compile=False,
+        run_eagerly=True,
+    )
     logits = keras.ops.convert_to_numpy(head(x[250:]))
     assert metrics.tag_wise_auc(y[250:], logits)["roc_auc"] > 0.97
     assert history["epochs_run"] >= 1 and history["val_loss"][-1] < history["val_loss"][0]
@@ -72,17 +90,31 @@ def test_frozen_probe_results_match_the_saved_tagger(tmp_path):
     train, valid, test = _clipset(16, seed=1), _clipset(6, seed=2), _clipset(8, seed=3)
     encoder = tiny_sample_cnn()
     before = [keras.ops.convert_to_numpy(w).copy() for w in encoder.weights]
-    tagger, results = evaluation.train_probe(encoder, train, valid, test, tags=list("abcd"), epochs=3,
-                                             batch_size=8, label_fraction=0.5, seed=1, jit_compile=False,
-                                             run_eagerly=True)
+    tagger, results = evaluation.train_probe(
+        encoder,
+        train,
+        valid,
+        test,
+        tags=list("abcd"),
+        epochs=3,
+        batch_size=8,
+        label_fraction=0.5,
+        seed=1,
+        jit_compile=False,
+        run_eagerly=True,
+    )
     assert results["data"]["n_train_used"] == 8
     for b, w in zip(before, encoder.weights):  # frozen: the encoder is untouched
         np.testing.assert_array_equal(b, keras.ops.convert_to_numpy(w))
-    # The fast path (embed chunks once, head, mean of probabilities) agrees with the tagger's clip prediction.
+    # The fast path (embed chunks once, head, mean of probabilities) agrees with the tagger's
+    # clip prediction.
     scores = tagger.predict_clips(test.clips, batch_size=5)
     fast = evaluation.frozen_clip_scores(encoder, tagger.head, test, batch_size=7)
     np.testing.assert_allclose(fast, scores, atol=1e-6)
-    assert 0.0 <= results["metrics"]["roc_auc_tag"] <= 1.0 and results["metrics"]["n_tags_evaluated"] == 4
+    assert (
+        0.0 <= results["metrics"]["roc_auc_tag"] <= 1.0
+        and results["metrics"]["n_tags_evaluated"] == 4
+    )
     paths = evaluation.write_results(str(tmp_path), results, tagger)
     assert sorted(os.path.basename(p) for p in paths.values()) == sorted(evaluation.RESULT_FILES)
     loaded = keras.models.load_model(paths["tagger.keras"])
@@ -99,8 +131,19 @@ def test_finetune_changes_encoder_weights():
     train, valid, test = _clipset(8, seed=1), _clipset(4, seed=2), _clipset(4, seed=3)
     encoder = tiny_sample_cnn()
     before = keras.ops.convert_to_numpy(encoder.get_layer("block_1_conv").kernel).copy()
-    tagger, results = evaluation.train_probe(encoder, train, valid, test, head="mlp", finetune=True, epochs=1,
-                                             batch_size=4, learning_rate=1e-2, jit_compile=False, run_eagerly=True)
+    tagger, results = evaluation.train_probe(
+        encoder,
+        train,
+        valid,
+        test,
+        head="mlp",
+        finetune=True,
+        epochs=1,
+        batch_size=4,
+        learning_rate=1e-2,
+        jit_compile=False,
+        run_eagerly=True,
+    )
     after = keras.ops.convert_to_numpy(tagger.backbone.get_layer("block_1_conv").kernel)
     assert np.abs(after - before).max() > 0 and results["task"] == "finetune"
 
@@ -116,16 +159,23 @@ def test_load_encoder_sources(tmp_path):
     expected = keras.ops.convert_to_numpy(clmr.encoder(x, training=False))
     for source in (str(run_dir), str(run_dir / "model.keras"), str(tmp_path / "encoder.keras")):
         encoder, identity = evaluation.load_encoder(source)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(encoder(x, training=False)), expected, atol=1e-6)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(encoder(x, training=False)), expected, atol=1e-6
+        )
         assert identity["kind"] == "keras_file" and len(identity["sha256"]) == 64
     from keras_clmr import hub
 
     hub.save_preset(clmr, str(tmp_path / "preset"))  # a pretrainer is stored encoder-only
     encoder, identity = evaluation.load_encoder(str(tmp_path / "preset"))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(encoder(x, training=False)), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(encoder(x, training=False)), expected, atol=1e-6
+    )
     assert identity["kind"] == "preset" and len(identity["sha256"]) == 64
     fresh, identity = evaluation.load_encoder("random:" + str(run_dir))
-    assert fresh.get_config()["channels"] == clmr.encoder.get_config()["channels"] and identity["kind"] == "random"
+    assert (
+        fresh.get_config()["channels"] == clmr.encoder.get_config()["channels"]
+        and identity["kind"] == "random"
+    )
     assert not np.allclose(keras.ops.convert_to_numpy(fresh(x, training=False)), expected)
     with pytest.raises(FileNotFoundError):
         evaluation.load_encoder(str(tmp_path / "missing" / "model.keras"))
@@ -140,7 +190,7 @@ def test_demo_cover_set_groups_are_keys():
     assert all("major" in g or "minor" in g for g in clipset.groups)
 
 
-# ------------------------------------------------------------------------------- prepared data + scripts
+# ----------------------------------------------------------------------- prepared data + scripts
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +219,9 @@ def test_prepared_split_clip_predictions_match_in_memory(prepared_demo):
         clips.append(soundfile.read(os.path.join(root, name), dtype="float32")[0])
     encoder = tiny_sample_cnn()
     streamed = evaluation.clip_embeddings(encoder, test, batch_size=3)
-    in_memory = evaluation.clip_embeddings(encoder, evaluation.ClipSet(clips, test.labels), batch_size=3)
+    in_memory = evaluation.clip_embeddings(
+        encoder, evaluation.ClipSet(clips, test.labels), batch_size=3
+    )
     assert [len(e) for e in streamed] == [len(c) // encoder.input_samples for c in clips]
     for a, b in zip(streamed, in_memory):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -177,18 +229,37 @@ def test_prepared_split_clip_predictions_match_in_memory(prepared_demo):
 
 def _run_script(module, *args, timeout=300):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", HF_HUB_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 
 
 def test_linear_eval_and_supervised_scripts_write_every_file(prepared_demo, tmp_path):
     _, prepared = prepared_demo
-    common = [f"--data_dir={prepared}", f"--strides={TINY_STRIDES}", f"--channels={TINY_CHANNELS}",
-              "--epochs=1", "--batch_size=8", "--nojit_compile", "--run_eagerly"]
-    out = _run_script("training.linear_eval", "--checkpoint=random", "--head=mlp", "--label_fraction=0.5",
-                      f"--output_dir={tmp_path / 'probe'}", *common)
+    common = [
+        f"--data_dir={prepared}",
+        f"--strides={TINY_STRIDES}",
+        f"--channels={TINY_CHANNELS}",
+        "--epochs=1",
+        "--batch_size=8",
+        "--nojit_compile",
+        "--run_eagerly",
+    ]
+    out = _run_script(
+        "training.linear_eval",
+        "--checkpoint=random",
+        "--head=mlp",
+        "--label_fraction=0.5",
+        f"--output_dir={tmp_path / 'probe'}",
+        *common,
+    )
     assert "| random init | mlp_probe | 50 % |" in out
     out = _run_script("training.supervised", f"--output_dir={tmp_path / 'supervised'}", *common)
     assert "| supervised SampleCNN | supervised | 100 % |" in out
@@ -217,8 +288,16 @@ def test_single_label_probe_reports_accuracy():
         clipset = _clipset(n, seed=seed)
         clipset.labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
         sets.append(clipset)
-    tagger, results = evaluation.train_probe(tiny_sample_cnn(), *sets, tags=["x", "y", "z"], multi_label=False,
-                                             epochs=2, batch_size=4, jit_compile=False, run_eagerly=True)
+    tagger, results = evaluation.train_probe(
+        tiny_sample_cnn(),
+        *sets,
+        tags=["x", "y", "z"],
+        multi_label=False,
+        epochs=2,
+        batch_size=4,
+        jit_compile=False,
+        run_eagerly=True,
+    )
     scores = tagger.predict_clips(sets[2].clips)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)  # softmax
     assert results["metrics"]["accuracy"] == pytest.approx(metrics.accuracy(sets[2].labels, scores))
@@ -243,7 +322,9 @@ def test_cover_song_eval_from_csv(tmp_path):
     rows = []
     for group in range(3):
         chunks = rng.uniform(-0.5, 0.5, (4, 8)).astype(np.float32)
-        for version in range(3):  # versions: the same chunks in another order (+ a dropped partial chunk)
+        for version in range(
+            3
+        ):  # versions: the same chunks in another order (+ a dropped partial chunk)
             audio = np.concatenate([chunks[rng.permutation(4)].ravel(), rng.uniform(-0.5, 0.5, 5)])
             name = f"g{group}_v{version}.wav"
             soundfile.write(str(tmp_path / name), audio, 22050, subtype="FLOAT")

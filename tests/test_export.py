@@ -1,4 +1,5 @@
-"""Export to SavedModel and ONNX: parity with Keras at batch 1 and 7, signatures, metadata, failures."""
+"""Export to SavedModel and ONNX: parity with Keras at batch 1 and 7, signatures, metadata,
+failures."""
 
 import importlib.util
 import json
@@ -12,7 +13,9 @@ import pytest
 
 from conftest import BACKEND, tiny_sample_cnn
 
-pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="export runs on the TensorFlow backend")
+pytestmark = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="export runs on the TensorFlow backend"
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,8 +44,9 @@ def tiny_tagger():
 
 def tiny_fcn():
     fcn = pytest.importorskip("keras_clmr.models.fcn")
-    model = fcn.FCN(channels=(4, 8, 8, 8), pools=((2, 2), (2, 2), (2, 2), (2, 2)), input_samples=4096,
-                    n_mels=32)
+    model = fcn.FCN(
+        channels=(4, 8, 8, 8), pools=((2, 2), (2, 2), (2, 2), (2, 2)), input_samples=4096, n_mels=32
+    )
     model(np.zeros((1, 4096), "float32"))
     return _randomize_batchnorm(model, seed=1)
 
@@ -104,7 +108,9 @@ def test_pemr_encoder_both_formats(tmp_path):
     _check_both_formats(tiny_fcn(), tmp_path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("musicnn") is None, reason="the musicnn wheel is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("musicnn") is None, reason="the musicnn wheel is not installed"
+)
 def test_musicnn_preset_both_formats(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_CLMR_CACHE", str(tmp_path / "cache"))
     from keras_clmr import export, hub
@@ -114,7 +120,9 @@ def test_musicnn_preset_both_formats(tmp_path, monkeypatch):
         parity = summary["exports"][fmt]["parity"]
         assert set(parity["max_abs_diff"]) == {"embedding", "tags"}
         worst = max(max(f.values()) for f in parity["max_abs_diff"].values())
-        if "without_float16_rounding" in parity:  # a float16 rounding flipped (see export.FLOAT16_NOTE)
+        if (
+            "without_float16_rounding" in parity
+        ):  # a float16 rounding flipped (see export.FLOAT16_NOTE)
             exact = parity["without_float16_rounding"]["max_abs_diff"]
             assert max(max(f.values()) for f in exact.values()) <= 1e-4 and worst <= 1e-3
         else:
@@ -134,8 +142,14 @@ def test_export_into_a_preset_records_metadata(tmp_path):
     summary = export.export_preset(str(preset), None, "onnx")
     metadata = hub.verify_preset(preset)  # every file, the new one included, matches its sha256
     onnx_info = metadata["exports"]["onnx"]
-    assert onnx_info["sha256"] == metadata["files"]["model.onnx"]["sha256"] == hub.sha256_file(preset / "model.onnx")
-    assert onnx_info["parity"]["max_abs_diff"] == summary["exports"]["onnx"]["parity"]["max_abs_diff"]
+    assert (
+        onnx_info["sha256"]
+        == metadata["files"]["model.onnx"]["sha256"]
+        == hub.sha256_file(preset / "model.onnx")
+    )
+    assert (
+        onnx_info["parity"]["max_abs_diff"] == summary["exports"]["onnx"]["parity"]["max_abs_diff"]
+    )
     assert onnx_info["outputs"] == ["embedding", "tags"] and onnx_info["opset"] == 17
     # A second format later keeps the first one's record.
     export.export_preset(str(preset), None, "savedmodel")
@@ -159,7 +173,12 @@ def test_parity_failure_keeps_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(export.parity, "keras_outputs", off_by_a_bit)
     with pytest.raises(export.ParityError, match="differs from the Keras model"):
         export.export_preset(str(preset), None, "onnx")
-    assert sorted(os.listdir(preset)) == ["README.md", "config.json", "metadata.json", "model.weights.h5"]
+    assert sorted(os.listdir(preset)) == [
+        "README.md",
+        "config.json",
+        "metadata.json",
+        "model.weights.h5",
+    ]
     assert (preset / "metadata.json").read_text() == before
 
 
@@ -179,21 +198,40 @@ def test_cli(tmp_path):
 
     preset = hub.save_preset(tiny_sample_cnn(), tmp_path / "preset")
     env = dict(os.environ, KERAS_BACKEND="tensorflow", HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-m", "export.export", f"--model={preset}", "--format=onnx",
-                           f"--output={tmp_path / 'out'}"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.export",
+            f"--model={preset}",
+            "--format=onnx",
+            f"--output={tmp_path / 'out'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert summary["exports"]["onnx"]["parity"]["max_abs_diff"]["embedding"]["batch_7"] <= 1e-4
     assert hub.verify_preset(tmp_path / "out")["files"]["model.onnx"]
-    bad = subprocess.run([sys.executable, "-m", "export.export", f"--model={tmp_path / 'nowhere'}"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "export.export", f"--model={tmp_path / 'nowhere'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "not a local preset folder" in bad.stderr
 
 
 def test_float16_frontend_fallback(tmp_path, monkeypatch):
-    """musicnn rounds its mel to float16: when a runtime's last-ulp difference flips a rounding (simulated here
-    on the first check), the graph is re-checked with the rounding off (<= 1e-4) and the shipped one at 1e-3."""
+    """musicnn rounds its mel to float16: when a runtime's last-ulp difference flips a rounding
+    (simulated here on the first check), the graph is re-checked with the rounding off (<= 1e-4)
+    and the shipped one at 1e-3."""
     from keras_clmr import export
     from keras_clmr.models import Musicnn, MusicTagger
 
@@ -213,11 +251,19 @@ def test_float16_frontend_fallback(tmp_path, monkeypatch):
 
     monkeypatch.setattr(export.parity, "check_onnx_parity", flaky)
     parity = export.checked_parity("onnx", model, path)
-    assert [(atol, rounding) for _, atol, rounding in calls] == [(1e-4, True), (1e-4, False), (1e-3, True)]
-    assert calls[1][0] != path and not os.path.exists(calls[1][0])  # the rounding-off probe, removed
+    assert [(atol, rounding) for _, atol, rounding in calls] == [
+        (1e-4, True),
+        (1e-4, False),
+        (1e-3, True),
+    ]
+    assert calls[1][0] != path and not os.path.exists(
+        calls[1][0]
+    )  # the rounding-off probe, removed
     assert max(parity["without_float16_rounding"]["max_abs_diff"]["embedding"].values()) <= 1e-4
     assert parity["float16_atol"] == 1e-3 and "float16" in parity["note"]
-    assert backbone.frontend.float16_rounding is True and backbone.float16_rounding is True  # restored
+    assert (
+        backbone.frontend.float16_rounding is True and backbone.float16_rounding is True
+    )  # restored
     # A model without such a frontend gets no second chance.
     calls.clear()
     plain = tiny_sample_cnn()

@@ -36,8 +36,12 @@ def test_tag_wise_matches_sklearn_and_reference_on_random_data():
     assert out["roc_auc"] == pytest.approx(roc_auc_score(y, s, average="macro"), abs=1e-12)
     assert out["pr_auc"] == pytest.approx(average_precision_score(y, s, average="macro"), abs=1e-12)
     for j in range(7):
-        assert out["per_tag_roc_auc"][j] == pytest.approx(_reference_roc_auc(y[:, j], s[:, j]), abs=1e-12)
-        assert out["per_tag_pr_auc"][j] == pytest.approx(_reference_average_precision(y[:, j], s[:, j]), abs=1e-12)
+        assert out["per_tag_roc_auc"][j] == pytest.approx(
+            _reference_roc_auc(y[:, j], s[:, j]), abs=1e-12
+        )
+        assert out["per_tag_pr_auc"][j] == pytest.approx(
+            _reference_average_precision(y[:, j], s[:, j]), abs=1e-12
+        )
     assert out["n_tags_evaluated"] == 7 and out["undefined_tags"] == []
 
 
@@ -50,18 +54,24 @@ def test_clip_wise_matches_per_row_sklearn():
     out = metrics.clip_wise_auc(y, s)
     rows = [i for i in range(20) if i != 5]
     assert out["n_clips_evaluated"] == 19
-    assert out["roc_auc"] == pytest.approx(np.mean([roc_auc_score(y[i], s[i]) for i in rows]), abs=1e-12)
-    assert out["pr_auc"] == pytest.approx(np.mean([average_precision_score(y[i], s[i]) for i in rows]), abs=1e-12)
+    assert out["roc_auc"] == pytest.approx(
+        np.mean([roc_auc_score(y[i], s[i]) for i in rows]), abs=1e-12
+    )
+    assert out["pr_auc"] == pytest.approx(
+        np.mean([average_precision_score(y[i], s[i]) for i in rows]), abs=1e-12
+    )
 
 
 def test_hand_worked_perfect_reversed_ties_and_tag_without_positives():
     y = np.array([[1, 1, 1, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0]])
-    s = np.array([
-        [0.9, 0.1, 0.5, 0.3],
-        [0.2, 0.8, 0.5, 0.1],
-        [0.8, 0.7, 0.5, 0.2],
-        [0.1, 0.2, 0.5, 0.4],
-    ])
+    s = np.array(
+        [
+            [0.9, 0.1, 0.5, 0.3],
+            [0.2, 0.8, 0.5, 0.1],
+            [0.8, 0.7, 0.5, 0.2],
+            [0.1, 0.2, 0.5, 0.4],
+        ]
+    )
     # tag 0: positives rank 1 and 2 -> perfect: ROC 1, AP 1
     # tag 1: positives (0.1, 0.2) below negatives (0.8, 0.7) -> reversed: ROC 0, AP (1/3 + 2/4) / 2
     # tag 2: all scores tied -> ROC 0.5, AP = prevalence 0.5
@@ -93,18 +103,22 @@ def test_accuracy_and_single_label_metrics():
     assert metrics.accuracy(np.eye(3)[[0, 2, 1, 1]], s) == pytest.approx(0.75)
     out = metrics.tagging_metrics(np.array([0, 2, 1, 1]), s, multi_label=False)
     assert out["accuracy"] == pytest.approx(0.75)
-    assert out["roc_auc_tag"] == pytest.approx(roc_auc_score(np.eye(3)[[0, 2, 1, 1]], s, average="macro"))
+    assert out["roc_auc_tag"] == pytest.approx(
+        roc_auc_score(np.eye(3)[[0, 2, 1, 1]], s, average="macro")
+    )
 
 
 def test_cover_song_metrics_hand_built_matrix():
     groups = ["a", "a", "a", "b", "b"]
-    d = np.array([
-        [0.0, 0.1, 0.5, 0.2, 0.9],  # ranks 1,3 of the versions: AP (1 + 2/3)/2, R1 1, P 2/4
-        [0.9, 0.0, 0.8, 0.1, 0.2],  # versions 0,2 at ranks 4,3: AP (1/3 + 2/4)/2, R1 3
-        [0.3, 0.4, 0.0, 0.1, 0.2],  # versions at ranks 3,4: AP 5/12, R1 3
-        [0.5, 0.5, 0.5, 0.0, 0.1],  # version 4 first: AP 1, R1 1, P 1/4
-        [0.1, 0.2, 0.3, 0.4, 0.0],  # version 3 last: AP 1/4, R1 4, P 1/4
-    ])
+    d = np.array(
+        [
+            [0.0, 0.1, 0.5, 0.2, 0.9],  # ranks 1,3 of the versions: AP (1 + 2/3)/2, R1 1, P 2/4
+            [0.9, 0.0, 0.8, 0.1, 0.2],  # versions 0,2 at ranks 4,3: AP (1/3 + 2/4)/2, R1 3
+            [0.3, 0.4, 0.0, 0.1, 0.2],  # versions at ranks 3,4: AP 5/12, R1 3
+            [0.5, 0.5, 0.5, 0.0, 0.1],  # version 4 first: AP 1, R1 1, P 1/4
+            [0.1, 0.2, 0.3, 0.4, 0.0],  # version 3 last: AP 1/4, R1 4, P 1/4
+        ]
+    )
     out = metrics.cover_song_metrics(d, groups)
     assert out["map"] == pytest.approx((5 / 6 + 5 / 12 + 5 / 12 + 1 + 1 / 4) / 5)
     assert out["mr1"] == pytest.approx((1 + 3 + 3 + 1 + 4) / 5)
@@ -121,7 +135,9 @@ def test_cover_song_metrics_perfect_clusters_singletons_and_ties():
     groups = np.concatenate([groups, [10, 11]])
     out = metrics.cover_song_metrics(metrics.cosine_distance_matrix(embeddings), groups)
     assert out["map"] == pytest.approx(1.0) and out["mr1"] == pytest.approx(1.0)
-    assert out["precision_at_10"] == pytest.approx(2 / 10)  # 2 versions in a top 10 (n - 1 = 13 >= 10)
+    assert out["precision_at_10"] == pytest.approx(
+        2 / 10
+    )  # 2 versions in a top 10 (n - 1 = 13 >= 10)
     assert out["n_queries"] == 12 and out["n_items"] == 14
     # All distances tied: the stable order ranks items by index.
     tied = metrics.cover_song_metrics(np.zeros((3, 3)), [0, 1, 0])

@@ -25,8 +25,17 @@ import numpy as np
 from keras_clmr import io
 from keras_clmr._optional import require
 from keras_clmr.export.signature import (
-    DEFAULT_OPSET, EMBED_OUTPUT, INPUT_NAME, TAG_OUTPUT, ExportError, ExportModel, check_float32,
-    input_samples, output_names, require_tensorflow)
+    DEFAULT_OPSET,
+    EMBED_OUTPUT,
+    INPUT_NAME,
+    TAG_OUTPUT,
+    ExportError,
+    ExportModel,
+    check_float32,
+    input_samples,
+    output_names,
+    require_tensorflow,
+)
 from keras_clmr.models import is_tagger
 
 METHODS = ("auto", "direct", "tf2onnx")
@@ -76,8 +85,12 @@ def _sample_cnn_nodes(encoder, graph, x):
     from keras_clmr.models.sample_cnn import SampleCNN
 
     if type(encoder) is not SampleCNN:
-        raise NotImplementedError(f"the direct ONNX builder supports SampleCNN, not {type(encoder).__name__}")
-    current = graph.node("Reshape", [x, graph.constant("shape_b1t", np.array([0, 1, -1], np.int64))])
+        raise NotImplementedError(
+            f"the direct ONNX builder supports SampleCNN, not {type(encoder).__name__}"
+        )
+    current = graph.node(
+        "Reshape", [x, graph.constant("shape_b1t", np.array([0, 1, -1], np.int64))]
+    )
     pending_pad = 0
     for layer in encoder.stack:
         if isinstance(layer, layers.ZeroPadding1D):
@@ -107,17 +120,27 @@ def _sample_cnn_nodes(encoder, graph, x):
             beta = _array(layer.beta).astype(np.float64) if layer.center else np.zeros_like(mean)
             scale = gamma / np.sqrt(var + layer.epsilon)
             column = (-1, 1)  # per channel of [batch, channels, time]
-            current = graph.node("Mul", [current, graph.constant("bn_scale", scale.reshape(column)
-                                                                 .astype(np.float32))])
-            current = graph.node("Add", [current, graph.constant("bn_shift", (beta - mean * scale)
-                                                                 .reshape(column).astype(np.float32))])
+            current = graph.node(
+                "Mul",
+                [current, graph.constant("bn_scale", scale.reshape(column).astype(np.float32))],
+            )
+            current = graph.node(
+                "Add",
+                [
+                    current,
+                    graph.constant(
+                        "bn_shift", (beta - mean * scale).reshape(column).astype(np.float32)
+                    ),
+                ],
+            )
         elif isinstance(layer, layers.ReLU):
             current = graph.node("Relu", [current])
         elif isinstance(layer, layers.MaxPooling1D):
             if layer.padding != "valid":
                 raise NotImplementedError("same pooling")
-            current = graph.node("MaxPool", [current], kernel_shape=[layer.pool_size[0]],
-                                 strides=[layer.strides[0]])
+            current = graph.node(
+                "MaxPool", [current], kernel_shape=[layer.pool_size[0]], strides=[layer.strides[0]]
+            )
         else:
             raise NotImplementedError(type(layer).__name__)
     return graph.node("Flatten", [current], EMBED_OUTPUT, axis=1)
@@ -164,13 +187,21 @@ def direct_graph(model, opset=DEFAULT_OPSET):
     samples = input_samples(model)
     outputs = [helper.make_tensor_value_info(embedding, float32, ["batch", None])]
     if tagger:
-        outputs.append(helper.make_tensor_value_info(_head_nodes(model, graph, embedding), float32,
-                                                     ["batch", None]))
+        outputs.append(
+            helper.make_tensor_value_info(
+                _head_nodes(model, graph, embedding), float32, ["batch", None]
+            )
+        )
     proto = helper.make_model(
-        helper.make_graph(graph.nodes, "keras_clmr",
-                          [helper.make_tensor_value_info(INPUT_NAME, float32, ["batch", samples])],
-                          outputs, initializer=graph.initializers),
-        opset_imports=[helper.make_opsetid("", int(opset))])
+        helper.make_graph(
+            graph.nodes,
+            "keras_clmr",
+            [helper.make_tensor_value_info(INPUT_NAME, float32, ["batch", samples])],
+            outputs,
+            initializer=graph.initializers,
+        ),
+        opset_imports=[helper.make_opsetid("", int(opset))],
+    )
     proto.ir_version = IR_VERSION
     return proto
 
@@ -179,11 +210,13 @@ def direct_graph(model, opset=DEFAULT_OPSET):
 
 
 def _rename_io(model_proto, outputs):
-    """Name the graph input ``audio`` and its outputs ``outputs``; call the batch dimension ``batch``."""
+    """Name the graph input ``audio``, its outputs ``outputs``, the batch dimension ``batch``."""
     graph = model_proto.graph
     if len(graph.input) != 1 or len(graph.output) != len(outputs):
-        raise ExportError(f"Unexpected ONNX signature: inputs {[i.name for i in graph.input]}, "
-                          f"outputs {[o.name for o in graph.output]} (expected 1 input, {outputs}).")
+        raise ExportError(
+            f"Unexpected ONNX signature: inputs {[i.name for i in graph.input]}, "
+            f"outputs {[o.name for o in graph.output]} (expected 1 input, {outputs})."
+        )
     renames = {graph.input[0].name: INPUT_NAME}
     renames.update({o.name: new for o, new in zip(graph.output, outputs)})
     for node in graph.node:
@@ -210,8 +243,13 @@ def tf2onnx_graph(model, opset=DEFAULT_OPSET):
     wrapper(np.zeros((1, samples), np.float32))
     with tempfile.TemporaryDirectory(prefix="keras_clmr_onnx-") as scratch:
         raw = os.path.join(scratch, "raw.onnx")
-        wrapper.export(raw, format="onnx", verbose=False, opset_version=int(opset),
-                       input_signature=[tf.TensorSpec((None, samples), tf.float32, name=INPUT_NAME)])
+        wrapper.export(
+            raw,
+            format="onnx",
+            verbose=False,
+            opset_version=int(opset),
+            input_signature=[tf.TensorSpec((None, samples), tf.float32, name=INPUT_NAME)],
+        )
         proto = onnx.load(raw)
     _rename_io(proto, output_names(model))
     return proto
@@ -233,11 +271,15 @@ def _consumers(graph):
 
 
 def _channel_vector(value, rank, channels):
-    """A per-channel (axis 1) vector from a constant broadcast against a rank-``rank`` tensor, else None."""
+    """A per-channel (axis 1) vector from a constant broadcast against a rank-``rank`` tensor,
+    else None."""
     if value.ndim > rank or value.dtype != np.float32:
         return None
     shape = (1,) * (rank - value.ndim) + value.shape
-    if any(size != 1 for axis, size in enumerate(shape) if axis != 1) or shape[1] not in (1, channels):
+    if any(size != 1 for axis, size in enumerate(shape) if axis != 1) or shape[1] not in (
+        1,
+        channels,
+    ):
         return None
     return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float64)
 
@@ -250,22 +292,35 @@ def _fold_affine(graph):
     consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
     for conv in graph.node:
-        if conv.op_type != "Conv" or conv.input[1] not in inits or (
-                len(conv.input) > 2 and conv.input[2] not in inits):
+        if (
+            conv.op_type != "Conv"
+            or conv.input[1] not in inits
+            or (len(conv.input) > 2 and conv.input[2] not in inits)
+        ):
             continue
         users = consumers.get(conv.output[0], [])
         if len(users) != 1 or users[0].op_type not in ("Squeeze", "Add", "Sub", "Mul"):
             continue  # nothing to fold after this one
         weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
         channels, rank = weight.shape[0], weight.ndim
-        bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2
-                else np.zeros(channels))
+        bias = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2
+            else np.zeros(channels)
+        )
         current, squeeze, folded = conv.output[0], None, []
         while current not in outputs and len(consumers.get(current, [])) == 1:
             node = consumers[current][0]
-            if node.op_type == "Squeeze" and squeeze is None and not folded and len(node.input) == 2 \
-                    and node.input[1] in inits:
-                axes = [int(a) % rank for a in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
+            if (
+                node.op_type == "Squeeze"
+                and squeeze is None
+                and not folded
+                and len(node.input) == 2
+                and node.input[1] in inits
+            ):
+                axes = [
+                    int(a) % rank for a in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)
+                ]
                 if 0 in axes or 1 in axes:
                     break
                 squeeze, rank = node, rank - len(axes)
@@ -289,8 +344,12 @@ def _fold_affine(graph):
             continue
         stem = conv.name or conv.output[0]
         w_name, b_name = f"{stem}/folded_weight", f"{stem}/folded_bias"
-        graph.initializer.extend([numpy_helper.from_array(weight.astype(np.float32), w_name),
-                                  numpy_helper.from_array(bias.astype(np.float32), b_name)])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(weight.astype(np.float32), w_name),
+                numpy_helper.from_array(bias.astype(np.float32), b_name),
+            ]
+        )
         del conv.input[1:]
         conv.input.extend([w_name, b_name])
         last = folded[-1].output[0]
@@ -341,8 +400,11 @@ def _cancel_squeeze(graph):
         if len(users) != 1 or users[0].op_type != "Unsqueeze" or len(users[0].input) != 2:
             continue
         unsqueeze = users[0]
-        if unsqueeze.output[0] in outputs or squeeze.input[1] not in inits \
-                or unsqueeze.input[1] not in inits:
+        if (
+            unsqueeze.output[0] in outputs
+            or squeeze.input[1] not in inits
+            or unsqueeze.input[1] not in inits
+        ):
             continue
         axes_s = numpy_helper.to_array(inits[squeeze.input[1]]).reshape(-1).tolist()
         axes_u = numpy_helper.to_array(inits[unsqueeze.input[1]]).reshape(-1).tolist()
@@ -367,7 +429,7 @@ def _prune_initializers(graph):
 
 
 def optimize_onnx(model_proto):
-    """Fold per-channel Add/Mul (BatchNorm, bias) into convolutions and drop Squeeze/Unsqueeze pairs.
+    """Fold per-channel Add/Mul (BatchNorm, bias) into convolutions; drop Squeeze/Unsqueeze pairs.
 
     Works in place on an ``onnx.ModelProto`` and returns it with a dict of what was done.
     Only exact algebraic rewrites (in float64, stored as float32); the export's parity check
@@ -376,8 +438,11 @@ def optimize_onnx(model_proto):
     graph = model_proto.graph
     counts = {"folded_affines": 0, "commuted_relus": 0, "cancelled_squeezes": 0}
     before = len(graph.node)
-    for key, rewrite in (("folded_affines", _fold_affine), ("commuted_relus", _commute_squeeze),
-                         ("cancelled_squeezes", _cancel_squeeze)):
+    for key, rewrite in (
+        ("folded_affines", _fold_affine),
+        ("commuted_relus", _commute_squeeze),
+        ("cancelled_squeezes", _cancel_squeeze),
+    ):
         while rewrite(graph):
             counts[key] += 1
     _prune_initializers(graph)
@@ -414,8 +479,11 @@ def build_onnx(model, *, method="auto", opset=DEFAULT_OPSET, optimize=True):
         proto, counts = optimize_onnx(proto)
     proto.producer_name = "keras_clmr"
     onnx.checker.check_model(proto)
-    exporter = (f"keras {keras.__version__} model.export(format='onnx') (tf2onnx)" if used == "tf2onnx"
-                else "keras_clmr direct ONNX builder")
+    exporter = (
+        f"keras {keras.__version__} model.export(format='onnx') (tf2onnx)"
+        if used == "tf2onnx"
+        else "keras_clmr direct ONNX builder"
+    )
     return proto, {"opset": int(opset), "method": used, "exporter": exporter, "optimized": counts}
 
 
@@ -434,10 +502,16 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, optimize=True, method="tf2o
     with io.atomic_path(path) as temporary:
         onnx.save(proto, temporary)
     seconds = time.perf_counter() - start
-    return {"file": os.path.basename(path), "opset": info["opset"], "inputs": [INPUT_NAME],
-            "outputs": output_names(model), "input_shape": ["batch", samples],
-            "exporter": info["exporter"], "optimized": info["optimized"],
-            "export_seconds": round(seconds, 2)}
+    return {
+        "file": os.path.basename(path),
+        "opset": info["opset"],
+        "inputs": [INPUT_NAME],
+        "outputs": output_names(model),
+        "input_shape": ["batch", samples],
+        "exporter": info["exporter"],
+        "optimized": info["optimized"],
+        "export_seconds": round(seconds, 2),
+    }
 
 
 def onnx_session(path_or_proto, threads=None):

@@ -1,4 +1,4 @@
-"""Export a preset folder (or a keras.Model) in every format, parity-checked, recorded in its metadata.
+"""Export a preset folder (or a keras.Model) in every format, parity-checked and recorded.
 
 ``export_preset`` writes ``model.onnx`` and/or ``saved_model/`` into a preset folder (a copy when
 the source is a registry name, a Hub handle or the cache), keeps a file only after its parity
@@ -16,13 +16,19 @@ from keras_clmr.export.onnx import export_onnx
 from keras_clmr.export.parity import PARITY_ATOL, PARITY_BATCHES, checked_parity
 from keras_clmr.export.savedmodel import write_savedmodel
 from keras_clmr.export.signature import (
-    DEFAULT_OPSET, FORMATS, ONNX_FILE, SAVEDMODEL_DIR, ExportError, input_samples,
-    require_tensorflow)
+    DEFAULT_OPSET,
+    FORMATS,
+    ONNX_FILE,
+    SAVEDMODEL_DIR,
+    ExportError,
+    input_samples,
+    require_tensorflow,
+)
 from keras_clmr.models import encoder_of, is_tagger
 
 
 def update_metadata(preset_dir, **fields):
-    """Set top-level ``fields`` in ``metadata.json`` and re-hash every file of the folder (atomically)."""
+    """Set top-level ``fields`` in ``metadata.json`` and re-hash every file (atomically)."""
     metadata = hub.read_metadata(preset_dir)
     metadata.update(io.to_jsonable(fields))
     metadata["files"] = hub.hash_folder(preset_dir)
@@ -39,8 +45,13 @@ def load_model(name_or_handle, task=None):
 def _copy_preset(source, target):
     """Copy preset folder ``source`` to ``target`` (atomically, following HF-cache symlinks)."""
     with io.atomic_folder(target, overwrite=True) as temporary:
-        shutil.copytree(source, temporary, symlinks=False, ignore=shutil.ignore_patterns(".*"),
-                        dirs_exist_ok=True)
+        shutil.copytree(
+            source,
+            temporary,
+            symlinks=False,
+            ignore=shutil.ignore_patterns(".*"),
+            dirs_exist_ok=True,
+        )
     return target
 
 
@@ -51,12 +62,16 @@ def parse_formats(formats):
     formats = tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ValueError(f"Unknown export format(s) {unknown or formats}; choose from {FORMATS} or 'all'.")
+        raise ValueError(
+            f"Unknown export format(s) {unknown or formats}; choose from {FORMATS} or 'all'."
+        )
     return formats
 
 
 def _hash_tree(folder):
-    return {f"{os.path.basename(folder)}/{rel}": entry for rel, entry in hub.hash_folder(folder).items()}
+    return {
+        f"{os.path.basename(folder)}/{rel}": entry for rel, entry in hub.hash_folder(folder).items()
+    }
 
 
 def _model_attribute(model, name):
@@ -84,9 +99,19 @@ def _export_savedmodel_checked(model, output, batches, atol):
     return info
 
 
-def export_preset(model, output=None, formats="all", *, task=None, opset=DEFAULT_OPSET,
-                  optimize=True, atol=PARITY_ATOL, batches=PARITY_BATCHES, record=True):
-    """Export a preset (registry name, hf:// handle, folder) or a ``keras.Model`` with parity checks.
+def export_preset(
+    model,
+    output=None,
+    formats="all",
+    *,
+    task=None,
+    opset=DEFAULT_OPSET,
+    optimize=True,
+    atol=PARITY_ATOL,
+    batches=PARITY_BATCHES,
+    record=True,
+):
+    """Export a preset (registry name, hf:// handle, folder) or a keras.Model, parity-checked.
 
     Args:
         model: what to export. A keras.Model needs ``output``.
@@ -111,7 +136,8 @@ def export_preset(model, output=None, formats="all", *, task=None, opset=DEFAULT
                 raise ExportError(
                     f"{handle} is not a local preset folder (a registry name or Hub handle): pass "
                     "--output, the folder to write (the Hugging Face and keras_clmr caches are "
-                    "never modified).")
+                    "never modified)."
+                )
             output = handle
         model, source_dir = load_model(handle, task=task)
     elif output is None:
@@ -121,10 +147,14 @@ def export_preset(model, output=None, formats="all", *, task=None, opset=DEFAULT
         _copy_preset(source_dir, output)
     os.makedirs(output, exist_ok=True)
     is_preset = os.path.isfile(os.path.join(output, hub.METADATA_FILE))
-    summary = {"output": output, "model": type(model).__name__,
-               "task": "tag" if is_tagger(model) else "embed",
-               "input_samples": input_samples(model),
-               "sample_rate": _model_attribute(model, "sample_rate"), "exports": {}}
+    summary = {
+        "output": output,
+        "model": type(model).__name__,
+        "task": "tag" if is_tagger(model) else "embed",
+        "input_samples": input_samples(model),
+        "sample_rate": _model_attribute(model, "sample_rate"),
+        "exports": {},
+    }
     for fmt in formats:
         if fmt == "onnx":
             info = _export_onnx_checked(model, output, opset, optimize, batches, atol)

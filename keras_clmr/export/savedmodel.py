@@ -1,4 +1,4 @@
-"""TensorFlow SavedModel export (``keras.export.ExportArchive``) with ``embed`` / ``tag`` signatures.
+"""TensorFlow SavedModel export (``keras.export.ExportArchive``), signatures ``embed`` / ``tag``.
 
 Signature ``embed``: ``audio`` [batch, samples] -> ``embedding`` [batch, D]; a tagger adds
 ``tag``: ``audio`` -> ``tags`` [batch, C] probabilities, and ``serving_default`` is the first of
@@ -13,8 +13,14 @@ import numpy as np
 
 from keras_clmr import io
 from keras_clmr.export.signature import (
-    EMBED_OUTPUT, INPUT_NAME, TAG_OUTPUT, check_float32, input_samples, require_tensorflow,
-    split_model)
+    EMBED_OUTPUT,
+    INPUT_NAME,
+    TAG_OUTPUT,
+    check_float32,
+    input_samples,
+    require_tensorflow,
+    split_model,
+)
 
 
 def write_savedmodel(model, folder):
@@ -32,22 +38,30 @@ def write_savedmodel(model, folder):
     endpoints = []
     if tagger is not None:
         endpoints.append("tag")
-        archive.add_endpoint("tag", lambda audio: {TAG_OUTPUT: tagger(audio, training=False)},
-                             input_signature=spec)
+        archive.add_endpoint(
+            "tag", lambda audio: {TAG_OUTPUT: tagger(audio, training=False)}, input_signature=spec
+        )
     endpoints.append("embed")
-    archive.add_endpoint("embed", lambda audio: {EMBED_OUTPUT: encoder(audio, training=False)},
-                         input_signature=spec)
+    archive.add_endpoint(
+        "embed", lambda audio: {EMBED_OUTPUT: encoder(audio, training=False)}, input_signature=spec
+    )
     start = time.perf_counter()
     archive.write_out(folder, verbose=False)
     outputs = {"embed": [EMBED_OUTPUT], **({"tag": [TAG_OUTPUT]} if tagger else {})}
-    return {"folder": os.path.basename(folder), "signatures": endpoints,
-            "serving_default": endpoints[0], "inputs": [INPUT_NAME], "outputs": outputs,
-            "input_shape": ["batch", samples], "exporter": f"keras {keras.__version__} ExportArchive",
-            "export_seconds": round(time.perf_counter() - start, 2)}
+    return {
+        "folder": os.path.basename(folder),
+        "signatures": endpoints,
+        "serving_default": endpoints[0],
+        "inputs": [INPUT_NAME],
+        "outputs": outputs,
+        "input_shape": ["batch", samples],
+        "exporter": f"keras {keras.__version__} ExportArchive",
+        "export_seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 def export_savedmodel(model, path):
-    """Write ``model`` as a TF SavedModel folder at ``path`` (atomically, replacing it); return info."""
+    """Write ``model`` as a SavedModel folder at ``path`` (atomically, replacing it); its info."""
     require_tensorflow()
     with io.atomic_folder(path, overwrite=True) as temporary:
         info = write_savedmodel(model, temporary)

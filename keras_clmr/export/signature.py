@@ -32,7 +32,8 @@ def require_tensorflow():
         raise ExportError(
             f"Export runs on the TensorFlow backend (Keras is using {keras.backend.backend()!r}); "
             "set KERAS_BACKEND=tensorflow. Presets are backend-independent, so the exported "
-            "files are the same whichever backend trained the model.")
+            "files are the same whichever backend trained the model."
+        )
 
 
 def split_model(model):
@@ -41,7 +42,7 @@ def split_model(model):
 
 
 def output_names(model):
-    """The named outputs of an export of ``model``: ``["embedding"]`` or ``["embedding", "tags"]``."""
+    """The outputs of an export of ``model``: ``["embedding"]`` or ``["embedding", "tags"]``."""
     return [EMBED_OUTPUT, TAG_OUTPUT] if is_tagger(model) else [EMBED_OUTPUT]
 
 
@@ -53,7 +54,8 @@ def input_samples(model):
     if samples is None:
         raise ExportError(
             f"{type(model).__name__} has no input_samples attribute: the export needs a fixed "
-            "window length (keras_clmr encoders and taggers have one).")
+            "window length (keras_clmr encoders and taggers have one)."
+        )
     return int(samples)
 
 
@@ -63,7 +65,8 @@ def check_float32(model):
     if policy is not None and policy.compute_dtype != "float32":
         raise ExportError(
             f"Export needs a float32 model, got dtype policy {policy.name!r}; reload the preset "
-            "with keras.config.set_dtype_policy('float32').")
+            "with keras.config.set_dtype_policy('float32')."
+        )
 
 
 class ExportModel(keras.Model):

@@ -11,6 +11,13 @@ from keras_clmr.inference.engines import DEFAULT_MODEL, ENGINES
 from keras_clmr.inference.windows import ClipTooShortError
 
 __all__ = [
-    "DEFAULT_BLOCK_SECONDS", "DEFAULT_MODEL", "ENGINES", "ClipTooShortError", "Embeddings",
-    "TagResult", "embed", "onnx_predictor", "tag",
+    "DEFAULT_BLOCK_SECONDS",
+    "DEFAULT_MODEL",
+    "ENGINES",
+    "ClipTooShortError",
+    "Embeddings",
+    "TagResult",
+    "embed",
+    "onnx_predictor",
+    "tag",
 ]

@@ -38,7 +38,7 @@ class Embeddings:
 
 @dataclasses.dataclass
 class TagResult:
-    """Per-window ``probabilities`` [T, C], the clip-level mean [C], and the ``top`` (name, p) list."""
+    """Per-window ``probabilities`` [T, C], the clip-level mean [C], the ``top`` (name, p) list."""
 
     probabilities: np.ndarray
     clip: np.ndarray
@@ -62,8 +62,20 @@ def _attribute(model, name, default=None):
     return default
 
 
-def _run(sources, predict, *, sample_rate, window, hop, batch_size, short, on_error, block_frames,
-         source_rate, progress):
+def _run(
+    sources,
+    predict,
+    *,
+    sample_rate,
+    window,
+    hop,
+    batch_size,
+    short,
+    on_error,
+    block_frames,
+    source_rate,
+    progress,
+):
     outputs = [[] for _ in sources]
     starts = [[] for _ in sources]
     streams = [None] * len(sources)
@@ -87,7 +99,9 @@ def _run(sources, predict, *, sample_rate, window, hop, batch_size, short, on_er
         bar = tqdm(total=len(sources), unit="file", disable=progress is None)
     try:
         for i, source in enumerate(sources):
-            stream = WindowStream(source, sample_rate, window, hop, short, block_frames, source_rate)
+            stream = WindowStream(
+                source, sample_rate, window, hop, short, block_frames, source_rate
+            )
             streams[i] = stream
             try:
                 for start, chunk in stream:
@@ -113,18 +127,27 @@ def _run(sources, predict, *, sample_rate, window, hop, batch_size, short, on_er
         if errors[i] is not None:
             results.append((None, None, stream, errors[i]))
         else:
-            results.append((np.stack(outputs[i]).astype(np.float32), np.asarray(starts[i]) / sample_rate,
-                            stream, None))
+            results.append(
+                (
+                    np.stack(outputs[i]).astype(np.float32),
+                    np.asarray(starts[i]) / sample_rate,
+                    stream,
+                    None,
+                )
+            )
     return results
 
 
-def _prepare(audio_or_path, model, task, sample_rate, hop, batch_size, short, on_error, block_seconds,
-             engine):
+def _prepare(
+    audio_or_path, model, task, sample_rate, hop, batch_size, short, on_error, block_seconds, engine
+):
     single = not isinstance(audio_or_path, (list, tuple))
     sources = [audio_or_path] if single else list(audio_or_path)
     for source in sources:
         if not isinstance(source, (str, os.PathLike, np.ndarray)):
-            raise TypeError(f"Inputs must be file paths or numpy arrays, got {type(source).__name__}.")
+            raise TypeError(
+                f"Inputs must be file paths or numpy arrays, got {type(source).__name__}."
+            )
     if short not in ("pad", "error"):
         raise ValueError(f"short must be 'pad' or 'error', got {short!r}.")
     if on_error not in ("raise", "skip"):
@@ -135,7 +158,9 @@ def _prepare(audio_or_path, model, task, sample_rate, hop, batch_size, short, on
     window = _attribute(model, "input_samples")
     rate = int(_attribute(model, "sample_rate", audio_lib.DEFAULT_SAMPLE_RATE))
     if window is None:
-        raise ValueError(f"{type(model).__name__} has no input_samples attribute; cannot window the audio.")
+        raise ValueError(
+            f"{type(model).__name__} has no input_samples attribute; cannot window the audio."
+        )
     hop_samples = window if hop is None else int(round(float(hop) * rate))
     if hop_samples < 1:
         raise ValueError(f"hop must be > 0 seconds, got {hop}.")
@@ -144,8 +169,19 @@ def _prepare(audio_or_path, model, task, sample_rate, hop, batch_size, short, on
     return single, sources, model, net, predict, int(window), rate, hop_samples, block_frames
 
 
-def embed(audio_or_path, model=None, *, sample_rate=None, hop=None, batch_size=32, short="pad",
-          on_error="raise", block_seconds=DEFAULT_BLOCK_SECONDS, progress=False, engine="auto"):
+def embed(
+    audio_or_path,
+    model=None,
+    *,
+    sample_rate=None,
+    hop=None,
+    batch_size=32,
+    short="pad",
+    on_error="raise",
+    block_seconds=DEFAULT_BLOCK_SECONDS,
+    progress=False,
+    engine="auto",
+):
     """Embeddings of one input or a list of inputs (file paths or float arrays).
 
     Args:
@@ -169,33 +205,102 @@ def embed(audio_or_path, model=None, *, sample_rate=None, hop=None, batch_size=3
         ``Embeddings`` (``.embeddings`` [T, D], ``.times`` [T] start seconds), or a list of them.
     """
     single, sources, model, net, predict, window, rate, hop_samples, block_frames = _prepare(
-        audio_or_path, model, "embed", sample_rate, hop, batch_size, short, on_error, block_seconds, engine)
-    runs = _run(sources, predict, sample_rate=rate, window=window, hop=hop_samples, batch_size=int(batch_size),
-                short=short, on_error=on_error, block_frames=block_frames, source_rate=sample_rate,
-                progress=progress)
+        audio_or_path,
+        model,
+        "embed",
+        sample_rate,
+        hop,
+        batch_size,
+        short,
+        on_error,
+        block_seconds,
+        engine,
+    )
+    runs = _run(
+        sources,
+        predict,
+        sample_rate=rate,
+        window=window,
+        hop=hop_samples,
+        batch_size=int(batch_size),
+        short=short,
+        on_error=on_error,
+        block_frames=block_frames,
+        source_rate=sample_rate,
+        progress=progress,
+    )
     results = []
     for source, (out, times, stream, error) in zip(sources, runs):
         if error is not None:
-            out, times = np.zeros((0, _attribute(net, "embedding_dim", 0) or 0), np.float32), np.zeros(0)
-        results.append(Embeddings(out, times, describe(source), rate, window / rate, hop_samples / rate,
-                                  stream.total / rate, stream.padded, error))
+            out, times = (
+                np.zeros((0, _attribute(net, "embedding_dim", 0) or 0), np.float32),
+                np.zeros(0),
+            )
+        results.append(
+            Embeddings(
+                out,
+                times,
+                describe(source),
+                rate,
+                window / rate,
+                hop_samples / rate,
+                stream.total / rate,
+                stream.padded,
+                error,
+            )
+        )
     return results[0] if single else results
 
 
-def tag(audio_or_path, model=None, *, top_k=5, sample_rate=None, hop=None, batch_size=32, short="pad",
-        on_error="raise", block_seconds=DEFAULT_BLOCK_SECONDS, progress=False, engine="auto"):
+def tag(
+    audio_or_path,
+    model=None,
+    *,
+    top_k=5,
+    sample_rate=None,
+    hop=None,
+    batch_size=32,
+    short="pad",
+    on_error="raise",
+    block_seconds=DEFAULT_BLOCK_SECONDS,
+    progress=False,
+    engine="auto",
+):
     """Tag probabilities per window and per clip (mean over windows), with the top-k tag names.
 
     ``model`` is a tagger (``MusicTagger``), a preset name (loaded with ``task="tag"``), an
     hf:// handle or a folder. Other arguments as in ``embed``. Returns ``TagResult`` or a list.
     """
     single, sources, model, net, predict, window, rate, hop_samples, block_frames = _prepare(
-        audio_or_path, model, "tag", sample_rate, hop, batch_size, short, on_error, block_seconds, engine)
-    names = tuple(str(t) for t in model.tags) if model.tags else tuple(
-        f"tag_{i}" for i in range(int(_attribute(model, "num_classes", 0) or 0)))
-    runs = _run(sources, predict, sample_rate=rate, window=window, hop=hop_samples, batch_size=int(batch_size),
-                short=short, on_error=on_error, block_frames=block_frames, source_rate=sample_rate,
-                progress=progress)
+        audio_or_path,
+        model,
+        "tag",
+        sample_rate,
+        hop,
+        batch_size,
+        short,
+        on_error,
+        block_seconds,
+        engine,
+    )
+    names = (
+        tuple(str(t) for t in model.tags)
+        if model.tags
+        else tuple(f"tag_{i}" for i in range(int(_attribute(model, "num_classes", 0) or 0)))
+    )
+    runs = _run(
+        sources,
+        predict,
+        sample_rate=rate,
+        window=window,
+        hop=hop_samples,
+        batch_size=int(batch_size),
+        short=short,
+        on_error=on_error,
+        block_frames=block_frames,
+        source_rate=sample_rate,
+        progress=progress,
+    )
     results = []
     for source, (out, times, stream, error) in zip(sources, runs):
         if error is not None:
@@ -203,10 +308,27 @@ def tag(audio_or_path, model=None, *, top_k=5, sample_rate=None, hop=None, batch
             clip, top = np.zeros(len(names), np.float32), []
         else:
             if out.shape[-1] != len(names):
-                raise ValueError(f"The tagger outputs {out.shape[-1]} values per window but has {len(names)} tags.")
+                raise ValueError(
+                    f"The tagger outputs {out.shape[-1]} values per window but has "
+                    f"{len(names)} tags."
+                )
             clip = out.mean(axis=0)
-            order = np.argsort(-clip, kind="stable")[:max(0, int(top_k))]
+            order = np.argsort(-clip, kind="stable")[: max(0, int(top_k))]
             top = [(names[j], float(clip[j])) for j in order]
-        results.append(TagResult(out, clip, names, top, times, describe(source), rate, window / rate,
-                                 hop_samples / rate, stream.total / rate, stream.padded, error))
+        results.append(
+            TagResult(
+                out,
+                clip,
+                names,
+                top,
+                times,
+                describe(source),
+                rate,
+                window / rate,
+                hop_samples / rate,
+                stream.total / rate,
+                stream.padded,
+                error,
+            )
+        )
     return results[0] if single else results

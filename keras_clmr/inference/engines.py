@@ -37,14 +37,17 @@ def resolve_model(model, task):
             _LOADED[key] = load_pretrained(model, task=task)
         model = _LOADED[key]
     if not isinstance(model, keras.Model):
-        raise TypeError("model must be a preset name, hf:// handle, folder or keras.Model, got "
-                        f"{type(model).__name__}.")
+        raise TypeError(
+            "model must be a preset name, hf:// handle, folder or keras.Model, got "
+            f"{type(model).__name__}."
+        )
     if task == "tag":
         if not is_tagger(model):
             raise ValueError(
                 "tag() needs a tagger (a model with .backbone and .tags, e.g. "
                 f"keras_clmr.models.MusicTagger), got {type(model).__name__}; load one with "
-                "load_pretrained(name, task='tag') or use embed().")
+                "load_pretrained(name, task='tag') or use embed()."
+            )
         return model, model
     return model, encoder_of(model)
 
@@ -57,7 +60,7 @@ def _fingerprint(net):
 
 
 def cached_onnx_predictor(net):
-    """``onnx_predictor(net)``, rebuilt when the weights change (e.g. more training), else reused."""
+    """``onnx_predictor(net)``, rebuilt when the weights change (more training), else reused."""
     from keras_clmr.export.onnx import onnx_predictor
 
     key = id(net)
@@ -79,6 +82,8 @@ def predictor(net, engine):
             return cached_onnx_predictor(net), "onnxruntime"
         except (NotImplementedError, ImportError) as error:
             if engine == "onnxruntime":
-                raise ValueError(f"engine='onnxruntime' does not support this model ({error}); "
-                                 "use engine='keras'.") from error
+                raise ValueError(
+                    f"engine='onnxruntime' does not support this model ({error}); "
+                    "use engine='keras'."
+                ) from error
     return keras_predictor(net), "keras"

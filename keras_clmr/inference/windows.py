@@ -40,7 +40,9 @@ class WindowStream:
         if data.ndim == 2:
             data = data.mean(axis=1)
         elif data.ndim != 1:
-            raise ValueError(f"Audio arrays must be [samples] or [samples, channels], got shape {data.shape}.")
+            raise ValueError(
+                f"Audio arrays must be [samples] or [samples, channels], got shape {data.shape}."
+            )
         if not np.issubdtype(data.dtype, np.floating):
             raise ValueError(f"Audio arrays must be float in [-1, 1], got dtype {data.dtype}.")
         data = data.astype(np.float32, copy=False)
@@ -49,7 +51,7 @@ class WindowStream:
         if self.source_rate and self.source_rate != self.sample_rate:
             data = audio_lib.resample(data, self.source_rate, self.sample_rate)
         for start in range(0, len(data), self.block_frames):
-            yield data[start:start + self.block_frames]
+            yield data[start : start + self.block_frames]
 
     def _file_blocks(self):
         import soundfile
@@ -66,7 +68,7 @@ class WindowStream:
         except Exception:  # not readable by libsndfile: ffmpeg fallback, decoded whole
             data = audio_lib.load(path, sample_rate=self.sample_rate)
             for start in range(0, len(data), self.block_frames):
-                yield data[start:start + self.block_frames]
+                yield data[start : start + self.block_frames]
             return
         with handle:
             rate = handle.samplerate
@@ -74,7 +76,9 @@ class WindowStream:
             if rate != self.sample_rate:
                 import soxr
 
-                stream = soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+                stream = soxr.ResampleStream(
+                    rate, self.sample_rate, 1, dtype="float32", quality="HQ"
+                )
             in_frames = max(1, int(round(self.block_frames * rate / self.sample_rate)))
             while True:
                 try:
@@ -93,7 +97,9 @@ class WindowStream:
                     break
 
     def __iter__(self):
-        blocks = self._array_blocks() if isinstance(self.source, np.ndarray) else self._file_blocks()
+        blocks = (
+            self._array_blocks() if isinstance(self.source, np.ndarray) else self._file_blocks()
+        )
         window, hop = self.window, self.hop
         buffer = np.zeros(0, np.float32)
         buffer_start = next_start = emitted = 0
@@ -102,7 +108,7 @@ class WindowStream:
             buffer = np.concatenate([buffer, block]) if len(buffer) else block
             while next_start + window <= buffer_start + len(buffer):
                 offset = next_start - buffer_start
-                yield next_start, buffer[offset:offset + window]
+                yield next_start, buffer[offset : offset + window]
                 emitted += 1
                 next_start += hop
             drop = min(next_start - buffer_start, len(buffer))
@@ -113,8 +119,11 @@ class WindowStream:
             raise EmptyAudioError(self.name, "decodes to zero samples")
         if emitted == 0:
             seconds = self.total / self.sample_rate
-            message = (f"only {self.total} samples ({seconds:.2f} s at {self.sample_rate} Hz), shorter than one "
-                       f"{window}-sample window ({window / self.sample_rate:.2f} s)")
+            message = (
+                f"only {self.total} samples ({seconds:.2f} s at {self.sample_rate} Hz), shorter "
+                "than one "
+                f"{window}-sample window ({window / self.sample_rate:.2f} s)"
+            )
             if self.short == "error":
                 raise ClipTooShortError(self.name, message + "; pass short='pad' to zero-pad it")
             warnings.warn(f"{self.name}: {message}; zero-padded to one window.", stacklevel=4)

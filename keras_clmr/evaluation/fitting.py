@@ -1,0 +1,112 @@
+"""Training shared by probes, fine-tuning and the supervised baseline, and their results records.
+
+Early stopping restores the best-validation weights (CLMR keeps the last ones; restoring the
+best is the usual reading of early stopping and never worse on validation).
+"""
+
+import datetime
+
+import keras
+import numpy as np
+
+from keras_clmr import metrics as metrics_lib
+from keras_clmr.evaluation.data import train_data, valid_data
+
+
+def loss(multi_label):
+    if multi_label:
+        return keras.losses.BinaryCrossentropy(from_logits=True)
+    return keras.losses.CategoricalCrossentropy(from_logits=True)
+
+
+def callbacks(patience, lr_patience, lr_factor):
+    return [
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=lr_factor, patience=lr_patience, verbose=0
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience, restore_best_weights=True
+        ),
+    ]
+
+
+def history_summary(history):
+    val = [float(v) for v in history.history.get("val_loss", [])]
+    return {
+        "epochs_run": len(val),
+        "best_epoch": int(np.argmin(val)) + 1 if val else None,
+        "best_val_loss": min(val) if val else None,
+        "train_loss": [float(v) for v in history.history.get("loss", [])],
+        "val_loss": val,
+    }
+
+
+def fit_end_to_end(
+    tagger,
+    train,
+    valid,
+    *,
+    optimizer,
+    epochs,
+    batch_size,
+    patience,
+    lr_patience,
+    lr_factor,
+    train_indices=None,
+    seed=0,
+    jit_compile="auto",
+    run_eagerly=False,
+    verbose=0,
+):
+    """Train a MusicTagger end to end on random crops (fine-tuning, supervised); the history."""
+    indices = np.arange(len(train)) if train_indices is None else np.asarray(train_indices)
+    view = tagger.logits_model()
+    view.compile(
+        optimizer=optimizer,
+        loss=loss(tagger.multi_label),
+        jit_compile=jit_compile,
+        run_eagerly=run_eagerly,
+    )
+    data = train_data(train, tagger.input_samples, batch_size, seed, indices)
+    validation = valid_data(valid, tagger.input_samples, batch_size, seed + 1)
+    history = view.fit(
+        data,
+        validation_data=validation,
+        epochs=int(epochs),
+        verbose=verbose,
+        callbacks=callbacks(patience, lr_patience, lr_factor),
+        validation_batch_size=batch_size,
+    )
+    return history_summary(history)
+
+
+def evaluate_scores(scores, labels, multi_label, tags):
+    computed = metrics_lib.tagging_metrics(labels, scores, multi_label=multi_label, tags=tags)
+    per_tag = [
+        {
+            "tag": tag,
+            "roc_auc": computed["per_tag_roc_auc"][j],
+            "pr_auc": computed["per_tag_pr_auc"][j],
+            "test_positives": int(labels[:, j].sum()),
+        }
+        for j, tag in enumerate(tags)
+    ]
+    summary = {k: v for k, v in computed.items() if not k.startswith("per_tag")}
+    return summary, per_tag
+
+
+def data_summary(train, valid, test, indices, label_fraction):
+    return {
+        "n_train_clips": len(train),
+        "n_train_used": int(len(indices)),
+        "label_fraction": float(label_fraction),
+        "n_valid_clips": len(valid),
+        "n_test_clips": len(test),
+    }
+
+
+def stamp(results):
+    results["keras_version"] = keras.__version__
+    results["backend"] = keras.backend.backend()
+    results["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return results

@@ -1,0 +1,126 @@
+"""Result files and tables: results.json, per-tag CSV and plot, Markdown tables, the tagger.
+
+Every file is written atomically through ``keras_clmr.io``.
+"""
+
+import csv
+import io as text_io
+import os
+
+import numpy as np
+
+from keras_clmr import io
+
+RESULT_FILES = ("results.json", "per_tag.csv", "per_tag_auc.png", "results.md", "tagger.keras")
+
+
+def _percent(value):
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and np.isnan(value))
+        else f"{100 * value:.2f}"
+    )
+
+
+def markdown_table(rows):
+    """A Markdown table of ``[(name, results), ...]`` (AUCs and accuracy in %, as in the papers)."""
+    multi = all(r["protocol"].get("multi_label", True) for _, r in rows)
+    if multi:
+        header = [
+            "Model",
+            "Evaluation",
+            "Labels",
+            "ROC-AUC (tag)",
+            "PR-AUC (tag)",
+            "ROC-AUC (clip)",
+            "PR-AUC (clip)",
+        ]
+        keys = ("roc_auc_tag", "pr_auc_tag", "roc_auc_clip", "pr_auc_clip")
+    else:
+        header = ["Model", "Evaluation", "Labels", "Accuracy", "ROC-AUC (tag)", "PR-AUC (tag)"]
+        keys = ("accuracy", "roc_auc_tag", "pr_auc_tag")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, results in rows:
+        labels = f"{100 * results['data']['label_fraction']:g} %"
+        lines.append(
+            "| "
+            + " | ".join(
+                [name, results["task"], labels]
+                + [_percent(results["metrics"].get(k)) for k in keys]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cover_markdown_table(rows):
+    """A Markdown table of cover-song rows (model, map, mr1, precision_at_10, n_queries)."""
+    lines = ["| Model | MAP | MR1 | P@10 | Queries |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['map']:.4f} | {row['mr1']:.2f} | "
+            f"{row['precision_at_10']:.4f} | "
+            f"{row['n_queries']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def per_tag_csv(results):
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(("tag", "roc_auc", "pr_auc", "test_positives"))
+    for row in results["per_tag"]:
+        writer.writerow(
+            (row["tag"], f"{row['roc_auc']:.6f}", f"{row['pr_auc']:.6f}", row["test_positives"])
+        )
+    return buffer.getvalue()
+
+
+def per_tag_plot(results, path, title=None):
+    """A PNG bar chart of per-tag ROC-AUC and PR-AUC (undefined tags left empty)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = results["per_tag"]
+    x = np.arange(len(rows))
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.35 * len(rows) + 2), 4.0))
+    axis.bar(x - 0.2, [r["roc_auc"] for r in rows], 0.4, label="ROC-AUC")
+    axis.bar(x + 0.2, [r["pr_auc"] for r in rows], 0.4, label="PR-AUC")
+    axis.set_xticks(x)
+    axis.set_xticklabels([r["tag"] for r in rows], rotation=90, fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("score")
+    axis.set_title(title or f"Per-tag AUCs ({results['task']})")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    buffer = text_io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    io.atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_results(output_dir, results, tagger=None, name=None):
+    """Write results.json, per_tag.csv, per_tag_auc.png, results.md and (with a tagger)
+    tagger.keras into ``output_dir``; every file atomically. Returns the paths written."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {name_: os.path.join(output_dir, name_) for name_ in RESULT_FILES}
+    if tagger is None:
+        del paths["tagger.keras"]
+    io.atomic_write_json(paths["results.json"], results, sort_keys=True)
+    io.atomic_write_text(paths["per_tag.csv"], per_tag_csv(results))
+    per_tag_plot(results, paths["per_tag_auc.png"])
+    title = name or results["encoder"].get("class_name", "model")
+    io.atomic_write_text(paths["results.md"], markdown_table([(title, results)]))
+    if tagger is not None:
+        io.atomic_save_model(tagger, paths["tagger.keras"])
+    return paths
+
+
+def atomic_write(path, data, mode="w"):
+    """Write text (``mode="w"``) or bytes (``"wb"``) atomically; kept for callers of the old name,
+    new code calls ``keras_clmr.io.atomic_write_text`` / ``atomic_write_bytes`` directly."""
+    if "b" in mode:
+        return io.atomic_write_bytes(path, data)
+    return io.atomic_write_text(path, data)
