@@ -355,7 +355,8 @@ def _card_text(info, card_data, repo_id, registry, results, training):
     samples, rate = info.get("input_samples"), info.get("sample_rate")
     seconds = f"{samples / rate:.2f} s" if samples and rate else "?"
     sidecar = model_json(info)
-    lines = [f"# {name}", "", info.get("description") or arch.get("what", ""), ""]
+    summary = info.get("description") or arch.get("what")
+    lines = [f"# {name}", "", *([summary, ""] if summary else [])]
 
     head = " + linear/MLP tagging head (MusicTagger)" if tagger else ""
     lines += [
