@@ -13,9 +13,9 @@ Parts (one JSON object is printed at the end):
 - ``train``: the full-size CLMR train step (SampleCNN, 48 pairs, Adam, XLA) with
   ``--augment=clmr`` vs ``--augment=crop``; the two models' steps are interleaved so both see
   the same machine load. ``--train_steps`` (env BENCH_TRAIN_STEPS) timed steps each.
-- ``reference``: ``/tmp/refvenv/bin/python ../shared/bench/reference_clmr.py augment``
-  (the original torchaudio-augmentations + sox chain, one process, 1 torch thread; env
-  CLMR_AUG_PER_TRANSFORM_N=0 unless set) run between two ``chain`` measurements.
+- ``reference``: the reference harness's ``augment`` command (benchmarks/reference.py says
+  how to point at it): the original torchaudio-augmentations + sox chain, one process, 1 torch
+  thread (env CLMR_AUG_PER_TRANSFORM_N=0 unless set), run between two ``chain`` measurements.
 
 The machine may be shared: the JSON carries the load average before/after each part; compare
 the ratios measured in the same run, not absolute figures across runs.
@@ -33,8 +33,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.path.join(os.path.dirname(REPO), "shared", "bench", "reference_clmr.py")
-REFERENCE_PYTHON = "/tmp/refvenv/bin/python"
 N_SAMPLES = 59049
 SAMPLE_RATE = 22050
 
@@ -87,9 +85,14 @@ def bench_chain(reps, pairs=48, seed=1):
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     keras.backend.clear_session()
-    return {"views_per_s": round(2 * pairs / median, 1), "ms_per_96_views": round(1000 * median * 96 / (2 * pairs), 1),
-            "min_s": round(min(times), 4), "max_s": round(max(times), 4), "reps": reps,
-            "first_call_incl_compile_s": round(compile_s, 2)}
+    return {
+        "views_per_s": round(2 * pairs / median, 1),
+        "ms_per_96_views": round(1000 * median * 96 / (2 * pairs), 1),
+        "min_s": round(min(times), 4),
+        "max_s": round(max(times), 4),
+        "reps": reps,
+        "first_call_incl_compile_s": round(compile_s, 2),
+    }
 
 
 def bench_train(steps, pairs=48):
@@ -103,12 +106,19 @@ def bench_train(steps, pairs=48):
     sources = synthetic_sources(pairs, 2 * N_SAMPLES)
     models = {}
     for augment in ("clmr", "crop"):
-        model = CLMR(SampleCNN(), augmentation=clmr_augmentation(SAMPLE_RATE, seed=1) if augment == "clmr" else None,
-                     seed=1)
+        model = CLMR(
+            SampleCNN(),
+            augmentation=clmr_augmentation(SAMPLE_RATE, seed=1) if augment == "clmr" else None,
+            seed=1,
+        )
         model.compile(optimizer=keras.optimizers.Adam(3e-4), jit_compile=True)
         start = time.perf_counter()
         model.train_on_batch(sources)
-        models[augment] = {"model": model, "times": [], "first_step_incl_compile_s": time.perf_counter() - start}
+        models[augment] = {
+            "model": model,
+            "times": [],
+            "first_step_incl_compile_s": time.perf_counter() - start,
+        }
     for _ in range(steps):
         for augment, entry in models.items():
             start = time.perf_counter()
@@ -118,32 +128,59 @@ def bench_train(steps, pairs=48):
     result = {}
     for augment, entry in models.items():
         median = statistics.median(entry["times"])
-        result[augment] = {"s_per_step": round(median, 3), "views_per_s": round(2 * pairs / median, 2),
-                           "steps": steps, "step_times_s": [round(t, 3) for t in entry["times"]], "first_step_incl_compile_s": round(entry["first_step_incl_compile_s"], 1)}
-    result["clmr_over_crop_step_time"] = round(result["clmr"]["s_per_step"] / result["crop"]["s_per_step"], 3)
+        result[augment] = {
+            "s_per_step": round(median, 3),
+            "views_per_s": round(2 * pairs / median, 2),
+            "steps": steps,
+            "step_times_s": [round(t, 3) for t in entry["times"]],
+            "first_step_incl_compile_s": round(entry["first_step_incl_compile_s"], 1),
+        }
+    result["clmr_over_crop_step_time"] = round(
+        result["clmr"]["s_per_step"] / result["crop"]["s_per_step"], 3
+    )
     return result
 
 
 def run_reference():
-    if not os.path.exists(REFERENCE_PYTHON) or not os.path.exists(REFERENCE):
-        return {"skipped": f"{REFERENCE_PYTHON} or {REFERENCE} not found"}
+    from benchmarks.reference import ReferenceUnavailable, harness
+
+    try:
+        reference_python, reference_script = harness()
+    except ReferenceUnavailable as error:
+        return {"skipped": str(error)}
     env = dict(os.environ)
     env.setdefault("CLMR_AUG_PER_TRANSFORM_N", "0")
-    proc = subprocess.run([REFERENCE_PYTHON, REFERENCE, "augment"], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(REFERENCE))
+    proc = subprocess.run(
+        [reference_python, reference_script, "augment"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(reference_script),
+    )
     if proc.returncode != 0:
         return {"failed": proc.stderr[-2000:]}
     full = json.loads(proc.stdout.strip().splitlines()[-1])
-    keep = ("single_process_views_per_s_median", "single_process_clips_per_s", "dataloader_w2_steady_views_per_s_median",
-            "cpu_share_during_run", "loadavg_start", "loadavg_end", "wall_s")
+    keep = (
+        "single_process_views_per_s_median",
+        "single_process_clips_per_s",
+        "dataloader_w2_steady_views_per_s_median",
+        "cpu_share_during_run",
+        "loadavg_start",
+        "loadavg_end",
+        "wall_s",
+    )
     return {k: full[k] for k in keep if k in full}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--parts", default="chain,reference,train")
     parser.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", 5)))
-    parser.add_argument("--train_steps", type=int, default=int(os.environ.get("BENCH_TRAIN_STEPS", 3)))
+    parser.add_argument(
+        "--train_steps", type=int, default=int(os.environ.get("BENCH_TRAIN_STEPS", 3))
+    )
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - {"chain", "train", "reference"}
@@ -153,11 +190,21 @@ def main(argv=None):
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise SystemExit("benchmarks.augment measures the TensorFlow + XLA figures: run with KERAS_BACKEND=tensorflow.")
+        raise SystemExit(
+            "benchmarks.augment measures the TensorFlow + XLA figures: "
+            "run with KERAS_BACKEND=tensorflow."
+        )
     import tensorflow as tf
 
-    out = {"benchmark": "augment", "backend": "tensorflow+xla", "tensorflow": tf.__version__,
-           "keras": keras.__version__, "cpus": os.cpu_count(), "views": 96, "samples_per_view": N_SAMPLES}
+    out = {
+        "benchmark": "augment",
+        "backend": "tensorflow+xla",
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "cpus": os.cpu_count(),
+        "views": 96,
+        "samples_per_view": N_SAMPLES,
+    }
     if "chain" in parts:
         start = loadavg()
         out["chain"] = [dict(bench_chain(args.reps), loadavg_start=start, loadavg_end=loadavg())]
@@ -165,7 +212,9 @@ def main(argv=None):
         out["reference"] = run_reference()
         if "chain" in parts:
             start = loadavg()
-            out["chain"].append(dict(bench_chain(args.reps), loadavg_start=start, loadavg_end=loadavg()))
+            out["chain"].append(
+                dict(bench_chain(args.reps), loadavg_start=start, loadavg_end=loadavg())
+            )
     if "chain" in parts:
         out["chain_views_per_s_median"] = statistics.median(c["views_per_s"] for c in out["chain"])
     ref = out.get("reference", {}).get("single_process_views_per_s_median")
@@ -174,7 +223,9 @@ def main(argv=None):
         out["speedup_target"] = 3.0
     if "train" in parts:
         start = loadavg()
-        out["train_step"] = dict(bench_train(args.train_steps), loadavg_start=start, loadavg_end=loadavg())
+        out["train_step"] = dict(
+            bench_train(args.train_steps), loadavg_start=start, loadavg_end=loadavg()
+        )
         out["train_step_target"] = "clmr_over_crop_step_time <= 1.3"
     print(json.dumps(out))
 

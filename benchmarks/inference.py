@@ -1,12 +1,13 @@
-"""Inference figures: embed() windows/s (full-size SampleCNN, batch 32) and peak memory on long files.
+"""Inference figures: embed() windows/s (full-size SampleCNN, batch 32) and peak memory on long
+files.
 
     python -m benchmarks.inference              # everything (~5-10 min on a loaded 2-core machine)
     python -m benchmarks.inference --skip-memory --skip-reference
 
 Prints one JSON object. Throughput is measured for both engines (keras = predict_on_batch on
 the current backend, onnxruntime = the graph of keras_clmr.export.onnx), interleaved
-with the original PyTorch encoder (``/work/shared/bench/reference_clmr.py infer``, run in
-/tmp/refvenv when it exists), so ratios come from the same minutes of machine load. Peak
+with the original PyTorch encoder (the reference harness's ``infer``, when it is configured:
+see benchmarks/reference.py), so ratios come from the same minutes of machine load. Peak
 memory is ru_maxrss of a fresh subprocess running embed() on a 10-minute and a 60-minute
 16 kHz wav (streamed and resampled to 22050 Hz); the target is 60 min <= 1.2 x 10 min.
 """
@@ -20,9 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-REFERENCE_PY = "/tmp/refvenv/bin/python"
-REFERENCE_SCRIPT = "/work/shared/bench/reference_clmr.py"
 
 
 def _loadavg():
@@ -48,7 +46,9 @@ def throughput(model, engine, batches, batch_size=32):
 
     n = batches * batch_size
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, n * model.input_samples).astype("float32")
-    embed(audio[: batch_size * model.input_samples], model=model, batch_size=batch_size, engine=engine)  # warm-up
+    embed(
+        audio[: batch_size * model.input_samples], model=model, batch_size=batch_size, engine=engine
+    )  # warm-up
     start = time.perf_counter()
     result = embed(audio, model=model, batch_size=batch_size, engine=engine)
     seconds = time.perf_counter() - start
@@ -57,19 +57,30 @@ def throughput(model, engine, batches, batch_size=32):
 
 
 def reference():
-    if not os.path.exists(REFERENCE_PY):
+    from benchmarks.reference import ReferenceUnavailable, harness
+
+    try:
+        reference_python, reference_script = harness()
+    except ReferenceUnavailable:
         return None
     env = dict(os.environ, CLMR_INFER_REPS="3", CLMR_BENCH_REPS="3")
-    proc = subprocess.run([REFERENCE_PY, REFERENCE_SCRIPT, "infer"], capture_output=True, text=True, env=env,
-                          timeout=1200)
+    proc = subprocess.run(
+        [reference_python, reference_script, "infer"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": proc.stderr[-2000:]}
     data = json.loads(lines[-1])
     figures = data.get("figures", data)
-    return {"torch_eager_views_per_s": figures["torch_eval_inference_mode"]["views_per_s_median"],
-            "onnxruntime_views_per_s": figures["onnxruntime"]["views_per_s_median"],
-            "cpu_share_during_run": data.get("cpu_share_during_run")}
+    return {
+        "torch_eager_views_per_s": figures["torch_eval_inference_mode"]["views_per_s_median"],
+        "onnxruntime_views_per_s": figures["onnxruntime"]["views_per_s_median"],
+        "cpu_share_during_run": data.get("cpu_share_during_run"),
+    }
 
 
 def write_wav(path, minutes, rate=16000):
@@ -81,7 +92,9 @@ def write_wav(path, minutes, rate=16000):
     with sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16") as f:
         for i in range(minutes * 6):
             tone = 0.3 * np.sin(2 * np.pi * (220 + 10 * (i % 12)) * t)
-            f.write((tone + 0.01 * np.random.default_rng(i).standard_normal(block)).astype("float32"))
+            f.write(
+                (tone + 0.01 * np.random.default_rng(i).standard_normal(block)).astype("float32")
+            )
 
 
 def _status_mb(field):
@@ -93,13 +106,16 @@ def _status_mb(field):
 
 
 def child(path, engine):
-    """Run in a fresh process: embed one long file, report peak RSS (whole process and during embed)."""
+    """Run in a fresh process: embed one long file, report peak RSS (whole process and during
+    embed)."""
     from keras_clmr.inference import embed
 
     model = _model()
     import numpy as np
 
-    embed(np.zeros(model.input_samples, "float32"), model=model, engine=engine)  # warm-up: build the engine
+    embed(
+        np.zeros(model.input_samples, "float32"), model=model, engine=engine
+    )  # warm-up: build the engine
     rss_before = _status_mb("VmRSS")
     try:  # reset the peak-RSS mark (VmHWM) so the embed peak can be read on its own
         with open("/proc/self/clear_refs", "w") as f:
@@ -110,11 +126,18 @@ def child(path, engine):
     start = time.perf_counter()
     result = embed(path, model=model, engine=engine)
     seconds = time.perf_counter() - start
-    print(json.dumps({"windows": int(result.embeddings.shape[0]), "duration_s": round(result.duration, 1),
-                      "seconds": round(seconds, 1),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                      "rss_before_embed_mb": rss_before,
-                      "peak_rss_during_embed_mb": _status_mb("VmHWM") if reset else None}))
+    print(
+        json.dumps(
+            {
+                "windows": int(result.embeddings.shape[0]),
+                "duration_s": round(result.duration, 1),
+                "seconds": round(seconds, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "rss_before_embed_mb": rss_before,
+                "peak_rss_during_embed_mb": _status_mb("VmHWM") if reset else None,
+            }
+        )
+    )
 
 
 def memory(engine):
@@ -123,8 +146,12 @@ def memory(engine):
         for minutes in (10, 60):
             path = os.path.join(folder, f"{minutes}min.wav")
             write_wav(path, minutes)
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.inference", "--child", path, "--engine", engine],
-                                  capture_output=True, text=True, timeout=3600)
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.inference", "--child", path, "--engine", engine],
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode != 0 or not lines:
                 raise RuntimeError(f"memory child failed: {proc.stderr[-3000:]}")
@@ -135,7 +162,8 @@ def memory(engine):
     out["ratio_60_to_10"] = round(out["60min"]["peak_rss_mb"] / out["10min"]["peak_rss_mb"], 3)
     if out["10min"]["peak_rss_during_embed_mb"]:
         out["ratio_60_to_10_during_embed"] = round(
-            out["60min"]["peak_rss_during_embed_mb"] / out["10min"]["peak_rss_during_embed_mb"], 3)
+            out["60min"]["peak_rss_during_embed_mb"] / out["10min"]["peak_rss_during_embed_mb"], 3
+        )
     out["target_ratio_max"] = 1.2
     out["meets_target"] = out["ratio_60_to_10"] <= 1.2
     return out
@@ -161,12 +189,16 @@ def throughput_figures(args):
         torch_eager = statistics.median(r["torch_eager_views_per_s"] for r in runs["reference"])
         torch_ort = statistics.median(r["onnxruntime_views_per_s"] for r in runs["reference"])
         report.update(
-            reference_runs=runs["reference"], reference_torch_eager_median=torch_eager,
+            reference_runs=runs["reference"],
+            reference_torch_eager_median=torch_eager,
             reference_torch_onnxruntime_median=torch_ort,
             ratio_keras_vs_torch_eager=round(report["keras_median"] / torch_eager, 2),
             ratio_onnxruntime_vs_torch_eager=round(report["onnxruntime_median"] / torch_eager, 2),
-            ratio_onnxruntime_vs_torch_onnxruntime=round(report["onnxruntime_median"] / torch_ort, 2),
-            target_ratio_min=1.5)
+            ratio_onnxruntime_vs_torch_onnxruntime=round(
+                report["onnxruntime_median"] / torch_ort, 2
+            ),
+            target_ratio_min=1.5,
+        )
     elif runs["reference"]:
         report["reference_error"] = runs["reference"][0]["error"]
     return report
@@ -174,7 +206,9 @@ def throughput_figures(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batches", type=int, default=3, help="timed batches of 32 windows per measurement")
+    parser.add_argument(
+        "--batches", type=int, default=3, help="timed batches of 32 windows per measurement"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-reference", action="store_true")
@@ -187,8 +221,11 @@ def main():
     if args.child:
         child(args.child, args.engine)
         return
-    report = {"batch": 32, "loadavg_start": _loadavg(),
-              "note": "2-core machine shared with other jobs: compare ratios."}
+    report = {
+        "batch": 32,
+        "loadavg_start": _loadavg(),
+        "note": "2-core machine shared with other jobs: compare ratios.",
+    }
     if not args.skip_memory:  # first: this process must stay small (see memory())
         report["memory"] = memory(args.memory_engine)
         report["memory"]["engine"] = args.memory_engine

@@ -32,12 +32,21 @@ def _write_mp3s(directory, clips, seconds, rate=16000):
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * rate)) / rate
     for i in range(clips):
-        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
+        tone = (
+            0.3
+            * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)
+            * (1 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
+        )
         noise = 0.05 * rng.standard_normal(len(t))
         folder = os.path.join(directory, "0123456789abcdef"[i % 16])
         os.makedirs(folder, exist_ok=True)
-        soundfile.write(os.path.join(folder, f"clip-{i:04d}.mp3"), (tone + noise).astype(np.float32), rate,
-                        format="MP3", subtype="MPEG_LAYER_III")
+        soundfile.write(
+            os.path.join(folder, f"clip-{i:04d}.mp3"),
+            (tone + noise).astype(np.float32),
+            rate,
+            format="MP3",
+            subtype="MPEG_LAYER_III",
+        )
 
 
 def _cpu_seconds():
@@ -53,14 +62,22 @@ def _prepare_speed(source, output, workers, clips_per_shard):
     shutil.rmtree(output, ignore_errors=True)
     spec = datasets.folder(source)
     started, cpu = time.perf_counter(), _cpu_seconds()
-    manifest = prepare.prepare(spec, output, workers=workers, clips_per_shard=clips_per_shard, progress=False)
+    manifest = prepare.prepare(
+        spec, output, workers=workers, clips_per_shard=clips_per_shard, progress=False
+    )
     wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     hours = manifest["total_seconds"] / 3600
-    return {"workers": workers, "clips": manifest["num_clips"], "audio_hours": round(hours, 4),
-            "wall_seconds": round(wall, 2), "audio_hours_per_wall_minute": round(hours / (wall / 60), 3),
-            "x_real_time": round(manifest["total_seconds"] / wall, 1),
-            "x_real_time_per_worker": round(manifest["total_seconds"] / wall / workers, 1),
-            "cpu_seconds": round(cpu, 2), "x_real_time_per_cpu_second": round(manifest["total_seconds"] / cpu, 1)}
+    return {
+        "workers": workers,
+        "clips": manifest["num_clips"],
+        "audio_hours": round(hours, 4),
+        "wall_seconds": round(wall, 2),
+        "audio_hours_per_wall_minute": round(hours / (wall / 60), 3),
+        "x_real_time": round(manifest["total_seconds"] / wall, 1),
+        "x_real_time_per_worker": round(manifest["total_seconds"] / wall / workers, 1),
+        "cpu_seconds": round(cpu, 2),
+        "x_real_time_per_cpu_second": round(manifest["total_seconds"] / cpu, 1),
+    }
 
 
 def _decode_speed(source):
@@ -76,8 +93,13 @@ def _decode_speed(source):
 def _pipeline_speed(prepared, segment_samples, batch_size, batches, warmup, segments_per_clip=1):
     from keras_clmr.data import pipeline
 
-    dataset = pipeline.pretraining_dataset(prepared, segment_samples=segment_samples, batch_size=batch_size,
-                                           seed=0, segments_per_clip=segments_per_clip)
+    dataset = pipeline.pretraining_dataset(
+        prepared,
+        segment_samples=segment_samples,
+        batch_size=batch_size,
+        seed=0,
+        segments_per_clip=segments_per_clip,
+    )
     iterator = iter(dataset)
     for _ in range(warmup):
         next(iterator)
@@ -86,12 +108,18 @@ def _pipeline_speed(prepared, segment_samples, batch_size, batches, warmup, segm
         batch = next(iterator)
     batch.numpy()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"segment_samples": segment_samples, "segments_per_clip": segments_per_clip,
-            "batch_size": batch_size, "batches": batches,
-            "segments_per_second": round(batches * batch_size / wall, 1),
-            "batches_per_second": round(batches / wall, 2),
-            "cpu_seconds_per_1000_segments": round(cpu / (batches * batch_size) * 1000, 3),
-            "megabytes_per_second_float32": round(batches * batch_size * segment_samples * 4 / wall / 1e6, 1)}
+    return {
+        "segment_samples": segment_samples,
+        "segments_per_clip": segments_per_clip,
+        "batch_size": batch_size,
+        "batches": batches,
+        "segments_per_second": round(batches * batch_size / wall, 1),
+        "batches_per_second": round(batches / wall, 2),
+        "cpu_seconds_per_1000_segments": round(cpu / (batches * batch_size) * 1000, 3),
+        "megabytes_per_second_float32": round(
+            batches * batch_size * segment_samples * 4 / wall / 1e6, 1
+        ),
+    }
 
 
 def main():
@@ -99,9 +127,13 @@ def main():
     parser.add_argument("--clips", type=int, default=64, help="mp3 clips to write (29.1 s each).")
     parser.add_argument("--seconds", type=float, default=29.1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=60, help="Timed batches of the pretraining pipeline.")
+    parser.add_argument(
+        "--batches", type=int, default=60, help="Timed batches of the pretraining pipeline."
+    )
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--workdir", default=None, help="Where to write files (default: a temp dir, removed).")
+    parser.add_argument(
+        "--workdir", default=None, help="Where to write files (default: a temp dir, removed)."
+    )
     args = parser.parse_args()
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="input_pipeline_")
@@ -109,14 +141,24 @@ def main():
         source = os.path.join(workdir, "mp3")
         if not os.path.isdir(source):
             _write_mp3s(source, args.clips, args.seconds)
-        result = {"machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},
-                  "input": f"{args.clips} mp3 clips, {args.seconds} s, 16 kHz mono (MTAT-like) -> 22050 Hz int16",
-                  "decode_only": _decode_speed(source)}
+        result = {
+            "machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},
+            "input": (
+                f"{args.clips} mp3 clips, {args.seconds} s, 16 kHz mono (MTAT-like) "
+                "-> 22050 Hz int16"
+            ),
+            "decode_only": _decode_speed(source),
+        }
         prepared = os.path.join(workdir, "prepared")
-        result["prepare"] = [_prepare_speed(source, prepared, w, clips_per_shard=4)
-                             for w in sorted({1, args.workers})]
-        result["pretraining"] = [_pipeline_speed(prepared, s, 96, args.batches, args.warmup, k)
-                                 for s in (59049, 118098) for k in (1, 4)]
+        result["prepare"] = [
+            _prepare_speed(source, prepared, w, clips_per_shard=4)
+            for w in sorted({1, args.workers})
+        ]
+        result["pretraining"] = [
+            _pipeline_speed(prepared, s, 96, args.batches, args.warmup, k)
+            for s in (59049, 118098)
+            for k in (1, 4)
+        ]
         result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result, indent=1))
     finally:

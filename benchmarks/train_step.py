@@ -7,7 +7,8 @@
 Each configuration runs in its own subprocess (the Keras backend is fixed per process):
 one warm-up step (it includes compilation) and --steps timed steps; the figure is the
 median step time. Prints one JSON object. With --reference, the original PyTorch CLMR train
-step (../shared/bench/reference_clmr.py train, same batch) runs in the same invocation, so
+step (the reference harness's ``train``, same batch; see benchmarks/reference.py) runs in the
+same invocation, so
 the ratio is measured side by side on the same, possibly busy, machine.
 
     python -m benchmarks.train_step --distribution=mirrored --backends=tensorflow --jit=off
@@ -28,8 +29,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.path.join(os.path.dirname(REPO), "shared", "bench", "reference_clmr.py")
-REFERENCE_PYTHON = "/tmp/refvenv/bin/python"
 
 
 def cpu_times():
@@ -39,7 +38,8 @@ def cpu_times():
 
 
 def build_model(model_name, augment):
-    """The full-size pretrainer the ``pretrain`` command builds (PEMR: its chain without pitch shift)."""
+    """The full-size pretrainer the ``pretrain`` command builds (PEMR: its chain without pitch
+    shift)."""
     from keras_clmr.pretraining import build_pretrainer
 
     return build_pretrainer(model_name, sample_rate=22050, augment=augment, seed=0)
@@ -70,13 +70,21 @@ def worker(args):
     own = (own1.user + own1.system) - (own0.user + own0.system)
     step = statistics.median(times)
     return {
-        "model": args.model, "backend": keras.backend.backend(), "jit_compile": args.jit_compile,
-        "augment": args.augment, "pairs": args.batch, "views": 2 * args.batch,
-        "step_s": round(step, 3), "views_per_s": round(2 * args.batch / step, 3),
-        "step_s_all": [round(t, 3) for t in times], "warmup_s": round(warmup, 1),
+        "model": args.model,
+        "backend": keras.backend.backend(),
+        "jit_compile": args.jit_compile,
+        "augment": args.augment,
+        "pairs": args.batch,
+        "views": 2 * args.batch,
+        "step_s": round(step, 3),
+        "views_per_s": round(2 * args.batch / step, 3),
+        "step_s_all": [round(t, 3) for t in times],
+        "warmup_s": round(warmup, 1),
         "loss": float(np.asarray(loss).reshape(-1)[0]),
         # share of the machine used by other processes while timing (0..1): > 0.05 is contended
-        "others_cpu_share": round(max(0.0, busy / 100.0 - own) / max(1e-9, sum(times)) / os.cpu_count(), 3),
+        "others_cpu_share": round(
+            max(0.0, busy / 100.0 - own) / max(1e-9, sum(times)) / os.cpu_count(), 3
+        ),
     }
 
 
@@ -95,9 +103,11 @@ def distributed_worker(args):
         distributed.set_sync_batchnorm(model)
         model.compile(optimizer=keras.optimizers.Adam(3e-4), jit_compile=args.jit_compile)
     rng = np.random.default_rng(0)
-    x = (0.1 * rng.standard_normal((args.batch * args.steps, model.input_samples + 4096))).astype("float32")
+    x = (0.1 * rng.standard_normal((args.batch * args.steps, model.input_samples + 4096))).astype(
+        "float32"
+    )
     start = time.perf_counter()
-    model.fit(x[:args.batch], batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+    model.fit(x[: args.batch], batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
     warmup = time.perf_counter() - start
     own0 = os.times()
     start = time.perf_counter()
@@ -106,35 +116,65 @@ def distributed_worker(args):
     own1 = os.times()
     step = elapsed / args.steps
     return {
-        "model": args.model, "backend": keras.backend.backend(), "jit_compile": args.jit_compile,
-        "augment": args.augment, "pairs": args.batch, "views": 2 * args.batch,
-        "distribution": args.distribution, "replicas": dist.num_replicas, "logical_devices": args.devices,
-        "step_s": round(step, 3), "views_per_s": round(2 * args.batch / step, 3), "warmup_s": round(warmup, 1),
-        "process_cpu_s_per_step": round(((own1.user + own1.system) - (own0.user + own0.system)) / args.steps, 3),
+        "model": args.model,
+        "backend": keras.backend.backend(),
+        "jit_compile": args.jit_compile,
+        "augment": args.augment,
+        "pairs": args.batch,
+        "views": 2 * args.batch,
+        "distribution": args.distribution,
+        "replicas": dist.num_replicas,
+        "logical_devices": args.devices,
+        "step_s": round(step, 3),
+        "views_per_s": round(2 * args.batch / step, 3),
+        "warmup_s": round(warmup, 1),
+        "process_cpu_s_per_step": round(
+            ((own1.user + own1.system) - (own0.user + own0.system)) / args.steps, 3
+        ),
         "loss": float(history.history["loss"][-1]),
     }
 
 
 def run_config(backend, model, jit_compile, augment, batch, steps, distribution=None, devices=2):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, "-m", "benchmarks.train_step", "--worker", f"--model={model}",
-               f"--batch={batch}", f"--steps={steps}", f"--augment={augment}"]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.train_step",
+        "--worker",
+        f"--model={model}",
+        f"--batch={batch}",
+        f"--steps={steps}",
+        f"--augment={augment}",
+    ]
     if distribution is not None:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
         command += [f"--distribution={distribution}", f"--devices={devices}"]
     command.append("--jit_compile" if jit_compile else "--no-jit_compile")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        return {"model": model, "backend": backend, "jit_compile": jit_compile, "augment": augment,
-                "distribution": distribution, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+        return {
+            "model": model,
+            "backend": backend,
+            "jit_compile": jit_compile,
+            "augment": augment,
+            "distribution": distribution,
+            "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed",
+        }
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def run_reference(batch, steps):
-    if not (os.path.exists(REFERENCE_PYTHON) and os.path.exists(REFERENCE)):
-        return {"error": f"reference harness not set up ({REFERENCE_PYTHON}); run ../shared/bench/setup_reference.sh"}
+    from benchmarks.reference import ReferenceUnavailable, harness
+
+    try:
+        reference_python, reference_script = harness()
+    except ReferenceUnavailable as error:
+        return {"error": str(error)}
     env = dict(os.environ, CLMR_TRAIN_BATCHES=str(batch), CLMR_BENCH_REPS=str(steps))
-    result = subprocess.run([REFERENCE_PYTHON, REFERENCE, "train"], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [reference_python, reference_script, "train"], env=env, capture_output=True, text=True
+    )
     if result.returncode != 0:
         return {"error": result.stderr.strip()[-500:]}
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -146,21 +186,32 @@ def reference_views_per_s(reference, batch):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--model", default="clmr", choices=["clmr", "pemr"])
     parser.add_argument("--augment", default="crop", choices=["crop", "clmr"])
     parser.add_argument("--batch", type=int, default=48, help="pairs per step (views = 2 x batch)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--jit", default="both", choices=["both", "on", "off"])
-    parser.add_argument("--reference", action="store_true", help="also run the original PyTorch train step")
-    parser.add_argument("--distribution", default=None, choices=["none", "mirrored", "data_parallel"],
-                        help="compare single-device with this distribution on --devices logical CPU devices "
-                             "(mirrored: TensorFlow; data_parallel: JAX)")
-    parser.add_argument("--devices", type=int, default=2, help="logical CPU devices with --distribution")
+    parser.add_argument(
+        "--reference", action="store_true", help="also run the original PyTorch train step"
+    )
+    parser.add_argument(
+        "--distribution",
+        default=None,
+        choices=["none", "mirrored", "data_parallel"],
+        help="compare single-device with this distribution on --devices logical CPU devices "
+        "(mirrored: TensorFlow; data_parallel: JAX)",
+    )
+    parser.add_argument(
+        "--devices", type=int, default=2, help="logical CPU devices with --distribution"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True,
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--jit_compile", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(distributed_worker(args) if args.distribution else worker(args)))
@@ -173,14 +224,37 @@ def main():
                 continue  # no data-parallel engine for this backend in released Keras
             jit = args.jit == "on"
             for distribution in ("none", name):
-                results.append(run_config(backend, args.model, jit, args.augment, args.batch, args.steps,
-                                          distribution, args.devices))
+                results.append(
+                    run_config(
+                        backend,
+                        args.model,
+                        jit,
+                        args.augment,
+                        args.batch,
+                        args.steps,
+                        distribution,
+                        args.devices,
+                    )
+                )
                 print(json.dumps(results[-1]), file=sys.stderr)
             single, multi = results[-2], results[-1]
             if "views_per_s" in single and "views_per_s" in multi:
-                multi["speedup_vs_single_device"] = round(multi["views_per_s"] / single["views_per_s"], 2)
-        print(json.dumps({"benchmark": "train_step", "model": args.model, "augment": args.augment,
-                          "pairs": args.batch, "devices": args.devices, "results": results}, indent=2))
+                multi["speedup_vs_single_device"] = round(
+                    multi["views_per_s"] / single["views_per_s"], 2
+                )
+        print(
+            json.dumps(
+                {
+                    "benchmark": "train_step",
+                    "model": args.model,
+                    "augment": args.augment,
+                    "pairs": args.batch,
+                    "devices": args.devices,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
         return
 
     results = []
@@ -189,10 +263,17 @@ def main():
         if backend == "torch":
             jits = [False]  # XLA is a TensorFlow/JAX option
         for jit in jits:
-            results.append(run_config(backend, args.model, jit, args.augment, args.batch, args.steps))
+            results.append(
+                run_config(backend, args.model, jit, args.augment, args.batch, args.steps)
+            )
             print(json.dumps(results[-1]), file=sys.stderr)
-    summary = {"benchmark": "train_step", "model": args.model, "augment": args.augment,
-               "pairs": args.batch, "results": results}
+    summary = {
+        "benchmark": "train_step",
+        "model": args.model,
+        "augment": args.augment,
+        "pairs": args.batch,
+        "results": results,
+    }
     if args.reference:
         reference = run_reference(args.batch, args.steps)
         ref_views = reference_views_per_s(reference, args.batch)
