@@ -176,6 +176,15 @@ def test_release_zip_with_nested_checkpoint(tmp_path, zip_format):
     assert info["member"] == "clmr_checkpoint_10000.pt" and info["container"] == "state_dict"
 
 
+def test_numpy_scalars_in_metadata(tmp_path):
+    """Lightning callbacks may hold numpy numbers; they are read as numpy scalars."""
+    path = tmp_path / "ckpt.pt"
+    torch.save({"w": torch.ones(2), "score": np.float64(0.8125), "count": np.int32(7)}, path)
+    obj, _ = readers.load_checkpoint(path)
+    assert obj["score"] == 0.8125 and obj["score"].dtype == np.float64
+    assert obj["count"] == 7 and obj["count"].dtype == np.int32
+
+
 def test_data_parallel_prefix_is_stripped(tmp_path):
     path = tmp_path / "dp.pt"
     torch.save({"module.fc.weight": torch.ones(2, 2), "module.fc.bias": torch.zeros(2)}, path)

@@ -201,6 +201,10 @@ def _load_build(unpickler):
         target.__setstate__(state)
     elif isinstance(target, collections.OrderedDict) and isinstance(state, dict):
         pass  # torch's state dicts carry ``_metadata`` (module versions) here: not needed
+    elif isinstance(target, np.dtype) and isinstance(state, tuple) and len(state) > 1:
+        # numpy pickles a dtype's byte order here; a native little-endian one changes nothing.
+        if state[1] not in ("<", "|", "=") or np.dtype("=i2").byteorder not in ("=", "<"):
+            raise ConversionError(f"Unsupported numpy dtype state {state[:2]!r} (big-endian).")
     else:
         raise UnsafeCheckpointError(
             f"Refused to set the state of a {type(target).__name__} (only "
@@ -313,6 +317,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
             return _numpy_scalar
         if module == "numpy" and name == "dtype":
             return _numpy_dtype_from_pickle
+        if module == "_codecs" and name == "encode":
+            return _latin1_bytes
         raise UnsafeCheckpointError(
             f"Refused to load {self._source}: its pickle references {module}.{name}, which a "
             "state dict never needs; loading it could run arbitrary code. If you trust the file, "
@@ -368,6 +374,13 @@ def _numpy_scalar(dtype, data=None):
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or not isinstance(data, bytes):
         raise UnsafeCheckpointError("Refused a numpy scalar that is not a plain number.")
     return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    """Protocol-2 pickles write bytes as ``_codecs.encode(str, "latin1")``; nothing else passes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafeCheckpointError("Refused a _codecs.encode call that is not latin-1 bytes.")
+    return text.encode("latin1")
 
 
 def _element_size(dtype_name):
