@@ -2,8 +2,11 @@
 checkpoints with resume, and the fit loop. The command line is ``keras-clmr pretrain``
 (keras_clmr/commands/pretrain.py; ``python -m training.pretrain`` runs the same)."""
 
+import errno
 import glob
 import json
+import logging
+import math
 import os
 import re
 
@@ -21,12 +24,124 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be resumed from; the message says why and what to do."""
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became NaN/inf: the run stopped and wrote no final model."""
+
+    exit_status = 3
+
+
 def atomic_write_json(path, payload):
-    """``state.json`` atomically (NaN losses are kept as NaN, as ``json.dump`` writes them)."""
-    return io.atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+    """``state.json`` atomically (only finite numbers: a non-finite run is never recorded)."""
+    return io.atomic_write_json(path, payload, sort_keys=True)
 
 
-atomic_save_model = io.atomic_save_model
+def atomic_save_model(model, path):
+    """``model.save`` through a temporary file; a full disk says so, naming the file."""
+    try:
+        return io.atomic_save_model(model, path)
+    except Exception as error:
+        if not _disk_full(error, os.path.dirname(os.path.abspath(path))):
+            raise
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on the device while writing {path} (nothing of it was kept)",
+        ) from error
+
+
+def _disk_full(error, directory):
+    """True for ENOSPC, and for writers (h5py) that hide it behind their own message."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", 0)):
+        return True
+    if "No space left" in str(error):
+        return True
+    try:
+        import shutil
+
+        return shutil.disk_usage(directory).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def non_finite(model, logs=None):
+    """A description of the first NaN/inf in ``logs`` or the model's weights, else None."""
+    for key, value in (logs or {}).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(number):
+            return f"{key} = {number}"
+    for variable in model.weights:
+        if "float" not in str(variable.dtype):
+            continue
+        values = np.asarray(keras.ops.convert_to_numpy(variable.value))
+        if not np.all(np.isfinite(values)):
+            return f"weight {variable.path} holds NaN/inf"
+    return None
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss is NaN/inf and remember where.
+
+    The checkpoint callbacks given this guard then write nothing more, so the last written
+    checkpoint (and ``state.json``) stay finite, and the caller raises
+    ``TrainingDivergedError`` instead of saving a final model.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.diverged = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def report(self, what):
+        if self.diverged is None:
+            self.diverged = what
+        self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, value in (logs or {}).items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(number):
+                self.report(f"{key} = {number} at epoch {self.epoch + 1}, batch {batch + 1}")
+                return
+
+
+def _checkpointable(callback, logs, where):
+    """False (and the guard told) when the model or ``logs`` hold NaN/inf."""
+    guard = callback.guard
+    if guard is not None and guard.diverged is not None:
+        return False
+    problem = non_finite(callback.model, logs)
+    if problem is None:
+        return True
+    if guard is not None:
+        guard.report(f"{problem} at {where}")
+    else:
+        callback.model.stop_training = True
+        callback.diverged = f"{problem} at {where}"
+    return False
+
+
+def _record(directory, path, state, keep_names):
+    """Write ``state.json`` naming ``path``, with the resume entries of the kept checkpoints."""
+    state_path = os.path.join(directory, STATE_FILE)
+    history = {}
+    try:
+        history = dict(read_state(directory).get("checkpoints", {}))
+    except CheckpointError:
+        pass
+    name = os.path.basename(path)
+    history[name] = {
+        k: state[k] for k in ("epoch", "step_in_epoch", "step", "seed_states") if k in state
+    }
+    state["checkpoints"] = {k: v for k, v in history.items() if k in keep_names or k == name}
+    atomic_write_json(state_path, state)
 
 
 def seed_states(model):
@@ -123,31 +238,40 @@ class EpochCheckpoint(keras.callbacks.Callback):
     never a truncated file that looks finished. Only the newest ``keep`` are kept.
     """
 
-    def __init__(self, directory, keep=3, extra_state=None, steps_per_epoch=None, write=True):
+    def __init__(
+        self, directory, keep=3, extra_state=None, steps_per_epoch=None, write=True, guard=None
+    ):
         super().__init__()
+        if int(keep) < 1:
+            raise ValueError(f"keep={keep}: at least 1 checkpoint must be kept to resume from.")
         self.directory = directory
         self.keep = int(keep)
         self.extra_state = dict(extra_state or {})
         self.steps_per_epoch = steps_per_epoch
         # Under multi-worker training only the chief writes (write=False elsewhere).
         self.write = bool(write)
+        self.guard = guard
+        self.diverged = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.write:
+        if not self.write or not _checkpointable(self, logs, f"the end of epoch {epoch + 1}"):
             return
         path = os.path.join(self.directory, CHECKPOINT_PATTERN.format(epoch=epoch + 1))
         atomic_save_model(self.model, path)
         state = {
+            **self.extra_state,
             "epoch": epoch + 1,
             "step_in_epoch": 0,
             "checkpoint": os.path.basename(path),
             "logs": {k: float(v) for k, v in (logs or {}).items()},
             "seed_states": seed_states(self.model),
-            **self.extra_state,
         }
         if self.steps_per_epoch:
             state["step"] = (epoch + 1) * int(self.steps_per_epoch)
-        atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
+            state["steps_per_epoch"] = int(self.steps_per_epoch)
+        kept = list_checkpoints(self.directory)[-self.keep :]
+        keep_names = {os.path.basename(p) for p in kept + list_step_checkpoints(self.directory)}
+        _record(self.directory, path, state, keep_names)
         for old in list_checkpoints(self.directory)[: -self.keep]:
             os.remove(old)
 
@@ -170,10 +294,13 @@ class StepCheckpoint(keras.callbacks.Callback):
         initial_step=0,
         extra_state=None,
         write=True,
+        guard=None,
     ):
         super().__init__()
         if int(every_steps) < 1:
             raise ValueError(f"every_steps must be >= 1, got {every_steps}.")
+        if int(keep) < 1:
+            raise ValueError(f"keep={keep}: at least 1 checkpoint must be kept to resume from.")
         self.directory = directory
         self.every_steps = int(every_steps)
         self.steps_per_epoch = int(steps_per_epoch)
@@ -181,24 +308,31 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.step = int(initial_step)
         self.extra_state = dict(extra_state or {})
         self.write = bool(write)
+        self.guard = guard
+        self.diverged = None
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
         if not self.write or self.step % self.every_steps or in_epoch == 0:
             return  # epoch ends are EpochCheckpoint's
+        if not _checkpointable(self, logs, f"step {self.step}"):
+            return
         path = os.path.join(self.directory, STEP_CHECKPOINT_PATTERN.format(step=self.step))
         atomic_save_model(self.model, path)
         state = {
+            **self.extra_state,
             "epoch": epoch,
             "step_in_epoch": in_epoch,
             "step": self.step,
+            "steps_per_epoch": self.steps_per_epoch,
             "checkpoint": os.path.basename(path),
             "logs": {k: float(v) for k, v in (logs or {}).items()},
             "seed_states": seed_states(self.model),
-            **self.extra_state,
         }
-        atomic_write_json(os.path.join(self.directory, STATE_FILE), state)
+        kept = list_step_checkpoints(self.directory)[-self.keep :]
+        keep_names = {os.path.basename(p) for p in kept + list_checkpoints(self.directory)}
+        _record(self.directory, path, state, keep_names)
         for old in list_step_checkpoints(self.directory)[: -self.keep]:
             os.remove(old)
 
@@ -213,9 +347,136 @@ def resume_position(directory):
     """(path, epoch, step_in_epoch) of the newest checkpoint named in ``state.json``:
     ``epoch`` finished epochs plus ``step_in_epoch`` steps of the next one."""
     path, epoch = latest_checkpoint(directory)
-    with open(os.path.join(directory, STATE_FILE)) as file:
-        state = json.load(file)
-    return path, epoch, int(state.get("step_in_epoch", 0))
+    return path, epoch, int(read_state(directory).get("step_in_epoch", 0))
+
+
+def read_state(directory):
+    """The run's ``state.json`` as a dict; CheckpointError when it is missing or corrupt."""
+    state_path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(state_path):
+        raise CheckpointError(
+            f"No checkpoint to resume from in {directory} (no {STATE_FILE}). Start without "
+            "--resume, or point --output_dir at the folder of an earlier run."
+        )
+    try:
+        with open(state_path, encoding="utf-8") as file:
+            state = json.load(file)
+        if not isinstance(state, dict) or not isinstance(state.get("checkpoint"), str):
+            raise ValueError("it does not name a checkpoint")
+        int(state["epoch"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        newest = (list_step_checkpoints(directory) + list_checkpoints(directory))[-1:]
+        hint = (
+            f"to resume from the newest checkpoint ({os.path.basename(newest[0])})"
+            if newest
+            else "to start over"
+        )
+        raise CheckpointError(
+            f"{state_path} is corrupt ({type(error).__name__}: {error}). Restore it from a "
+            f"backup, or delete it and run again {hint} without the run's recorded settings "
+            "(--resume then accepts the flags as given)."
+        ) from None
+    return state
+
+
+def resume_candidates(directory):
+    """[(path, epoch, step_in_epoch, seed_states or None)], newest first: the checkpoint that
+    ``state.json`` names, then the older kept ones (the fallbacks when it is unreadable).
+
+    Without ``state.json`` (deleted after it was corrupt) the files' names give the positions.
+    """
+    state_path = os.path.join(directory, STATE_FILE)
+    state = read_state(directory) if os.path.exists(state_path) else {}
+    history = dict(state.get("checkpoints") or {})
+    if state:
+        history.setdefault(
+            state["checkpoint"],
+            {
+                "epoch": int(state["epoch"]),
+                "step_in_epoch": int(state.get("step_in_epoch", 0)),
+                "seed_states": state.get("seed_states"),
+            },
+        )
+    steps_per_epoch = state.get("steps_per_epoch")
+    candidates = {}
+    for path in list_checkpoints(directory):
+        epoch = int(re.search(r"epoch-(\d+)", os.path.basename(path)).group(1))
+        candidates[os.path.basename(path)] = (epoch * 10**12, path, epoch, 0)
+    for path in list_step_checkpoints(directory):
+        step = int(re.search(r"step-(\d+)", os.path.basename(path)).group(1))
+        entry = history.get(os.path.basename(path))
+        if entry is not None:
+            epoch, in_epoch = int(entry["epoch"]), int(entry["step_in_epoch"])
+        elif steps_per_epoch:
+            epoch, in_epoch = divmod(step, int(steps_per_epoch))
+        else:
+            continue  # its position within an epoch is unknown
+        candidates[os.path.basename(path)] = (epoch * 10**12 + in_epoch, path, epoch, in_epoch)
+    named = state.get("checkpoint")
+    if named is not None and named not in candidates:
+        raise CheckpointError(
+            f"{state_path} names {named}, which is missing; delete {state_path} to resume from "
+            "the newest checkpoint left, or start over in a new --output_dir."
+        )
+    ordered = sorted(candidates.items(), key=lambda item: item[1][0], reverse=True)
+    if named is not None:  # state.json's choice first (it is the newest finite one)
+        ordered.sort(key=lambda item: item[0] != named)
+    if not ordered:
+        raise CheckpointError(
+            f"No checkpoint to resume from in {directory}. Start without --resume, or point "
+            "--output_dir at the folder of an earlier run."
+        )
+    return [
+        (path, epoch, in_epoch, (history.get(name) or {}).get("seed_states"))
+        for name, (_, path, epoch, in_epoch) in ordered
+    ]
+
+
+def load_resume_point(directory, warn=logging.warning):
+    """(model, path, epoch, step_in_epoch) of the newest checkpoint that loads and is finite.
+
+    An unreadable newest checkpoint (truncated by a full disk, say) is skipped with a warning
+    and the previous one is used: the run then loses one checkpoint interval, not everything.
+    """
+    problems = []
+    for path, epoch, in_epoch, states in resume_candidates(directory):
+        try:
+            model = load_checkpoint(path, seed_states=states)
+        except CheckpointError as error:
+            problems.append(f"{os.path.basename(path)}: {error}")
+            warn("Checkpoint %s is unreadable (%s); falling back to the one before.", path, error)
+            continue
+        problem = non_finite(model)
+        if problem is not None:
+            problems.append(f"{os.path.basename(path)}: {problem}")
+            warn("Checkpoint %s is not finite (%s); falling back to the one before.", path, problem)
+            continue
+        return model, path, epoch, in_epoch
+    raise CheckpointError(
+        f"No checkpoint in {directory} can be resumed from ({'; '.join(problems)}). Start over "
+        "in a new --output_dir."
+    )
+
+
+def mark_finished(directory, epoch, files):
+    """Record in ``state.json`` that the final outputs of ``epoch`` epochs are written."""
+    state = read_state(directory)
+    state["finished"] = {"epoch": int(epoch), "files": sorted(files)}
+    atomic_write_json(os.path.join(directory, STATE_FILE), state)
+
+
+def finished_outputs(directory, epoch, output_dir):
+    """True when ``state.json`` says the final outputs of ``epoch`` epochs exist (and they do)."""
+    try:
+        finished = read_state(directory).get("finished") or {}
+    except CheckpointError:
+        return False
+    files = finished.get("files") or []
+    return (
+        finished.get("epoch") == int(epoch)
+        and bool(files)
+        and all(os.path.exists(os.path.join(output_dir, name)) for name in files)
+    )
 
 
 class _GlobalSteps(keras.utils.PyDataset):
@@ -298,17 +559,10 @@ def list_checkpoints(directory):
 
 def latest_checkpoint(directory):
     """(path, epoch) of the checkpoint named in ``state.json``; raises CheckpointError."""
-    state_path = os.path.join(directory, STATE_FILE)
-    if not os.path.exists(state_path):
-        raise CheckpointError(
-            f"No checkpoint to resume from in {directory} (no {STATE_FILE}). Start without "
-            "--resume, "
-            f"or point --output_dir at the folder of an earlier run."
-        )
-    with open(state_path) as file:
-        state = json.load(file)
+    state = read_state(directory)
     path = os.path.join(directory, state["checkpoint"])
     if not os.path.exists(path):
+        state_path = os.path.join(directory, STATE_FILE)
         raise CheckpointError(
             f"{state_path} names {state['checkpoint']}, which is missing; "
             f"delete {state_path} to start over."
@@ -316,21 +570,32 @@ def latest_checkpoint(directory):
     return path, int(state["epoch"])
 
 
-def load_checkpoint(path):
-    """A pretrainer (with its optimizer state) from a checkpoint written by EpochCheckpoint."""
+def load_checkpoint(path, seed_states=None):
+    """A pretrainer (with its optimizer state) from a checkpoint written by EpochCheckpoint.
+
+    ``seed_states`` (default: the entry ``state.json`` keeps for this checkpoint) restore the
+    crop/augmentation generators, so the resumed run draws what the uninterrupted one would.
+    """
     import keras_clmr.models  # noqa: F401  (registers the classes)
 
     try:
         model = keras.saving.load_model(path, compile=True, safe_mode=True)
     except Exception as error:
-        raise CheckpointError(f"Could not load checkpoint {path}: {error}") from error
-    # The seed states live in state.json when it names this checkpoint (see seed_states).
-    state_path = os.path.join(os.path.dirname(os.path.abspath(path)), STATE_FILE)
-    if os.path.exists(state_path):
-        with open(state_path) as file:
-            state = json.load(file)
-        if state.get("checkpoint") == os.path.basename(path) and "seed_states" in state:
-            restore_seed_states(model, state["seed_states"])
+        summary = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"Could not load checkpoint {path}: {summary}") from error
+    if seed_states is None:
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            state = read_state(directory)
+        except CheckpointError:
+            state = {}
+        name = os.path.basename(path)
+        entry = (state.get("checkpoints") or {}).get(name) or {}
+        seed_states = entry.get("seed_states")
+        if seed_states is None and state.get("checkpoint") == name:
+            seed_states = state.get("seed_states")
+    if seed_states is not None:
+        restore_seed_states(model, seed_states)
     return model
 
 
@@ -412,3 +677,22 @@ def default_jit_compile(backend):
             tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
         )
     return False
+
+
+FINAL_FILES = ("model.keras", "encoder.keras")
+
+
+def save_final_outputs(model, output_dir, checkpoint_dir=None, epoch=None):
+    """``model.keras`` (the pretrainer) and ``encoder.keras``, only from finite weights; then
+    ``state.json`` records them, so ``--resume`` knows the run is finished."""
+    problem = non_finite(model)
+    if problem is not None:
+        raise TrainingDivergedError(
+            f"The trained model is not finite ({problem}): no final model was written."
+        )
+    paths = [os.path.join(output_dir, name) for name in FINAL_FILES]
+    atomic_save_model(model, paths[0])
+    atomic_save_model(model.encoder, paths[1])
+    if checkpoint_dir is not None and os.path.exists(os.path.join(checkpoint_dir, STATE_FILE)):
+        mark_finished(checkpoint_dir, epoch, FINAL_FILES)
+    return paths

@@ -48,8 +48,14 @@ def run(name, argv=None, prog=None):
 
     ``--help`` prints the command's description and its own flags (``--helpfull``: all flags).
     A flag error or a missing required value prints the error and one line of usage (status 1).
+    An error the user can act on (a bad input, a full disk, a diverged run) prints one line
+    (status 2, or the error's ``exit_status``); ``--debug`` shows its traceback instead.
+    The command's flags are removed again afterwards, so ``run`` can be called in-process
+    more than once (it always ends with ``SystemExit``).
     """
     from absl import app, flags
+
+    from keras_clmr.commands import _checks
 
     module = load(name)
     argv = list(sys.argv if argv is None else argv)
@@ -66,7 +72,13 @@ def run(name, argv=None, prog=None):
         sys.stdout.write(_help_text(module, flag_values, full))
         raise SystemExit(0)
     flag_values = flags.FLAGS
+    existing = set(flag_values)
     module.define_flags(flag_values)
+    if "debug" not in flag_values:
+        flags.DEFINE_bool(
+            "debug", False, "Show the traceback of an error.", flag_values=flag_values
+        )
+    _checks.register(flag_values, name)
 
     def fail(error, status):
         sys.stderr.write(f"{prog}: error: {error}\n{usage}\n")
@@ -83,5 +95,16 @@ def run(name, argv=None, prog=None):
             return module.main(args)
         except app.UsageError as error:
             return fail(error, error.exitcode)
+        except Exception as error:
+            described = None if flag_values.debug else _checks.describe(error)
+            if described is None:
+                raise
+            message, status = described
+            sys.stderr.write(f"{prog}: error: {message}\n")
+            return status
 
-    app.run(main, argv=[prog, *argv[1:]], flags_parser=parse)
+    try:
+        app.run(main, argv=[prog, *argv[1:]], flags_parser=parse)
+    finally:
+        for added in set(flag_values) - existing:
+            delattr(flag_values, added)

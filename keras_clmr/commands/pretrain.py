@@ -112,7 +112,18 @@ def define_flags(flag_values=FLAGS):
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
-        "keep_checkpoints", 3, "How many epoch checkpoints to keep.", flag_values=flag_values
+        "keep_checkpoints",
+        3,
+        "How many epoch checkpoints to keep (>= 1; the older ones are the fallbacks when the "
+        "newest is unreadable).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "override",
+        [],
+        "With --resume: settings that may differ from the run's recorded ones (e.g. "
+        "batch_size,learning_rate,data_dir). Other differences are refused.",
+        flag_values=flag_values,
     )
     flags.DEFINE_integer(
         "demo_clips", 96, "Clips in the demo corpus (--dataset=demo).", flag_values=flag_values
@@ -283,22 +294,54 @@ def _prepared_pipeline():
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import keras
 
     from keras_clmr import distributed
     from keras_clmr.optimizers import build_optimizer
     from keras_clmr.pretraining import (
+        STATE_FILE,
         CheckpointError,
         EpochCheckpoint,
+        NonFiniteGuard,
         StepCheckpoint,
-        atomic_save_model,
+        TrainingDivergedError,
         build_pretrainer,
         default_jit_compile,
+        finished_outputs,
         fit_resumable,
-        load_checkpoint,
-        resume_position,
+        load_resume_point,
+        read_state,
+        save_final_outputs,
     )
+
+    checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
+    state_path = os.path.join(checkpoint_dir, STATE_FILE)
+    stored = {}
+    if FLAGS.resume:
+        try:
+            if os.path.exists(state_path):
+                stored = read_state(checkpoint_dir).get("settings") or {}
+        except CheckpointError as error:
+            raise app.UsageError(str(error)) from error
+        reconcile_settings(stored, FLAGS)
+    else:
+        if FLAGS.override:
+            raise app.UsageError("--override applies only with --resume.")
+        if os.path.exists(state_path):
+            raise app.UsageError(
+                f"{FLAGS.output_dir} holds a run already ({state_path}): pass --resume to "
+                "continue it, or choose a new --output_dir."
+            )
+    check_architecture(FLAGS)
+    try:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    except OSError as error:
+        raise app.UsageError(
+            f"--output_dir={FLAGS.output_dir} cannot be created ({error.strerror}): choose a "
+            "writable folder."
+        ) from error
 
     try:
         if FLAGS.logical_cpus:
@@ -313,7 +356,6 @@ def main(argv):
     if FLAGS.mixed_precision != "none":
         keras.config.set_dtype_policy(f"mixed_{FLAGS.mixed_precision}")
     keras.utils.set_random_seed(FLAGS.seed)
-    checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
     backend = keras.backend.backend()
     jit_compile = default_jit_compile(backend) if FLAGS.jit_compile is None else FLAGS.jit_compile
     jit_compile = jit_compile and backend in ("tensorflow", "jax")
@@ -331,21 +373,33 @@ def main(argv):
     initial_epoch = initial_step = 0
     if FLAGS.resume:
         try:
-            path, initial_epoch, initial_step = resume_position(checkpoint_dir)
+            with dist.scope():
+                model, path, initial_epoch, initial_step = load_resume_point(checkpoint_dir)
         except CheckpointError as error:
             raise app.UsageError(str(error)) from error
         with dist.scope():
-            model = load_checkpoint(path)
             # Backbones rebuild their BatchNorm layers from their own config: set the sync again.
             distributed.set_sync_batchnorm(model, FLAGS.sync_batchnorm)
+        if "learning_rate" in FLAGS.override and FLAGS["learning_rate"].present:
+            set_learning_rate(model, FLAGS.learning_rate)
         logging.info(
             "Resuming from %s (epoch %d, step %d of the next).", path, initial_epoch, initial_step
         )
         if initial_epoch >= FLAGS.epochs:
-            print(
-                f"Already trained {initial_epoch} >= --epochs={FLAGS.epochs} epochs; nothing to do."
-            )
-            return
+            if finished_outputs(checkpoint_dir, initial_epoch, FLAGS.output_dir):
+                print(
+                    f"Already trained {initial_epoch} >= --epochs={FLAGS.epochs} epochs and "
+                    "wrote the final model; nothing to do."
+                )
+                return 0
+            # Killed after its last checkpoint, before the final outputs: write them now.
+            if dist.is_chief:
+                written = save_final_outputs(model, FLAGS.output_dir, checkpoint_dir, initial_epoch)
+                print(
+                    f"The run had trained {initial_epoch} epochs but not written its final "
+                    f"outputs: wrote {' and '.join(written)} from {path}."
+                )
+            return 0
     else:
         pemr_options = {}
         if FLAGS.model == "pemr":
@@ -401,29 +455,32 @@ def main(argv):
         flush=True,
     )
 
+    guard = NonFiniteGuard()
+    extra_state = {"settings": current_settings(FLAGS)}
     callbacks = [
+        guard,
         EpochCheckpoint(
             checkpoint_dir,
             keep=FLAGS.keep_checkpoints,
-            extra_state={
-                "flags": {k: str(v) for k, v in FLAGS.flag_values_dict().items() if k in _OWN_FLAGS}
-            },
+            extra_state=extra_state,
             steps_per_epoch=steps,
             write=dist.is_chief,
+            guard=guard,
         ),
         keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "logs")),
-        keras.callbacks.TerminateOnNaN(),
     ]
     if FLAGS.checkpoint_every_steps:
         callbacks.insert(
-            1,
+            2,
             StepCheckpoint(
                 checkpoint_dir,
                 FLAGS.checkpoint_every_steps,
                 steps,
                 keep=FLAGS.keep_checkpoints,
                 initial_step=initial_epoch * steps + initial_step,
+                extra_state=extra_state,
                 write=dist.is_chief,
+                guard=guard,
             ),
         )
     try:
@@ -440,33 +497,56 @@ def main(argv):
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished epochs are in {checkpoint_dir}; continue with --resume.")
         raise SystemExit(130) from None
+    except OSError as error:
+        raise _with_resume_hint(error, checkpoint_dir) from error
+    if guard.diverged is not None:
+        raise TrainingDivergedError(
+            f"Training diverged ({guard.diverged}): stopped, no final model written. "
+            f"{_resume_point_text(checkpoint_dir)} Lower --learning_rate and continue with "
+            "--resume --override=learning_rate, or start over in a new --output_dir."
+        )
     if not dist.is_chief:
-        return
-    atomic_save_model(model, os.path.join(FLAGS.output_dir, "model.keras"))
-    atomic_save_model(model.encoder, os.path.join(FLAGS.output_dir, "encoder.keras"))
-    print(
-        f"Saved the pretrainer to {os.path.join(FLAGS.output_dir, 'model.keras')} and its encoder "
-        "to "
-        f"{os.path.join(FLAGS.output_dir, 'encoder.keras')}."
+        return 0
+    try:
+        written = save_final_outputs(model, FLAGS.output_dir, checkpoint_dir, FLAGS.epochs)
+    except OSError as error:
+        raise _with_resume_hint(error, checkpoint_dir) from error
+    print(f"Saved the pretrainer to {written[0]} and its encoder to {written[1]}.")
+    return 0
+
+
+def _resume_point_text(checkpoint_dir):
+    from keras_clmr.pretraining import CheckpointError, read_state
+
+    try:
+        state = read_state(checkpoint_dir)
+    except CheckpointError:
+        return "No finite checkpoint was written."
+    return (
+        f"The last finite checkpoint is {state['checkpoint']} (epoch {state['epoch']}), the "
+        "resume point."
     )
 
 
-_OWN_FLAGS = (
+def _with_resume_hint(error, checkpoint_dir):
+    """The OSError again, its message naming the checkpoint a ``--resume`` continues from."""
+    return OSError(error.errno, f"{error.strerror or error}. {_resume_point_text(checkpoint_dir)}")
+
+
+# Settings a resumed run must share with the run it continues. FIXED ones are in the
+# checkpoint itself (the architecture, the loss, the optimizer): a resume cannot change them.
+FIXED_SETTINGS = (
     "model",
-    "dataset",
-    "data_dir",
-    "batch_size",
-    "epochs",
-    "steps_per_epoch",
-    "learning_rate",
+    "channels",
+    "sample_rate",
     "projection_dim",
     "temperature",
     "augment",
-    "sample_rate",
-    "channels",
-    "segment_samples",
-    "jit_compile",
     "seed",
+    "global_negatives",
+    "mixed_precision",
+    "optimizer",
+    "warmup_epochs",
     "mask_ratio",
     "pred_weight",
     "neg_weight",
@@ -474,14 +554,115 @@ _OWN_FLAGS = (
     "transformer_layers",
     "transformer_heads",
     "mel_sample_rate",
-    "distribution",
-    "global_negatives",
-    "sync_batchnorm",
-    "mixed_precision",
-    "optimizer",
-    "warmup_epochs",
-    "checkpoint_every_steps",
 )
+OVERRIDABLE_SETTINGS = (
+    "dataset",
+    "data_dir",
+    "demo_clips",
+    "batch_size",
+    "steps_per_epoch",
+    "segment_samples",
+    "learning_rate",
+)
+
+
+def current_settings(flag_values):
+    """The run's settings as JSON values (recorded in state.json)."""
+    return {
+        name: _normal(name, flag_values[name].value)
+        for name in FIXED_SETTINGS + OVERRIDABLE_SETTINGS
+    }
+
+
+def _normal(name, value):
+    if name == "channels" and value is not None:
+        return [int(c) for c in value]
+    return value
+
+
+def _same(old, new):
+    if isinstance(old, float) or isinstance(new, float):
+        try:
+            return abs(float(old) - float(new)) <= 1e-12 * max(abs(float(old)), 1e-300)
+        except (TypeError, ValueError):
+            return False
+    return old == new
+
+
+def reconcile_settings(stored, flag_values):
+    """On ``--resume``: flags not given take the run's recorded settings; given ones that
+    differ are refused (UsageError naming each, stored vs given) unless ``--override`` names
+    them and they can change."""
+    override = [name.strip() for name in flag_values.override if name.strip()]
+    unknown = [name for name in override if name not in FIXED_SETTINGS + OVERRIDABLE_SETTINGS]
+    if unknown:
+        raise app.UsageError(
+            f"--override={','.join(unknown)}: not a recorded setting; choose from "
+            f"{', '.join(OVERRIDABLE_SETTINGS)}."
+        )
+    conflicts = []
+    for name, old in stored.items():
+        if name not in FIXED_SETTINGS + OVERRIDABLE_SETTINGS:
+            continue
+        flag = flag_values[name]
+        new = _normal(name, flag.value)
+        if _same(old, new):
+            continue
+        if not flag.present:
+            flag.value = old  # the run's own setting
+            continue
+        if name in OVERRIDABLE_SETTINGS and name in override:
+            continue
+        if name in FIXED_SETTINGS:
+            conflicts.append(
+                f"--{name}: the run has {old!r}, given {new!r} (fixed by the checkpoint; start a "
+                "new --output_dir to change it)"
+            )
+        else:
+            conflicts.append(f"--{name}: the run has {old!r}, given {new!r}")
+    if conflicts:
+        changeable = [c.split(":")[0][2:] for c in conflicts if "fixed by" not in c]
+        hint = (
+            f" Pass --override={','.join(changeable)} to use the new values." if changeable else ""
+        )
+        conflicts_text = "; ".join(conflicts)
+        raise app.UsageError(
+            f"--resume with settings that differ from the run's: {conflicts_text}.{hint}"
+        )
+
+
+def check_architecture(flag_values):
+    """Cross-flag checks: the channel count and sample rate the chosen model can build."""
+    if flag_values.model == "clmr":
+        rates = (22050, 16000, 8000)  # keras_clmr.models.sample_cnn.STRIDES_BY_SAMPLE_RATE
+        if flag_values.sample_rate not in rates:
+            raise app.UsageError(
+                f"--sample_rate={flag_values.sample_rate}: CLMR's SampleCNN has stride sets for "
+                f"{', '.join(map(str, rates))} Hz only."
+            )
+    expected, parts = {"clmr": (11, "stem, 9 blocks, final"), "pemr": (4, "4 FCN blocks")}[
+        flag_values.model
+    ]
+    channels = flag_values.channels
+    if channels is not None and len(channels) != expected:
+        raise app.UsageError(
+            f"--channels={','.join(map(str, channels))} has {len(channels)} widths; "
+            f"--model={flag_values.model} needs {expected} ({parts})."
+        )
+
+
+def set_learning_rate(model, learning_rate):
+    """``--override=learning_rate`` on resume: the restored Adam's rate becomes the new one."""
+    optimizer = model.optimizer
+    try:
+        optimizer.learning_rate = float(learning_rate)
+    except (TypeError, ValueError) as error:
+        raise app.UsageError(
+            f"--learning_rate cannot be overridden for this run: its optimizer uses a schedule "
+            f"({type(optimizer).__name__}: {error})."
+        ) from error
+
+
 _PEMR_FLAGS = (
     "mask_ratio",
     "pred_weight",
