@@ -1,9 +1,9 @@
 """Decode a dataset once into sharded TFRecords (22050 Hz mono int16) plus manifest.json.
 
-    python -m keras_clmr.data.prepare --dataset=mtat --source=/data/mtat --output=/data/mtat_prepared
-    python -m keras_clmr.data.prepare --dataset=gtzan --source=/data/gtzan --output=/data/gtzan_prepared
-    python -m keras_clmr.data.prepare --dataset=folder --source=/data/music --output=gs://bucket/music
-    python -m keras_clmr.data.prepare --dataset=csv --source=/data/mine/labels.csv --output=/data/mine_prepared
+    keras-clmr prepare --dataset=mtat --source=/data/mtat --output=/data/mtat_prepared
+    keras-clmr prepare --dataset=gtzan --source=/data/gtzan --output=/data/gtzan_prepared
+    keras-clmr prepare --dataset=folder --source=/data/music --output=gs://bucket/music
+    keras-clmr prepare --dataset=csv --source=/data/mine/labels.csv --output=/data/mine_prepared
 
 Worker processes decode (soundfile/ffmpeg + soxr); the main process writes each shard to a
 temporary file and renames it when complete, then writes a small ``progress/<shard>.json``
@@ -19,18 +19,20 @@ sample_rate), ``plan.json``, ``progress/``, ``clips.tsv`` (one row per prepared 
 
 import collections
 import csv
+import errno
 import hashlib
 import io
 import itertools
 import json
 import multiprocessing
 import os
+import re
 import sys
-import time
 
 import numpy as np
 
 from keras_clmr import audio
+from keras_clmr import io as atomic_io
 from keras_clmr.data import datasets
 
 FORMAT = "keras_clmr.prepared/1"
@@ -52,13 +54,43 @@ def _join(*parts):
     return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
 
 
+def _is_remote(path):
+    return "://" in str(path)
+
+
 def _write_atomic(path, data):
-    """Write text or bytes to ``path`` through a temporary file and a rename."""
+    """Write text or bytes to ``path`` through a temporary file and a rename (keras_clmr.io for
+    local paths; tf.io.gfile for remote ones such as gs://)."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    if not _is_remote(path):
+        atomic_io.atomic_write_bytes(path, data)
+        return
     gfile = _gfile()
     temporary = f"{path}.tmp-{os.getpid()}"
     with gfile.GFile(temporary, "wb") as file:
-        file.write(data.encode("utf-8") if isinstance(data, str) else data)
+        file.write(data)
     gfile.rename(temporary, path, overwrite=True)
+
+
+_POINTER = re.compile(r"\s*@\s*0x[0-9a-fA-F]+")
+_HEX = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def summarise_reason(reason, limit=240):
+    """One deterministic line from a decoder's message: ``[mp3 @ 0x55…]`` pointers and other
+    addresses removed, the first informative line kept, capped at ``limit`` characters (two
+    runs over the same files then write the same manifest)."""
+    lines = [_HEX.sub("0x…", _POINTER.sub("", line)).strip() for line in str(reason).splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return "unreadable"
+    # ffmpeg puts its banner first and the error last: keep the line that says what failed.
+    keywords = ("error", "invalid", "could not", "no such", "not ", "failed", "unsupported")
+    chosen = next((line for line in lines if any(k in line.lower() for k in keywords)), lines[0])
+    if len(lines) > 1 and chosen != lines[0] and not lines[0].startswith(("ffmpeg", "[")):
+        chosen = f"{lines[0]}: {chosen}"
+    text = " ".join(chosen.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_json(path):
@@ -72,14 +104,17 @@ def _dumps(obj):
 
 # ----------------------------------------------------------------------------- planning
 
+
 def _clips_per_shard(clips, sample_rate, shard_mb):
     step = max(1, len(clips) // _ESTIMATE_FILES)
     durations = [d for d in (audio.duration(c.path) for c in clips[::step][:_ESTIMATE_FILES]) if d]
     seconds = float(np.mean(durations)) if durations else 30.0
-    return max(1, int(shard_mb * 2 ** 20 // (seconds * sample_rate * 2 + 256)))
+    return max(1, int(shard_mb * 2**20 // (seconds * sample_rate * 2 + 256)))
 
 
-def make_plan(spec, sample_rate=audio.DEFAULT_SAMPLE_RATE, shard_mb=128, clips_per_shard=None, config=None):
+def make_plan(
+    spec, sample_rate=audio.DEFAULT_SAMPLE_RATE, shard_mb=128, clips_per_shard=None, config=None
+):
     """Assign every clip of ``spec`` to a shard; deterministic for the same inputs."""
     if not spec.clips:
         raise ValueError(f"{spec.name}: no clips to prepare.")
@@ -90,19 +125,31 @@ def make_plan(spec, sample_rate=audio.DEFAULT_SAMPLE_RATE, shard_mb=128, clips_p
         members = [c for c in spec.clips if c.split == split]
         count = -(-len(members) // per_shard)
         for s in range(count):
-            part = members[s * per_shard:(s + 1) * per_shard]
-            shards.append({
-                "name": f"{split}-{s:05d}-of-{count:05d}.tfrecord",
-                "split": split,
-                "clips": [[s * per_shard + i, c.id, c.path, [label_index[t] for t in c.labels]]
-                          for i, c in enumerate(part)],
-            })
-    return {"format": FORMAT, "config": dict(config or {}, sample_rate=sample_rate), "dataset": spec.name,
-            "labels": list(spec.labels), "task": spec.task, "excluded": spec.excluded,
-            "clips_per_shard": per_shard, "shards": shards}
+            part = members[s * per_shard : (s + 1) * per_shard]
+            shards.append(
+                {
+                    "name": f"{split}-{s:05d}-of-{count:05d}.tfrecord",
+                    "split": split,
+                    "clips": [
+                        [s * per_shard + i, c.id, c.path, [label_index[t] for t in c.labels]]
+                        for i, c in enumerate(part)
+                    ],
+                }
+            )
+    return {
+        "format": FORMAT,
+        "config": dict(config or {}, sample_rate=sample_rate),
+        "dataset": spec.name,
+        "labels": list(spec.labels),
+        "task": spec.task,
+        "excluded": spec.excluded,
+        "clips_per_shard": per_shard,
+        "shards": shards,
+    }
 
 
 # ----------------------------------------------------------------------------- decoding
+
 
 def _decode(job):
     """Worker: (path, sample_rate) -> ("ok", int16 bytes, n) or ("skip", reason)."""
@@ -110,17 +157,19 @@ def _decode(job):
     try:
         pcm = audio.to_int16(audio.load(path, sample_rate=sample_rate))
     except audio.AudioError as error:
-        return ("skip", error.reason)
+        return ("skip", summarise_reason(error.reason))
     except Exception as error:  # a broken file must never stop the run; report what happened
-        return ("skip", f"{type(error).__name__}: {error}")
+        return ("skip", summarise_reason(f"{type(error).__name__}: {error}"))
     return ("ok", pcm.astype("<i2").tobytes(), int(pcm.shape[0]))
 
 
 def _decode_in_pool(pool, jobs, window):
-    """Results of ``_decode`` over ``jobs`` in order, with at most ``window`` decoded clips in flight
-    (bounded memory however slow the writer is)."""
+    """Results of ``_decode`` over ``jobs`` in order, with at most ``window`` decoded clips in
+    flight (bounded memory however slow the writer is)."""
     jobs = iter(jobs)
-    pending = collections.deque(pool.apply_async(_decode, (job,)) for job in itertools.islice(jobs, window))
+    pending = collections.deque(
+        pool.apply_async(_decode, (job,)) for job in itertools.islice(jobs, window)
+    )
     while pending:
         try:
             result = pending.popleft().get(timeout=DECODE_TIMEOUT)
@@ -134,15 +183,19 @@ def _decode_in_pool(pool, jobs, window):
 
 def _example(tf, position, clip_id, label_indices, split, pcm_bytes, num_samples, sample_rate):
     feature = tf.train.Feature
-    return tf.train.Example(features=tf.train.Features(feature={
-        "audio": feature(bytes_list=tf.train.BytesList(value=[pcm_bytes])),
-        "id": feature(bytes_list=tf.train.BytesList(value=[clip_id.encode("utf-8")])),
-        "position": feature(int64_list=tf.train.Int64List(value=[position])),
-        "labels": feature(int64_list=tf.train.Int64List(value=label_indices)),
-        "split": feature(bytes_list=tf.train.BytesList(value=[split.encode("utf-8")])),
-        "num_samples": feature(int64_list=tf.train.Int64List(value=[num_samples])),
-        "sample_rate": feature(int64_list=tf.train.Int64List(value=[sample_rate])),
-    })).SerializeToString(deterministic=True)  # sorted map keys: same bytes in every process
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "audio": feature(bytes_list=tf.train.BytesList(value=[pcm_bytes])),
+                "id": feature(bytes_list=tf.train.BytesList(value=[clip_id.encode("utf-8")])),
+                "position": feature(int64_list=tf.train.Int64List(value=[position])),
+                "labels": feature(int64_list=tf.train.Int64List(value=label_indices)),
+                "split": feature(bytes_list=tf.train.BytesList(value=[split.encode("utf-8")])),
+                "num_samples": feature(int64_list=tf.train.Int64List(value=[num_samples])),
+                "sample_rate": feature(int64_list=tf.train.Int64List(value=[sample_rate])),
+            }
+        )
+    ).SerializeToString(deterministic=True)  # sorted map keys: same bytes in every process
 
 
 def _relative(path, source):
@@ -158,30 +211,76 @@ def _write_shard(tf, output, shard, results, sample_rate, source, progress):
     final = _join(output, shard["name"])
     temporary = _join(output, f".{shard['name']}.tmp")
     written, skipped = [], []
-    with tf.io.TFRecordWriter(temporary) as writer:
-        for position, clip_id, path, label_indices in shard["clips"]:
-            result = next(results)
-            if result[0] == "ok":
-                _, pcm_bytes, num_samples = result
-                writer.write(_example(tf, position, clip_id, label_indices, shard["split"], pcm_bytes,
-                                      num_samples, sample_rate))
-                written.append([position, clip_id, num_samples, label_indices])
-            else:
-                skipped.append({"id": clip_id, "path": _relative(path, source), "reason": result[1]})
-            progress.update(1)
-            progress.set_postfix(skipped=progress.skipped + len(skipped), refresh=False)
-    digest, size = hashlib.sha256(), 0
-    with gfile.GFile(temporary, "rb") as file:
-        while chunk := file.read(1 << 24):
-            digest.update(chunk)
-            size += len(chunk)
-    gfile.rename(temporary, final, overwrite=True)
-    marker = {"file": shard["name"], "split": shard["split"], "records": len(written), "bytes": size,
-              "sha256": digest.hexdigest(), "clips": written, "skipped": skipped}
+    try:
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for position, clip_id, path, label_indices in shard["clips"]:
+                result = next(results)
+                if result[0] == "ok":
+                    _, pcm_bytes, num_samples = result
+                    writer.write(
+                        _example(
+                            tf,
+                            position,
+                            clip_id,
+                            label_indices,
+                            shard["split"],
+                            pcm_bytes,
+                            num_samples,
+                            sample_rate,
+                        )
+                    )
+                    written.append([position, clip_id, num_samples, label_indices])
+                else:
+                    skipped.append(
+                        {"id": clip_id, "path": _relative(path, source), "reason": result[1]}
+                    )
+                progress.update(1)
+                progress.set_postfix(skipped=progress.skipped + len(skipped), refresh=False)
+        digest, size = _digest(temporary)
+        gfile.rename(temporary, final, overwrite=True)
+    except BaseException as error:
+        if gfile.exists(temporary):
+            gfile.remove(temporary)
+        if isinstance(error, Exception) and _disk_full(error):
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on the device while writing {final}; the shards finished "
+                f"before it are kept and verified on the next run of the same command",
+            ) from error
+        raise
+    marker = {
+        "file": shard["name"],
+        "split": shard["split"],
+        "records": len(written),
+        "bytes": size,
+        "sha256": digest,
+        "clips": written,
+        "skipped": skipped,
+    }
     # The marker is written only after the shard is complete under its final name.
     _write_atomic(_join(output, PROGRESS, shard["name"] + ".json"), _dumps(marker))
     progress.skipped += len(skipped)
     return marker
+
+
+def _digest(path):
+    """(hex sha256, size in bytes) of ``path`` (local or tf.io.gfile)."""
+    digest, size = hashlib.sha256(), 0
+    with _gfile().GFile(path, "rb") as file:
+        while chunk := file.read(1 << 24):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _disk_full(error):
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+            return True
+        if "RESOURCE_EXHAUSTED" in str(error) or type(error).__name__ == "ResourceExhaustedError":
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class _Progress:
@@ -193,7 +292,9 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="clip", desc="decoding", file=sys.stderr, smoothing=0.05)
+            self._bar = tqdm(
+                total=total, unit="clip", desc="decoding", file=sys.stderr, smoothing=0.05
+            )
 
     def update(self, n):
         if self._bar is not None:
@@ -208,13 +309,36 @@ class _Progress:
             self._bar.close()
 
 
-def _finished(output, shard):
+def _finished(output, shard, warn=None):
+    """True when ``shard`` and its progress marker exist and the shard's size and sha256 are
+    the marker's: a truncated or altered shard is written again (and said so)."""
     gfile = _gfile()
-    marker = _join(output, PROGRESS, shard["name"] + ".json")
-    return gfile.exists(marker) and gfile.exists(_join(output, shard["name"]))
+    marker_path = _join(output, PROGRESS, shard["name"] + ".json")
+    path = _join(output, shard["name"])
+    if not (gfile.exists(marker_path) and gfile.exists(path)):
+        return False
+    try:
+        marker = _read_json(marker_path)
+        expected = (marker["sha256"], int(marker["bytes"]))
+    except (ValueError, KeyError, TypeError):
+        problem = "its progress marker is unreadable"
+    else:
+        if gfile.stat(path).length != expected[1]:
+            problem = f"it has {gfile.stat(path).length} bytes, the marker says {expected[1]}"
+        elif _digest(path)[0] != expected[0]:
+            problem = "its sha256 differs from the marker's"
+        else:
+            return True
+    (warn or _warn)(f"Shard {path} is damaged ({problem}): writing it again.")
+    return False
+
+
+def _warn(message):
+    print(f"warning: {message}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- manifest
+
 
 def _assemble(output, plan, source):
     markers = [_read_json(_join(output, PROGRESS, s["name"] + ".json")) for s in plan["shards"]]
@@ -222,15 +346,25 @@ def _assemble(output, plan, source):
     splits, rows, skipped, shards = {}, [], [], []
     for shard, marker in zip(plan["shards"], markers):
         split = shard["split"]
-        entry = splits.setdefault(split, {"count": 0, "seconds": 0.0, "planned": 0, "skipped": 0, "shards": []})
+        entry = splits.setdefault(
+            split, {"count": 0, "seconds": 0.0, "planned": 0, "skipped": 0, "shards": []}
+        )
         entry["planned"] += len(shard["clips"])
         entry["skipped"] += len(marker["skipped"])
         entry["shards"].append(marker["file"])
         shards.append({k: marker[k] for k in ("file", "split", "records", "bytes", "sha256")})
         skipped.extend(marker["skipped"])
         for position, clip_id, num_samples, label_indices in marker["clips"]:
-            rows.append((split, entry["count"], position, clip_id, num_samples,
-                         ";".join(str(i) for i in label_indices)))
+            rows.append(
+                (
+                    split,
+                    entry["count"],
+                    position,
+                    clip_id,
+                    num_samples,
+                    ";".join(str(i) for i in label_indices),
+                )
+            )
             entry["count"] += 1
             entry["seconds"] += num_samples / sample_rate
     table = io.StringIO()
@@ -262,30 +396,55 @@ def _assemble(output, plan, source):
 
 # ----------------------------------------------------------------------------- entry points
 
-def prepare(spec, output, sample_rate=audio.DEFAULT_SAMPLE_RATE, shard_mb=128, workers=None,
-            clips_per_shard=None, progress=True, config=None):
-    """Decode ``spec`` (a ``datasets.DatasetSpec``) into shards under ``output``; returns the manifest.
+
+def prepare(
+    spec,
+    output,
+    sample_rate=audio.DEFAULT_SAMPLE_RATE,
+    shard_mb=128,
+    workers=None,
+    clips_per_shard=None,
+    progress=True,
+    config=None,
+):
+    """Decode ``spec`` (a ``datasets.DatasetSpec``) into shards under ``output``; returns the
+    manifest.
 
     Resumable: shards finished by an earlier run with the same settings are kept. Raises
     ``ValueError`` when ``output`` holds a preparation made with different settings.
     """
+    _check_arguments(sample_rate, shard_mb, workers, clips_per_shard)
     import tensorflow as tf
 
     gfile = tf.io.gfile
-    config = dict(config or {}, dataset=spec.name, shard_mb=shard_mb, clips_per_shard=clips_per_shard)
+    config = dict(
+        config or {}, dataset=spec.name, shard_mb=shard_mb, clips_per_shard=clips_per_shard
+    )
     gfile.makedirs(_join(output, PROGRESS))
     plan_path = _join(output, PLAN)
     if gfile.exists(plan_path):
         plan = _read_json(plan_path)
         wanted = dict(config, sample_rate=sample_rate)
         if plan.get("config") != wanted:
-            raise ValueError(f"{output} holds a preparation made with other settings ({plan.get('config')}, "
-                             f"now {wanted}); use a new --output or pass --overwrite.")
+            before = plan.get("config") or {}
+            changed = ", ".join(
+                f"{key}: {before.get(key)!r} -> {wanted.get(key)!r}"
+                for key in sorted(set(before) | set(wanted))
+                if before.get(key) != wanted.get(key)
+            )
+            raise ValueError(
+                f"{output} holds a preparation made with other settings ({changed}); use a new "
+                "--output or pass --overwrite."
+            )
     else:
         plan = make_plan(spec, sample_rate, shard_mb, clips_per_shard, config)
         _write_atomic(plan_path, _dumps(plan))
     source = config.get("source", "")
     pending = [shard for shard in plan["shards"] if not _finished(output, shard)]
+    for shard in pending:  # a damaged shard's marker goes first: the shard is being rewritten
+        marker = _join(output, PROGRESS, shard["name"] + ".json")
+        if gfile.exists(marker):
+            gfile.remove(marker)
     jobs = [(path, sample_rate) for shard in pending for _, _, path, _ in shard["clips"]]
     bar = _Progress(len(jobs), progress)
     workers = max(1, int(workers or os.cpu_count() or 1))
@@ -308,17 +467,65 @@ def prepare(spec, output, sample_rate=audio.DEFAULT_SAMPLE_RATE, shard_mb=128, w
     return _assemble(output, plan, source)
 
 
+def _check_arguments(sample_rate, shard_mb, workers, clips_per_shard):
+    """ValueError naming the value and its range for an argument ``prepare`` cannot use."""
+
+    def whole(value, name, low, high=None):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name}={value!r} is not an integer.")
+        if value < low or (high is not None and value > high):
+            limit = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"{name}={value} is out of range: must be {limit}.")
+
+    whole(sample_rate, "sample_rate", 1000, 384000)
+    whole(shard_mb, "shard_mb", 1)
+    if workers is not None:
+        whole(workers, "workers", 1)
+    if clips_per_shard is not None:
+        whole(clips_per_shard, "clips_per_shard", 1)
+
+
 def _remove_previous(output):
+    """``--overwrite``: delete the files this dataset's own plan/manifest list (its shards,
+    their temporary files and progress markers, clips.tsv, the manifest and the plan), nothing
+    else; returns the removed paths. Without a plan or manifest nothing is deleted."""
     gfile = _gfile()
     if not gfile.exists(output):
-        return
-    for name in gfile.listdir(output):
-        name = name.rstrip("/")
+        return []
+    names = set()
+    for listing in (PLAN, MANIFEST):
+        path = _join(output, listing)
+        if not gfile.exists(path):
+            continue
+        try:
+            content = _read_json(path)
+        except ValueError as error:
+            raise ValueError(
+                f"{path} is unreadable ({error}); it cannot tell which files --overwrite may "
+                "delete. Remove the earlier preparation by hand or use a new --output."
+            ) from None
+        if content.get("format") != FORMAT:
+            raise ValueError(
+                f"{path} was not written by keras_clmr.data.prepare (format "
+                f"{content.get('format')!r}); --overwrite deletes nothing it did not write."
+            )
+        shard_names = [s["name"] for s in content.get("shards", []) if "name" in s]
+        shard_names += [s["file"] for s in content.get("shards", []) if "file" in s]
+        for name in shard_names:
+            if os.path.basename(name) != name or not name.endswith(".tfrecord"):
+                continue  # only plain shard names in this folder
+            names.update({name, f".{name}.tmp", f"{PROGRESS}/{name}.json"})
+        names.update({listing, CLIPS if listing == MANIFEST else listing})
+    removed = []
+    for name in sorted(names, key=lambda n: (n in (PLAN, MANIFEST), n)):  # listings last
         path = _join(output, name)
-        if name == PROGRESS:
-            gfile.rmtree(path)
-        elif name in (MANIFEST, PLAN, CLIPS) or ".tfrecord" in name:
+        if gfile.exists(path) and not gfile.isdir(path):
             gfile.remove(path)
+            removed.append(path)
+    progress = _join(output, PROGRESS)
+    if gfile.isdir(progress) and not gfile.listdir(progress):
+        gfile.rmtree(progress)
+    return removed
 
 
 if __name__ == "__main__":
