@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from keras_clmr.commands import _checks
+
 OUTPUT_FORMATS = (".npz", ".csv", ".json")
 
 
@@ -38,12 +40,15 @@ def _parser():
         p.add_argument("--output", "-o", help="write results to out.npz, out.csv or out.json")
         p.add_argument(
             "--hop",
-            type=float,
+            type=_checks.hop_seconds,
             default=None,
             help="seconds between window starts (default: one window)",
         )
         p.add_argument(
-            "--batch-size", type=int, default=32, help="windows per forward pass (default: 32)"
+            "--batch-size",
+            type=_checks.batch_size,
+            default=32,
+            help="windows per forward pass (default: 32)",
         )
         p.add_argument(
             "--short",
@@ -54,7 +59,10 @@ def _parser():
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         if command == "tag":
             p.add_argument(
-                "--top-k", type=int, default=5, help="tags to report per file (default: 5)"
+                "--top-k",
+                type=_checks.top_k,
+                default=5,
+                help="tags to report per file (default: 5)",
             )
     sub.add_parser("list", help="list the registered presets")
     return parser
@@ -191,9 +199,12 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
-    if args.batch_size < 1 or (args.hop is not None and args.hop <= 0):
-        print("error: --batch-size must be >= 1 and --hop > 0", file=sys.stderr)
-        return 2
+    if args.output:
+        try:
+            _checks.writable_folder(os.path.dirname(os.path.abspath(args.output)), "--output")
+        except _checks.CheckError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
     from keras_clmr import inference
     from keras_clmr.hub import load_pretrained
@@ -226,7 +237,12 @@ def main(argv=None):
     if args.output:
         extension = os.path.splitext(args.output)[1].lower()
         writer = {".npz": _npz, ".csv": _csv, ".json": _json}[extension]
-        _write_atomic(args.output, writer(results, args.command))
+        try:
+            _write_atomic(args.output, writer(results, args.command))
+        except OSError as error:
+            full = "the disk is full; " if _checks.is_disk_full(error) else ""
+            print(f"error: cannot write {args.output}: {full}{error}", file=sys.stderr)
+            return 2
         print(
             f"wrote {args.output} ({len(results) - len(failed)} of {len(results)} files)",
             file=sys.stderr,

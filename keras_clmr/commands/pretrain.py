@@ -234,13 +234,18 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
     if FLAGS.data_dir:
         prepared = _prepared_pipeline()
         if prepared is not None and prepared.is_prepared(FLAGS.data_dir):
+            manifest = prepared.load_manifest(FLAGS.data_dir)
+            train = manifest.get("splits", {}).get("train", {})
+            count = train.get("count", train) if isinstance(train, dict) else train
+            if not count:
+                raise app.UsageError(
+                    f"--data_dir {FLAGS.data_dir} is prepared but holds no training clips (see "
+                    "its manifest.json 'skipped'): prepare a folder with decodable audio."
+                )
             dataset = prepared.pretraining_dataset(
                 FLAGS.data_dir, segment_samples=segment_samples, batch_size=batch_size, seed=seed
             )
             if steps_per_epoch is None:
-                manifest = prepared.load_manifest(FLAGS.data_dir)
-                train = manifest.get("splits", {}).get("train", {})
-                count = train.get("count", train) if isinstance(train, dict) else train
                 steps_per_epoch = max(1, int(count or 0) // batch_size) if count else None
             if steps_per_epoch is None:
                 raise app.UsageError("Pass --steps_per_epoch for this prepared directory.")
@@ -335,13 +340,6 @@ def main(argv):
                 "continue it, or choose a new --output_dir."
             )
     check_architecture(FLAGS)
-    try:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-    except OSError as error:
-        raise app.UsageError(
-            f"--output_dir={FLAGS.output_dir} cannot be created ({error.strerror}): choose a "
-            "writable folder."
-        ) from error
 
     try:
         if FLAGS.logical_cpus:
@@ -455,6 +453,13 @@ def main(argv):
         flush=True,
     )
 
+    try:  # only now that the flags, the model and the data are known to be good
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    except OSError as error:
+        raise app.UsageError(
+            f"--output_dir={FLAGS.output_dir} cannot be created ({error.strerror}): choose a "
+            "writable folder."
+        ) from error
     guard = NonFiniteGuard()
     extra_state = {"settings": current_settings(FLAGS)}
     callbacks = [
