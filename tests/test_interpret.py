@@ -475,3 +475,25 @@ def test_embedding_map_bad_inputs(tmp_path):
     with pytest.raises(maps_lib.MapInputError, match="at least 4"):
         maps_lib.embedding_map(sorted(str(p) for p in root.rglob("*.wav"))[:3], model=_level_encoder(),
                                method="tsne", progress=False)
+
+
+def test_listening_page_reads_prepared_datasets_next_to_folders(tmp_path):
+    from keras_clmr.data import datasets, prepare
+
+    root = tmp_path / "corpus"
+    _write_level_corpus(root)
+    prepared = tmp_path / "outdomain"
+    prepare.prepare(datasets.folder(str(root / "outdomain")), str(prepared), workers=1, clips_per_shard=2,
+                    progress=False)
+    page = listening_lib.listening_page(_level_encoder(), [str(root / "indomain"), str(prepared)],
+                                        str(tmp_path / "page"), features=[0, 1], top_k=3, progress=False)
+    assert page.collections == ["indomain", "outdomain"]
+    for feature in (0, 1):
+        for collection in ("all", "indomain", "outdomain"):
+            expected = _reference_ranking(root, feature, collection, 3)
+            got = [(os.path.basename(page.clips[c]["file"]), page.clips[c]["start"])
+                   for c, _ in page.top[str(feature)][collection]]
+            assert [n for n, _ in got] == [n for n, _ in expected], (feature, collection)
+            # int16 storage of the prepared clips shifts values by ~1e-5 at most: same order, same starts.
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-3)
+    assert all(os.path.getsize(tmp_path / "page" / c["audio"]) > 0 for c in page.clips.values())

@@ -104,7 +104,9 @@ def _prepared_items(folder):
     with open(os.path.join(folder, "manifest.json")) as file:
         manifest = json.load(file)
     names = list(manifest.get("labels") or [])
-    collection = str(manifest.get("dataset") or os.path.basename(os.path.abspath(folder)))
+    dataset = str(manifest.get("dataset") or "")
+    # Named datasets (mtat, gtzan) keep their name; generic ones ("folder", "csv") the folder's.
+    collection = dataset if dataset not in ("", "folder", "csv") else os.path.basename(os.path.abspath(folder))
     items = []
     for clip in _prepared_records(folder, manifest):
         tags = tuple(names[i] for i in clip["labels"] if 0 <= i < len(names))
@@ -161,27 +163,43 @@ def _collect_items(inputs, labels):
     return items, rates
 
 
-def _load_clip(item, sample_rate):
-    """The whole clip of ``item`` at ``sample_rate`` (float32 mono); used for the few selected ones."""
+def _read_manifest(folder):
+    with open(os.path.join(folder, "manifest.json")) as file:
+        return json.load(file)
+
+
+def _clips(items, indices, sample_rate, decode_files):
+    """Yield ``(index, audio)`` for ``items[indices]`` in order, one clip in memory at a time.
+
+    Files come as their path (``decode_files=False``: ``embed`` streams them) or decoded at
+    ``sample_rate``; prepared clips are decoded while each needed shard is read once, in order.
+    """
     from keras_clmr import audio
 
-    if isinstance(item.source, tuple):
+    streams = {}
+    wanted = {}
+    for index in indices:
+        if isinstance(items[index].source, tuple):
+            _, folder, shard, clip_id = items[index].source
+            wanted.setdefault(folder, {}).setdefault(shard, set()).add(clip_id)
+    for index in indices:
+        item = items[index]
+        if not isinstance(item.source, tuple):
+            yield index, (audio.load(item.source, sample_rate=sample_rate) if decode_files else item.source)
+            continue
         _, folder, shard, clip_id = item.source
-        with open(os.path.join(folder, "manifest.json")) as file:
-            manifest = json.load(file)
-        for clip in _prepared_records(folder, manifest, wanted={shard: {clip_id}}, with_audio=True):
-            data = clip["audio"]
-            rate = int(manifest["sample_rate"])
-            return data if rate == sample_rate else audio.resample(data, rate, sample_rate)
-        raise ListeningInputError(f"{item.name}: the clip is no longer in {folder}; prepare it again.")
-    return audio.load(item.source, sample_rate=sample_rate)
-
-
-def _embed_input(item, sample_rate):
-    """What ``keras_clmr.embed`` gets for ``item``: the path, or the decoded prepared clip."""
-    if isinstance(item.source, tuple):
-        return _load_clip(item, sample_rate)
-    return item.source
+        if folder not in streams:
+            manifest = _read_manifest(folder)
+            streams[folder] = (_prepared_records(folder, manifest, wanted[folder], with_audio=True),
+                               int(manifest["sample_rate"]))
+        stream, rate = streams[folder]
+        for clip in stream:
+            if clip["shard"] == shard and clip["id"] == clip_id:
+                data = clip["audio"]
+                yield index, (data if rate == sample_rate else audio.resample(data, rate, sample_rate))
+                break
+        else:
+            raise ListeningInputError(f"{item.name}: the clip is no longer in {folder}; prepare it again.")
 
 
 # ----------------------------------------------------------------------------- selection
@@ -305,20 +323,21 @@ def listening_page(encoder, audio_files_or_prepared_dir, output_dir, tagger=None
     if getattr(net, "embedding_dim", None) is not None:
         _feature_indices(features, int(net.embedding_dim))  # fail before the long pass
     topk, chosen, meta, skipped = None, None, None, []
-    iterator = items
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = iterator = tqdm(items, unit="file", desc="listening page")
+        bar = tqdm(total=len(items), unit="file", desc="listening page")
     try:
-        for index, item in enumerate(iterator):
-            source = _embed_input(item, model_rate)
+        for index, source in _clips(items, range(len(items)), model_rate, decode_files=False):
+            item = items[index]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = keras_clmr.embed(source, model=encoder, hop=hop, on_error="skip", batch_size=batch_size)
             for warning in caught:
                 warnings.warn(f"{item.name}: {warning.message}", stacklevel=2)
+            if bar is not None:
+                bar.update(1)
             if result.error is not None:
                 skipped.append((item.name, result.error))
                 warnings.warn(f"Skipping {item.name}: {result.error}", stacklevel=2)
@@ -351,9 +370,8 @@ def listening_page(encoder, audio_files_or_prepared_dir, output_dir, tagger=None
     clips, clip_ids = {}, {}
     with atomic_folder(output_dir, overwrite=overwrite, own_files=OWN_FILES) as folder:
         os.makedirs(os.path.join(folder, AUDIO_DIR))
-        for item_index in sorted(needed):
+        for item_index, data in _clips(items, sorted(needed), rate, decode_files=True):
             item = items[item_index]
-            data = _load_clip(item, rate)
             windows = sorted(needed[item_index])
             snippets = []
             for window in windows:
