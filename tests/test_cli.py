@@ -86,6 +86,7 @@ def test_bad_inputs_exit_codes(setup, capsys):
     assert not os.path.exists(tmp / "x.txt")
 
 
+@pytest.mark.large  # a fresh interpreter
 def test_console_script_runs(setup):
     folder, files, tmp = setup
     script = os.path.join(os.path.dirname(sys.executable), "keras-clmr")

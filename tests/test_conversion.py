@@ -46,6 +46,7 @@ def _check_against(model, reference, n, projection=True):
     assert float(np.abs(h_ref).max()) > 1e-2  # the comparison is not on vanishing activations
 
 
+@pytest.mark.large  # full-size SampleCNN converted and compared
 def test_release_2_0_full_size_zip(tmp_path):
     """Release 2.0: a plain state_dict of SimCLR inside the release .zip; full size (2,368,512)."""
     reference = _simclr(dict(strides=(3,) * 9, channels=(128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512)),
@@ -322,7 +323,6 @@ def _pemr_checkpoint(path, seed=0):
 
 
 def test_pemr_lightning_ckpt_and_head(tmp_path):
-    pytest.importorskip("keras_clmr.models.fcn", reason="the PEMR FCN model is not in this checkout")
     from keras_clmr.conversion.pemr import torch_logmel
 
     path = tmp_path / "pre-trained_model.ckpt"
@@ -351,7 +351,6 @@ def test_pemr_lightning_ckpt_and_head(tmp_path):
 
 
 def test_pemr_missing_key_is_named(tmp_path):
-    pytest.importorskip("keras_clmr.models.fcn", reason="the PEMR FCN model is not in this checkout")
     module = tr.pemr(tr.fcn(), 512, 256)
     state = dict(module.state_dict())
     state.pop("model.encoder.layer2.bn.running_mean")

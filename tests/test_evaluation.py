@@ -241,6 +241,7 @@ def _run_script(module, *args, timeout=300):
     return result.stdout
 
 
+@pytest.mark.large  # two training scripts in fresh interpreters
 def test_linear_eval_and_supervised_scripts_write_every_file(prepared_demo, tmp_path):
     _, prepared = prepared_demo
     common = [

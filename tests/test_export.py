@@ -43,7 +43,8 @@ def tiny_tagger():
 
 
 def tiny_fcn():
-    fcn = pytest.importorskip("keras_clmr.models.fcn")
+    from keras_clmr.models import fcn
+
     model = fcn.FCN(
         channels=(4, 8, 8, 8), pools=((2, 2), (2, 2), (2, 2), (2, 2)), input_samples=4096, n_mels=32
     )
@@ -111,8 +112,8 @@ def test_pemr_encoder_both_formats(tmp_path):
 @pytest.mark.skipif(
     importlib.util.find_spec("musicnn") is None, reason="the musicnn wheel is not installed"
 )
-def test_musicnn_preset_both_formats(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_CLMR_CACHE", str(tmp_path / "cache"))
+@pytest.mark.large  # a full-size model, both formats, parity on each
+def test_musicnn_preset_both_formats(tmp_path, musicnn_cache):
     from keras_clmr import export, hub
 
     summary = export.export_preset("musicnn-mtt", tmp_path / "musicnn", "all", task="tag")
@@ -130,7 +131,7 @@ def test_musicnn_preset_both_formats(tmp_path, monkeypatch):
     metadata = hub.verify_preset(tmp_path / "musicnn")
     assert "model.onnx" in metadata["files"] and "saved_model/saved_model.pb" in metadata["files"]
     # The cache copy was not modified: the export went to a copy.
-    cached = hub.read_metadata(tmp_path / "cache" / "presets" / "musicnn-mtt-tag")
+    cached = hub.read_metadata(musicnn_cache / "presets" / "musicnn-mtt-tag")
     assert "exports" not in cached and "model.onnx" not in cached["files"]
 
 
@@ -193,6 +194,7 @@ def test_bad_requests(tmp_path):
         export.export_preset(tiny_sample_cnn(), None, "onnx")
 
 
+@pytest.mark.large  # a fresh interpreter
 def test_cli(tmp_path):
     from keras_clmr import hub
 

@@ -84,11 +84,14 @@ def test_vgg_pools_come_from_the_saved_graphs():
 
 
 @needs_wheel
+@pytest.mark.large  # four full-size conversions
 @pytest.mark.parametrize("name", ["MTT_musicnn", "MSD_musicnn", "MTT_vgg", "MSD_vgg"])
-def test_conversion_parity_with_original_graph(name):
+def test_conversion_parity_with_original_graph(name, request):
     from keras_clmr.conversion.musicnn import OriginalGraph, convert_musicnn, parity_audio
 
-    tagger, meta = convert_musicnn(name)
+    # MTT_musicnn: the session's one conversion (conftest), shared with the cache-based tests.
+    converted = request.getfixturevalue("musicnn_mtt_converted") if name == "MTT_musicnn" else None
+    tagger, meta = converted or convert_musicnn(name)
     assert meta["parity"]["passed"]
     assert max(meta["parity"]["max_abs_diff"].values()) <= 1e-4
     assert meta["parameter_counts"]["checkpoint_variables"] == meta["parameter_counts"]["keras"]
@@ -117,15 +120,15 @@ def test_conversion_parity_with_original_graph(name):
 
 
 @needs_wheel
-def test_load_pretrained_offline_from_the_wheel(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_CLMR_CACHE", str(tmp_path))
+@pytest.mark.large  # the musicnn-mtt conversion behind the cache
+def test_load_pretrained_offline_from_the_wheel(musicnn_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from keras_clmr.conversion.musicnn import parity_audio
     from keras_clmr.hub import load_pretrained
     from keras_clmr.inference import tag
 
     tagger = load_pretrained("musicnn-mtt", task="tag")
-    folder = tmp_path / "presets" / "musicnn-mtt-tag"
+    folder = musicnn_cache / "presets" / "musicnn-mtt-tag"
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["evaluation"]["conversion"]["parity"]["passed"]
     assert metadata["evaluation"]["reported_scores"]["scores"][0]["value"] == 90.67

@@ -169,6 +169,7 @@ def test_dry_run_calls_nothing(tmp_path, fake_api, monkeypatch):
     factory.assert_not_called()
 
 
+@pytest.mark.large  # two fresh interpreters
 def test_cli_dry_run_and_refusal(tmp_path):
     folder = _preset(tmp_path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_TOKEN="")
