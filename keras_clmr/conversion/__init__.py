@@ -1,55 +1,33 @@
 """Checkpoint conversion with proven parity: official CLMR / PEMR PyTorch weights and musicnn.
 
-``convert_checkpoint(source, format="auto", finetuner=None)`` reads a checkpoint safely
-(``torch.load(weights_only=True)``), maps every tensor into the matching Keras model, runs
-the PyTorch reference of the same network on the same inputs and returns
-``(model, metadata)``; metadata holds the parity figures for ``metadata.json``.
-torch is needed only here (an optional dependency).
+``convert_checkpoint(source, format="auto", finetuner=None)`` reads a checkpoint without torch
+and without running pickled code (:mod:`readers`), maps every tensor into the matching Keras
+model, runs the float64 numpy forward pass of the original network (:mod:`numpy_reference`)
+on the same audio and returns ``(model, metadata)``; the conversion is refused unless
+``max|keras - reference| <= 1e-4 * max(1, max|reference|)`` with equal parameter counts, and
+metadata holds the figures for ``metadata.json``. torch is not needed (the torch reference in
+:mod:`torch_reference` is for the tests).
 """
-
-import os
 
 from keras_clmr.conversion.common import (
     PARITY_TOLERANCE,
     ConversionError,
     ParityError,
     UnsafeCheckpointError,
-    json_safe,
-    load_torch_checkpoint,
-    sha256_of,
-    to_numpy_state_dict,
+)
+from keras_clmr.conversion.readers import (
+    DEFAULT_MAX_BYTES,
+    CheckpointSizeError,
+    NotACheckpointError,
+    read_state_dict,
 )
 
 FORMATS = ("auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr")
 
 
-def read_checkpoint(path):
-    """Safely read a checkpoint: ``(numpy state dict, info)``; info describes the file."""
-    obj, member = load_torch_checkpoint(path)
-    info = {"file": os.path.basename(os.fspath(path)), "sha256": sha256_of(path)}
-    if member != info["file"]:
-        info["member"] = member
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        info["container"] = "lightning"
-        for key in ("pytorch-lightning_version", "epoch", "global_step"):
-            if key in obj:
-                info[key] = json_safe(obj[key])
-        if "hyper_parameters" in obj:
-            info["hyper_parameters"] = json_safe(obj["hyper_parameters"])
-        state = obj["state_dict"]
-    elif isinstance(obj, dict):
-        info["container"] = "state_dict"
-        state = obj
-    else:
-        raise ConversionError(
-            f"{path}: expected a state dict or a Lightning checkpoint (a dict with 'state_dict'), "
-            f"got a {type(obj).__name__}."
-        )
-    if state and all(str(k).startswith("module.") for k in state):
-        # Saved from a DataParallel/DistributedDataParallel wrapper without unwrapping it.
-        state = {str(k)[len("module.") :]: v for k, v in state.items()}
-        info["stripped_prefix"] = "module."
-    return to_numpy_state_dict(state), info
+def read_checkpoint(path, max_bytes=DEFAULT_MAX_BYTES):
+    """Safely read a checkpoint without torch: ``(numpy state dict, info)`` (see ``readers``)."""
+    return read_state_dict(path, max_bytes=max_bytes)
 
 
 def detect_format(state):
@@ -68,7 +46,13 @@ def detect_format(state):
 
 
 def convert_checkpoint(
-    source, format="auto", finetuner=None, sample_rate=None, parity=True, tags=None
+    source,
+    format="auto",
+    finetuner=None,
+    sample_rate=None,
+    parity=True,
+    tags=None,
+    max_bytes=DEFAULT_MAX_BYTES,
 ):
     """Convert a CLMR/PEMR checkpoint (and optional fine-tuner head) to a Keras model.
 
@@ -78,8 +62,9 @@ def convert_checkpoint(
         finetuner: optional head checkpoint (``0.weight [n, 512]``...) to attach; the result
             is then a ``MusicTagger``.
         sample_rate: override the sample rate stored in the config (default: from the strides).
-        parity: run the PyTorch reference and fail unless outputs agree within 1e-4.
+        parity: run the numpy reference and fail unless the parity gate passes.
         tags: tag names of the fine-tuner's outputs (default: the MTAT 50 for 50 outputs).
+        max_bytes: refuse checkpoints that unpack to more than this.
 
     Returns:
         ``(model, metadata)``.
@@ -89,7 +74,7 @@ def convert_checkpoint(
 
     if format not in FORMATS:
         raise ConversionError(f"Unknown --format {format!r}; choose one of {', '.join(FORMATS)}.")
-    state, info = read_checkpoint(source)
+    state, info = read_checkpoint(source, max_bytes=max_bytes)
     fmt = detect_format(state) if format == "auto" else format
     label = f"{info['file']} ({fmt})"
     if fmt == "clmr-finetuner":
@@ -107,7 +92,7 @@ def convert_checkpoint(
         )
     metadata = {"converted_from": info, **metadata}
     if finetuner is not None:
-        head_state, head_info = read_checkpoint(finetuner)
+        head_state, head_info = read_checkpoint(finetuner, max_bytes=max_bytes)
         if is_tagger(model):
             raise ConversionError(
                 f"{info['file']} already carries a head (encoder.fc); --finetuner is not needed."
@@ -126,7 +111,10 @@ def convert_checkpoint(
 
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "FORMATS",
+    "CheckpointSizeError",
+    "NotACheckpointError",
     "PARITY_TOLERANCE",
     "ConversionError",
     "ParityError",

@@ -9,17 +9,23 @@ BatchNorm (``criterion_B.bn.*``).
 
 The Keras result is the ``FCN`` encoder (the inference artefact). The projector is
 converted too and checked for parity, but not stored; the training-only parts are reported.
-Parity: the PyTorch FCN on the same log-mel as the Keras encoder (the converted weights),
-and end to end from audio with a torch re-implementation of torchaudio's
-``MelSpectrogram`` + ``AmplitudeToDB`` (the frontend PEMR trains with).
+Parity, without torch: the float64 numpy FCN of :mod:`numpy_reference` on the same log-mel as
+the Keras encoder, and end to end from audio with its float64 torchaudio-exact
+``MelSpectrogram`` + ``AmplitudeToDB`` (the frontend PEMR trains with), under
+``numpy_reference.parity_check``. ``torch_logmel`` (torch) stays for the tests.
 """
 
 import numpy as np
 
-from keras_clmr.conversion import torch_reference
+from keras_clmr.conversion import numpy_reference
 from keras_clmr.conversion.common import (
-    PARITY_TOLERANCE, ConversionError, KeyLedger, WeightSetter, check_parity, compare_parameter_counts,
-    max_abs_diff, require_torch, summarize_ledger, to_numpy)
+    ConversionError,
+    KeyLedger,
+    WeightSetter,
+    require_torch,
+    summarize_ledger,
+    to_numpy,
+)
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 DEFAULT_POOLS = ((2, 4), (2, 4), (2, 4), (4, 5))
@@ -36,11 +42,13 @@ def _prefix(state):
     for prefix in ("model.encoder.", "encoder.", ""):
         if f"{prefix}spec_bn.weight" in state:
             return prefix
-    raise ConversionError("Not a PEMR checkpoint: no spec_bn.weight under model.encoder., encoder. or the root.")
+    raise ConversionError(
+        "Not a PEMR checkpoint: no spec_bn.weight under model.encoder., encoder. or the root."
+    )
 
 
 def torch_logmel(audio, n_fft=256, hop_length=128, n_mels=128, sample_rate=16000):
-    """torchaudio ``MelSpectrogram(n_fft, hop_length, n_mels)`` + ``AmplitudeToDB()`` in plain torch.
+    """torchaudio ``MelSpectrogram(n_fft, hop, n_mels)`` + ``AmplitudeToDB()`` in plain torch.
 
     torchaudio's defaults: periodic Hann window, center=True with reflect padding, power 2,
     HTK mel scale without normalisation, f_max = sample_rate // 2; dB = 10 log10(max(x, 1e-10)).
@@ -48,8 +56,18 @@ def torch_logmel(audio, n_fft=256, hop_length=128, n_mels=128, sample_rate=16000
     """
     torch = require_torch()
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    spec = torch.stft(x, n_fft, hop_length=hop_length, win_length=n_fft, window=torch.hann_window(n_fft),
-                      center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
+    spec = torch.stft(
+        x,
+        n_fft,
+        hop_length=hop_length,
+        win_length=n_fft,
+        window=torch.hann_window(n_fft),
+        center=True,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
     power = spec.abs() ** 2  # [B, freqs, frames]
     n_freqs = n_fft // 2 + 1
     hz_to_mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
@@ -59,7 +77,9 @@ def torch_logmel(audio, n_fft=256, hop_length=128, n_mels=128, sample_rate=16000
     f_pts = mel_to_hz(m_pts)
     f_diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
-    fb = torch.clamp(torch.minimum(-slopes[:, :-2] / f_diff[:-1], slopes[:, 2:] / f_diff[1:]), min=0.0)
+    fb = torch.clamp(
+        torch.minimum(-slopes[:, :-2] / f_diff[:-1], slopes[:, 2:] / f_diff[1:]), min=0.0
+    )
     mel = torch.matmul(power.transpose(-1, -2), fb).transpose(-1, -2)
     return (10.0 * torch.log10(torch.clamp(mel, min=1e-10))).numpy()
 
@@ -71,8 +91,8 @@ def convert_pemr(state, parity=True, source="checkpoint"):
 
 
 def convert_pemr_with_reference(state, parity=True, source="checkpoint", parity_batch=2):
-    """Convert a PEMR state dict; ``(FCN, metadata, reference)`` where ``reference`` is a
-    ``(torch FCN module, audio -> torch embedding)`` pair for attaching a fine-tuner."""
+    """Convert a PEMR state dict; ``(FCN, metadata, reference)`` where ``reference`` is an
+    ``(FCN state, audio -> float64 embedding)`` pair for checking a fine-tuner head."""
     from keras_clmr.models.clmr import build_projector
     from keras_clmr.models.fcn import FCN
 
@@ -82,13 +102,17 @@ def convert_pemr_with_reference(state, parity=True, source="checkpoint", parity_
     while f"{prefix}layer{i}.conv.weight" in state:
         weight = state[f"{prefix}layer{i}.conv.weight"]
         if weight.ndim != 4:
-            raise ConversionError(f"{prefix}layer{i}.conv.weight: expected a Conv2d weight [out, in, 3, 3], "
-                                  f"got {list(weight.shape)}.")
+            raise ConversionError(
+                f"{prefix}layer{i}.conv.weight: expected a Conv2d weight [out, in, 3, 3], "
+                f"got {list(weight.shape)}."
+            )
         channels.append(int(weight.shape[0]))
         i += 1
     if len(channels) != len(DEFAULT_POOLS):
-        raise ConversionError(f"{source}: expected {len(DEFAULT_POOLS)} conv blocks layer1..layer4, found "
-                              f"{len(channels)} (missing key {prefix}layer{len(channels) + 1}.conv.weight?).")
+        raise ConversionError(
+            f"{source}: expected {len(DEFAULT_POOLS)} conv blocks layer1..layer4, found "
+            f"{len(channels)} (missing key {prefix}layer{len(channels) + 1}.conv.weight?)."
+        )
     encoder = FCN(channels=channels, pools=DEFAULT_POOLS, name="fcn")
     if not encoder.built:
         encoder.build((None, encoder.input_samples))
@@ -100,19 +124,22 @@ def convert_pemr_with_reference(state, parity=True, source="checkpoint", parity_
             if twin in state and np.array_equal(state[twin], state[key]):
                 ledger.ignore(key, "duplicate of model.encoder.* (same module registered twice)")
         if ".unitedmodule." in key or key.startswith("unitedmodule."):
-            ledger.ignore(key, "training-only mask generation / predicting module (transformer, CLS/MASK, "
-                               "prediction head); not part of the inference encoder")
+            ledger.ignore(
+                key,
+                "training-only mask generation / predicting module (transformer, CLS/MASK, "
+                "prediction head); not part of the inference encoder",
+            )
         if key.startswith("criterion_B."):
             ledger.ignore(key, "training-only BatchNorm of the Barlow-Twins-style loss")
         if key.endswith("num_batches_tracked"):
             ledger.ignore(key, "BatchNorm step counter (not used at inference)")
 
     setter = WeightSetter(encoder)
-    torch_state = {}
+    reference_state = {}
     bn_values = [ledger.take(f"{prefix}spec_bn.{name}", (1,)) for name in BN_PARAMS]
     if all(v is not None for v in bn_values):
         setter.batchnorm(encoder.get_layer("spec_bn"), *bn_values, key=f"{prefix}spec_bn")
-        torch_state.update({f"spec_bn.{n}": v for n, v in zip(BN_PARAMS, bn_values)})
+        reference_state.update({f"spec_bn.{n}": v for n, v in zip(BN_PARAMS, bn_values)})
     c_in = 1
     for i, c_out in enumerate(channels, start=1):
         src = f"{prefix}layer{i}"
@@ -124,11 +151,11 @@ def convert_pemr_with_reference(state, parity=True, source="checkpoint", parity_
             continue
         setter.conv2d(encoder.get_layer(f"layer{i}_conv"), weight, bias, f"{src}.conv")
         setter.batchnorm(encoder.get_layer(f"layer{i}_bn"), *values, key=f"{src}.bn")
-        torch_state[f"layer{i}.conv.weight"] = weight
-        torch_state[f"layer{i}.conv.bias"] = bias
-        torch_state.update({f"layer{i}.bn.{n}": v for n, v in zip(BN_PARAMS, values)})
+        reference_state[f"layer{i}.conv.weight"] = weight
+        reference_state[f"layer{i}.conv.bias"] = bias
+        reference_state.update({f"layer{i}.bn.{n}": v for n, v in zip(BN_PARAMS, values)})
 
-    projector = None
+    projector = projector_state = None
     proj_prefix = "model.projector." if "model.projector.0.weight" in state else "projector."
     if f"{proj_prefix}0.weight" in state:
         hidden = int(state[f"{proj_prefix}0.weight"].shape[0])
@@ -139,6 +166,7 @@ def convert_pemr_with_reference(state, parity=True, source="checkpoint", parity_
         w0 = ledger.take(f"{proj_prefix}0.weight", (hidden, encoder.embedding_dim))
         w2 = ledger.take(f"{proj_prefix}2.weight", (projection_dim, hidden))
         projector_setter = WeightSetter(projector)
+        projector_state = {"projector.0.weight": w0, "projector.2.weight": w2}
         if w0 is not None and w2 is not None:
             projector_setter.dense(projector.get_layer("dense_0"), w0, None, f"{proj_prefix}0")
             projector_setter.dense(projector.get_layer("dense_2"), w2, None, f"{proj_prefix}2")
@@ -149,57 +177,71 @@ def convert_pemr_with_reference(state, parity=True, source="checkpoint", parity_
 
     metadata = {
         "source_format": "pemr",
-        "architecture": {"family": "pemr", "backbone": "FCN", "channels": channels,
-                         "pools": [list(p) for p in DEFAULT_POOLS], "sample_rate": encoder.sample_rate,
-                         "input_samples": encoder.input_samples, "embedding_dim": encoder.embedding_dim,
-                         "logmel": {"n_fft": 256, "hop_length": 128, "n_mels": 128, "mel_sample_rate": 16000}},
+        "architecture": {
+            "family": "pemr",
+            "backbone": "FCN",
+            "channels": channels,
+            "pools": [list(p) for p in DEFAULT_POOLS],
+            "sample_rate": encoder.sample_rate,
+            "input_samples": encoder.input_samples,
+            "embedding_dim": encoder.embedding_dim,
+            "logmel": {"n_fft": 256, "hop_length": 128, "n_mels": 128, "mel_sample_rate": 16000},
+        },
         "keys": summarize_ledger(report),
-        "stored": "FCN encoder (spec_bn + 4 conv blocks); the projector is converted and checked, not stored",
+        "stored": "FCN encoder (spec_bn + 4 conv blocks); the projector is converted and "
+        "checked, not stored",
     }
     if projector is not None:
         metadata["architecture"].update(projection_dim=projection_dim, projector_hidden_dim=hidden)
 
-    reference = torch_reference.fcn(channels, DEFAULT_POOLS)
-    missing = reference.load_state_dict(
-        {k: require_torch().from_numpy(np.ascontiguousarray(v)) for k, v in torch_state.items()}, strict=False)
-    if [k for k in missing.missing_keys if not k.endswith("num_batches_tracked")] or missing.unexpected_keys:
-        raise ConversionError(f"Reference load failed: {missing}")
-    reference.eval()
+    fcn_state = dict(reference_state)
 
     def reference_embed(audio):
-        return torch_reference.run(reference, torch_logmel(audio))
+        return numpy_reference.pemr_embed(fcn_state, audio, prefix="")
 
     if parity:
-        metadata["parity"] = _parity(encoder, projector, reference, reference_embed,
-                                     w0 if projector is not None else None, w2 if projector is not None else None,
-                                     batch=parity_batch)
-    return encoder, metadata, (reference, reference_embed)
+        metadata["parity"] = _parity(
+            encoder,
+            projector,
+            fcn_state,
+            reference_embed,
+            projector_state,
+            batch=parity_batch,
+        )
+    return encoder, metadata, (fcn_state, reference_embed)
 
 
-def _parity(encoder, projector, reference, reference_embed, w0, w2, batch=2, seed=0):
-    torch = require_torch()
-    rng = np.random.default_rng(seed)
-    t = np.arange(encoder.input_samples) / float(encoder.sample_rate)
-    tones = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) for f in (110.0, 220.0, 330.0, 523.0))
-    audio = (0.1 * tones[None, :] + 0.1 * rng.standard_normal((batch, encoder.input_samples))).astype(np.float32)
+def _parity(encoder, projector, fcn_state, reference_embed, projector_state, batch=2, seed=0):
+    """The Keras FCN (on its own log-mel, and end to end from audio) and projector against the
+    float64 numpy reference of PEMR's network; ``ParityError`` unless the gate passes."""
+    from keras_clmr.conversion.clmr import parameter_counts, parity_audio, parity_figures
+
+    audio = parity_audio(
+        encoder.input_samples, batch=batch, seed=seed, sample_rate=encoder.sample_rate
+    )
     spectrogram = to_numpy(encoder.spectrogram(audio))
     h = to_numpy(encoder.embed_spectrogram(spectrogram, training=False))
-    h_ref = torch_reference.run(reference, spectrogram)
-    diffs = {"embedding": max_abs_diff(h, h_ref)}
-    h_audio = to_numpy(encoder(audio, training=False))
-    diffs["embedding_end_to_end"] = max_abs_diff(h_audio, reference_embed(audio))
-    counts = compare_parameter_counts(encoder, reference, "PEMR FCN")
+    h_ref = numpy_reference.fcn(fcn_state, spectrogram)
+    keras_out = {"embedding": h, "embedding_end_to_end": to_numpy(encoder(audio, training=False))}
+    reference_out = {"embedding": h_ref, "embedding_end_to_end": reference_embed(audio)}
+    counts, keras_counts, reference_counts = parameter_counts(encoder, fcn_state)
     if projector is not None:
-        torch_projector = torch_reference._classes()["projector"](w0.shape[1], w0.shape[0], w2.shape[0])
-        torch_projector.load_state_dict({"0.weight": torch.from_numpy(np.ascontiguousarray(w0)),
-                                         "2.weight": torch.from_numpy(np.ascontiguousarray(w2))})
-        diffs["projection"] = max_abs_diff(to_numpy(projector(h)), torch_reference.run(torch_projector, h_ref))
-        counts["projector"] = compare_parameter_counts(projector, torch_projector, "PEMR projector")
-    check_parity(diffs, what="PEMR conversion")
-    return {"reference": f"keras_clmr.conversion.torch_reference FCN (PyTorch {torch.__version__}); end to end "
-                         "with a torch re-implementation of torchaudio MelSpectrogram + AmplitudeToDB",
-            "inputs": f"{batch} clips x {encoder.input_samples} samples (tones + noise, seed {seed}); 'embedding' "
-                      "feeds the Keras log-mel to both",
-            "max_abs_diff": diffs, "tolerance": PARITY_TOLERANCE,
-            "output_scale": {"embedding_max_abs": float(np.max(np.abs(h_ref)))},
-            "parameter_counts": counts, "passed": True}
+        keras_out["projection"] = to_numpy(projector(h))
+        reference_out["projection"] = numpy_reference.projector(projector_state, h_ref)
+        projector_counts = parameter_counts(projector, projector_state)
+        counts["projector"] = projector_counts[0]
+        keras_counts = (keras_counts, projector_counts[1])
+        reference_counts = (reference_counts, projector_counts[2])
+        keras_counts = tuple(x for pair in keras_counts for x in pair)
+        reference_counts = tuple(x for pair in reference_counts for x in pair)
+    report = numpy_reference.parity_check(
+        keras_out, reference_out, keras_counts, reference_counts, what="PEMR conversion"
+    )
+    return parity_figures(
+        report,
+        "keras_clmr.conversion.numpy_reference FCN (float64 numpy, no torch); end to end with "
+        "its float64 torchaudio-exact MelSpectrogram + AmplitudeToDB",
+        f"{batch} clips x {encoder.input_samples} samples (tones + noise, seed {seed}); "
+        "'embedding' feeds the Keras log-mel to both",
+        counts,
+    )
