@@ -16,7 +16,11 @@ import tempfile
 
 import numpy as np
 
-_TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(-[A-Za-z0-9_]+)?$")
+# .<name>.tmp-<pid>-<random>[.<suffix>] (atomic_path keeps the suffix for model.save) or
+# .<name>.old-<pid>
+_TEMP_PATTERN = re.compile(
+    r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(-[A-Za-z0-9_]+)?(\.[A-Za-z0-9]+)?$"
+)
 
 
 class OutputExistsError(FileExistsError):
@@ -193,6 +197,18 @@ def recover_folder(target):
                 os.remove(path)
 
 
+def recover_entries(directory):
+    """:func:`recover_folder` for every entry of ``directory`` that a dead writer left behind
+    (``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>``): temporaries go, orphaned old copies come
+    back. For folders of many atomic files (checkpoints, shards) before a resumed run."""
+    if not os.path.isdir(directory):
+        return
+    for name in sorted(os.listdir(directory)):
+        match = _TEMP_PATTERN.match(name)
+        if match:
+            recover_folder(os.path.join(directory, match.group("name")))
+
+
 def sha256_file(path, chunk=1 << 20):
     """The hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -231,6 +247,7 @@ __all__ = [
     "fsync_directory",
     "is_foreign_folder",
     "make_readable",
+    "recover_entries",
     "recover_folder",
     "sha256_file",
     "to_jsonable",

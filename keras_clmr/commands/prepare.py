@@ -86,6 +86,7 @@ def main(argv):
         run_from_flags(flags.FLAGS)
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
+    return 0
 
 
 def define_flags(flag_values=None):

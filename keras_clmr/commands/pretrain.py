@@ -370,6 +370,10 @@ def main(argv):
 
     initial_epoch = initial_step = 0
     if FLAGS.resume:
+        from keras_clmr import io
+
+        for folder in (checkpoint_dir, FLAGS.output_dir):  # what a killed writer left
+            io.recover_entries(folder)
         try:
             with dist.scope():
                 model, path, initial_epoch, initial_step = load_resume_point(checkpoint_dir)

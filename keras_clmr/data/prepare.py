@@ -421,6 +421,9 @@ def prepare(
         config or {}, dataset=spec.name, shard_mb=shard_mb, clips_per_shard=clips_per_shard
     )
     gfile.makedirs(_join(output, PROGRESS))
+    if not _is_remote(output):  # temporaries of a killed run
+        atomic_io.recover_entries(output)
+        atomic_io.recover_entries(_join(output, PROGRESS))
     plan_path = _join(output, PLAN)
     if gfile.exists(plan_path):
         plan = _read_json(plan_path)
