@@ -9,8 +9,20 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_clmr.layers import (AugmentationChain, Delay, FilterDelayReverb, Gain, HighLowPass, Noise, PitchShift,
-                               PolarityInversion, RandomApply, RandomCrop, Reverb, clmr_augmentation)
+from keras_clmr.layers import (
+    AugmentationChain,
+    Delay,
+    FilterDelayReverb,
+    Gain,
+    HighLowPass,
+    Noise,
+    PitchShift,
+    PolarityInversion,
+    RandomApply,
+    RandomCrop,
+    Reverb,
+    clmr_augmentation,
+)
 from tests.conftest import BACKEND, tiny_sample_cnn
 
 SR = 22050

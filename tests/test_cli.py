@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tiny_sample_cnn
 
 from keras_clmr import cli, hub
 from keras_clmr.models.tagger import MusicTagger
+
+from conftest import tiny_sample_cnn
 
 SR = 8000
 W = 7776

@@ -2,9 +2,10 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_sample_cnn
 from keras_clmr.layers import RandomCrop
 from keras_clmr.models import CLMR
+
+from conftest import tiny_sample_cnn
 
 
 def toy_sources(n, length, seed=0):

@@ -10,8 +10,14 @@ import keras
 import numpy as np
 import pytest
 
-from keras_clmr.models.musicnn import (MSD_VGG_POOLS, VGG_POOLS, Musicnn, MusicnnLogMel, musicnn_tagger,
-                                       slaney_mel_filterbank)
+from keras_clmr.models.musicnn import (
+    MSD_VGG_POOLS,
+    VGG_POOLS,
+    Musicnn,
+    MusicnnLogMel,
+    musicnn_tagger,
+    slaney_mel_filterbank,
+)
 
 HAVE_WHEEL = importlib.util.find_spec("musicnn") is not None
 needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="the musicnn wheel is not installed "

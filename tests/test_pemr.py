@@ -6,7 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from keras_clmr.losses import cross_correlation, huber, pemr_negative_loss, pemr_positive_loss, pemr_prediction_loss
+from keras_clmr.losses import (
+    cross_correlation,
+    huber,
+    pemr_negative_loss,
+    pemr_positive_loss,
+    pemr_prediction_loss,
+)
 from keras_clmr.models.fcn import FCN
 from keras_clmr.models.pemr import PEMR, PEMRMaskGenerator
 

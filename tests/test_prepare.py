@@ -115,7 +115,7 @@ def test_prepare_mtat(mtat_tree, tmp_path):
     by_split = {"train": "0123456789ab", "valid": "c", "test": "def"}
     for split, folders in by_split.items():
         table = pipeline.clip_table(str(tmp_path / "out"), split)
-        for clip_id, position, labels, pcm in _records(str(tmp_path / "out"), split):
+        for clip_id, _position, labels, pcm in _records(str(tmp_path / "out"), split):
             assert dict(MTAT_LAYOUT)[clip_id] in folders
             tags, path = expected[clip_id]
             assert [datasets.MTAT_TAGS[i] for i in labels] == [t for t in datasets.MTAT_TAGS if t in tags]

@@ -2,8 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_sample_cnn
 from keras_clmr.models import SampleCNN
+
+from conftest import tiny_sample_cnn
 
 
 def _trainable_count(model):

@@ -5,10 +5,11 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_sample_cnn
 from keras import ops
 
 from keras_clmr.models.tagger import MusicTagger, map_chunks, non_overlapping_chunks
+
+from conftest import tiny_sample_cnn
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr_tests")

@@ -6,8 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from keras_clmr.layers.transformer import (PEMREncoderLayer, PEMRFeedForward, PEMRLayerNormalization,
-                                           PEMRMultiHeadSelfAttention, sinusoidal_positions)
+from keras_clmr.layers.transformer import (
+    PEMREncoderLayer,
+    PEMRFeedForward,
+    PEMRLayerNormalization,
+    PEMRMultiHeadSelfAttention,
+    sinusoidal_positions,
+)
 
 
 def np_layer_norm(z, gamma, beta, eps=1e-6):
