@@ -3,10 +3,12 @@ encoder, no XLA to keep it quick)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -22,6 +24,9 @@ TINY = [
     "--steps_per_epoch=2",
     "--segment_samples=60000",
 ]
+# keras_clmr.io's temporary names: .<final name>.tmp-<pid>[-<random>][<final extension>]
+TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.tmp-(?P<pid>\d+)(-[A-Za-z0-9_]+)?(\.[a-z]+)?$")
+FINISHED = re.compile(r"^(epoch-\d{5}\.keras|step-\d{10}\.keras|state\.json)$")
 pytestmark = pytest.mark.large  # subprocess trainings, kill/resume
 
 
@@ -69,13 +74,29 @@ def test_kill_then_resume_continues_from_the_saved_epoch(tmp_path):
     process.wait()
     killed_at = state(out)["epoch"]
     assert killed_at >= 1
-    # Every file left behind is a finished checkpoint: no temporary files look finished.
-    names = sorted(os.listdir(os.path.join(out, "checkpoints")))
-    assert all(n.startswith("epoch-") or n == "state.json" or n.startswith(".tmp-") for n in names)
+    # Every file left behind is a finished checkpoint (a complete .keras zip), or at most one
+    # temporary of the killed writer named after the file it was writing (keras_clmr.io).
+    checkpoints = os.path.join(out, "checkpoints")
+    names = sorted(os.listdir(checkpoints))
+    temporary = [n for n in names if TEMPORARY.match(n)]
+    assert len(temporary) <= 1, temporary
+    for name in temporary:
+        match = TEMPORARY.match(name)
+        assert int(match["pid"]) == process.pid and FINISHED.match(match["name"]), name
+    finished = [n for n in names if n not in temporary]
+    assert "state.json" in finished and all(FINISHED.match(n) for n in finished), finished
+    for name in finished:
+        if name.endswith(".keras"):
+            with zipfile.ZipFile(os.path.join(checkpoints, name)) as archive:
+                assert archive.testzip() is None, name
     result = run("--demo_clips=12", f"--epochs={killed_at + 1}", f"--output_dir={out}", "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Epoch {killed_at + 1}/{killed_at + 1}" in result.stdout + result.stderr
     assert state(out)["epoch"] == killed_at + 1
+    # The resumed run left no temporary of its own (only the killed writer's may remain).
+    left = [n for n in os.listdir(checkpoints) if n.startswith(".")]
+    killed_writer = [n for n in left if (m := TEMPORARY.match(n)) and m["pid"] == str(process.pid)]
+    assert left == killed_writer, left
     import keras
 
     from keras_clmr.pretraining import load_checkpoint
