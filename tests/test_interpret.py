@@ -1,16 +1,17 @@
-"""keras_clmr.interpret: filter spectra, listening page (in headless Chromium), taggram, embedding map."""
+"""keras_clmr.interpret: filter spectra, listening page (headless Chromium), taggram, 2-D map."""
 
 import numpy as np
 import pytest
-from conftest import tiny_sample_cnn
 
 from keras_clmr.interpret import filters as filters_lib
+
+from conftest import tiny_sample_cnn
 
 SAMPLE_RATE = 22050
 
 
 def _set_stem(model, kernels, bias=None):
-    """Set SampleCNN's first convolution to ``kernels`` [3, filters] (BatchNorm left at identity)."""
+    """Set SampleCNN's first convolution to ``kernels`` [3, filters] (BatchNorm stays identity)."""
     conv = model.get_layer("block_0_conv") if hasattr(model, "get_layer") else None
     conv = next(layer for layer in model.stack if layer.name == "block_0_conv")
     filters = conv.kernel.shape[-1]
@@ -31,11 +32,18 @@ def test_layer1_peaks_at_the_frequencies_of_known_kernels():
     # phase and sign) must come back as peaks there; the order must sort them.
     model = tiny_sample_cnn()
     n = np.arange(3)
-    chosen = np.array([SAMPLE_RATE / 3, 0.0, SAMPLE_RATE / 3, 0.0, SAMPLE_RATE / 3, 0.0, SAMPLE_RATE / 3, 0.0])
+    chosen = np.array(
+        [SAMPLE_RATE / 3, 0.0, SAMPLE_RATE / 3, 0.0, SAMPLE_RATE / 3, 0.0, SAMPLE_RATE / 3, 0.0]
+    )
     phases = np.array([0.0, 0.0, 0.7, 0.0, 2.0, np.pi, -1.1, 0.0])
     scales = np.array([1.0, 0.5, 0.8, -0.7, 1.2, 0.3, 0.4, 1.0])
-    kernels = np.stack([s * np.cos(2 * np.pi * f * n / SAMPLE_RATE + p) for f, p, s in zip(chosen, phases, scales)],
-                       axis=1)
+    kernels = np.stack(
+        [
+            s * np.cos(2 * np.pi * f * n / SAMPLE_RATE + p)
+            for f, p, s in zip(chosen, phases, scales)
+        ],
+        axis=1,
+    )
     _set_stem(model, kernels)
     result = filters_lib.filter_spectra(model, layers=(1,), steps=150, seed=3)
     entry = result[1]
@@ -61,7 +69,9 @@ def test_deeper_layers_picture_and_determinism(tmp_path):
     model = tiny_sample_cnn()
     path = tmp_path / "spectra.png"
     first = filters_lib.filter_spectra(model, layers=(1, 4, 6), steps=20, seed=5, output=str(path))
-    again = filters_lib.filter_spectra(model, layers=("block_0", "block_3", "block_5"), steps=20, seed=5)
+    again = filters_lib.filter_spectra(
+        model, layers=("block_0", "block_3", "block_5"), steps=20, seed=5
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and first.path == str(path)
     assert [e.layer for e in first.layers] == [1, 4, 6]
     assert [e.name for e in again.layers] == ["block_0", "block_3", "block_5"]
@@ -82,7 +92,9 @@ def test_bad_layers_and_models_raise_clear_errors():
     import keras
 
     model = tiny_sample_cnn()
-    with pytest.raises(filters_lib.FilterLayerError, match="no filter layer 12.*choose from layers 1 \\(block_0\\)"):
+    with pytest.raises(
+        filters_lib.FilterLayerError, match="no filter layer 12.*choose from layers 1 \\(block_0\\)"
+    ):
         filters_lib.filter_spectra(model, layers=(12,), steps=1)
     with pytest.raises(filters_lib.FilterLayerError, match="block_99"):
         filters_lib.filter_spectra(model, layers=("block_99",), steps=1)
@@ -96,7 +108,14 @@ def test_bad_layers_and_models_raise_clear_errors():
 def test_fcn_input_spectrum_method():
     from keras_clmr.models import FCN
 
-    model = FCN(channels=(4, 4), pools=((2, 2), (2, 2)), input_samples=4096, n_mels=16, n_fft=64, hop_length=32)
+    model = FCN(
+        channels=(4, 4),
+        pools=((2, 2), (2, 2)),
+        input_samples=4096,
+        n_mels=16,
+        n_fft=64,
+        hop_length=32,
+    )
     result = filters_lib.filter_spectra(model, layers=(1, 2), steps=10, input_samples=1024)
     assert [e.spectra.shape for e in result.layers] == [(4, 513), (4, 513)]
     assert all(np.all(np.isfinite(e.spectra)) for e in result.layers)
@@ -127,13 +146,15 @@ def _level_encoder():
 
         def call(self, audio):
             power = ops.mean(ops.square(audio), axis=-1, keepdims=True)
-            return ops.concatenate([power, -power, ops.mean(audio, axis=-1, keepdims=True)], axis=-1)
+            return ops.concatenate(
+                [power, -power, ops.mean(audio, axis=-1, keepdims=True)], axis=-1
+            )
 
     return LevelFeatures(name="levels")
 
 
 def _write_level_corpus(root):
-    """Two collections of 1 s sines; file i has level a_i, rising within the file (best window last)."""
+    """Two collections of 1 s sines; file i has level a_i, rising within it (best window last)."""
     import soundfile
 
     rng = np.random.default_rng(0)
@@ -145,7 +166,9 @@ def _write_level_corpus(root):
             ramp = np.repeat(np.linspace(0.6, 1.0, 5), WINDOW)[:SAMPLE_RATE]
             ramp = np.pad(ramp, (0, SAMPLE_RATE - len(ramp)), mode="edge")
             audio = amplitude * ramp * np.sin(2 * np.pi * 440 * t + rng.uniform(0, 6))
-            soundfile.write(root / collection / f"{collection}_{i}.wav", audio, SAMPLE_RATE, subtype="FLOAT")
+            soundfile.write(
+                root / collection / f"{collection}_{i}.wav", audio, SAMPLE_RATE, subtype="FLOAT"
+            )
     with open(root / "indomain" / "labels.csv", "w") as file:
         file.write("path,labels,split\nindomain_1.wav,loud;sine,train\n")
     return levels
@@ -160,8 +183,8 @@ def _reference_ranking(root, feature, collection, top_k):
         if collection != "all" and path.parent.name != collection:
             continue
         audio, _ = soundfile.read(path, dtype="float64")
-        windows = audio[:len(audio) // WINDOW * WINDOW].reshape(-1, WINDOW)
-        values = np.mean(windows ** 2, axis=1) * (1 if feature == 0 else -1)
+        windows = audio[: len(audio) // WINDOW * WINDOW].reshape(-1, WINDOW)
+        values = np.mean(windows**2, axis=1) * (1 if feature == 0 else -1)
         best = int(np.argmax(values))
         entries.append((-values[best], path.name, best * WINDOW / SAMPLE_RATE))
     return [(name, start) for _, name, start in sorted(entries)[:top_k]]
@@ -173,14 +196,19 @@ def _chromium():
         if path:
             return path
     if os.environ.get("CI"):
-        pytest.fail("Chromium is required in CI for the listening-page browser test: apt-get install -y chromium")
-    pytest.skip("Chromium is not installed (apt-get install -y chromium); the listening page needs a real browser")
+        pytest.fail("Chromium is required in CI for the browser tests: apt-get install -y chromium")
+    pytest.skip(
+        "Chromium is not installed (apt-get install -y chromium); the pages need a real browser"
+    )
 
 
 _PROBE_HEAD = """<script>window.__errors = [];
 window.addEventListener("error", function (e) { window.__errors.push(String(e.message)); });
 const __consoleError = console.error;
-console.error = function () { window.__errors.push([...arguments].join(" ")); __consoleError.apply(console, arguments); };
+console.error = function () {
+  window.__errors.push([...arguments].join(" "));
+  __consoleError.apply(console, arguments);
+};
 </script>"""
 
 # Runs after the page's own script: reads the rows, uses the two pickers like a user, loads
@@ -190,8 +218,10 @@ _PROBE_TAIL = """<script>
   const out = {};
   const rows = () => [...document.querySelectorAll("#rows tr")].map(r => ({
     clip: r.dataset.clip, file: r.children[4].textContent, collection: r.children[5].textContent,
-    start: r.children[3].textContent, tags: r.children[6].textContent, predicted: r.children[7].textContent}));
-  const feature = document.getElementById("feature"), collection = document.getElementById("collection");
+    start: r.children[3].textContent, tags: r.children[6].textContent,
+    predicted: r.children[7].textContent}));
+  const feature = document.getElementById("feature");
+  const collection = document.getElementById("collection");
   out.features = [...feature.options].map(o => o.value);
   out.collections = [...collection.options].map(o => o.value);
   out.initial = {feature: feature.value, collection: collection.value, rows: rows()};
@@ -202,12 +232,15 @@ _PROBE_TAIL = """<script>
   const audios = [...document.querySelectorAll("#rows audio")];
   out.can_play = audios.map(a => a.canPlayType("audio/ogg; codecs=vorbis"));
   out.audio = await Promise.all(audios.map(a => new Promise(function (resolve) {
-    a.addEventListener("loadedmetadata", () => resolve({src: a.getAttribute("src"), duration: a.duration}));
-    a.addEventListener("error", () => resolve({src: a.getAttribute("src"), error: a.error && a.error.code}));
+    const src = a.getAttribute("src");
+    a.addEventListener("loadedmetadata", () => resolve({src: src, duration: a.duration}));
+    a.addEventListener("error", () => resolve({src: src, error: a.error && a.error.code}));
     a.preload = "auto"; a.load();
   })));
   out.errors = window.__errors;
-  const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 })();
 </script>"""
@@ -217,19 +250,39 @@ def _drive_page(page, feature, collection, tmp_path):
     """Open ``page`` (file://) in headless Chromium with the probe injected; returns its report."""
     chromium = _chromium()
     text = open(page, encoding="utf-8").read()
-    tail = _PROBE_TAIL.replace("FEATURE", json.dumps(str(feature))).replace("COLLECTION", json.dumps(collection))
+    tail = _PROBE_TAIL.replace("FEATURE", json.dumps(str(feature))).replace(
+        "COLLECTION", json.dumps(collection)
+    )
     probe = os.path.join(os.path.dirname(page), "probe.html")
     with open(probe, "w", encoding="utf-8") as file:
-        file.write(text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", tail + "</body>", 1))
+        file.write(
+            text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace(
+                "</body>", tail + "</body>", 1
+            )
+        )
     try:
         completed = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=15000", "--dump-dom",
-             "file://" + probe], capture_output=True, text=True, timeout=240)
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                "--virtual-time-budget=15000",
+                "--dump-dom",
+                "file://" + probe,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     finally:
         os.remove(probe)
     match = re.search(r'<pre id="probe">(.*?)</pre>', completed.stdout, re.S)
-    assert match, f"the probe did not report (rc {completed.returncode}): {completed.stderr[-2000:]}"
+    assert match, (
+        f"the probe did not report (rc {completed.returncode}): {completed.stderr[-2000:]}"
+    )
     import html
 
     return json.loads(html.unescape(match.group(1)))
@@ -245,41 +298,71 @@ def test_running_top_k_matches_a_full_sort():
         topk.update(collection, i, clip, best_window_only=False)
     for row, feature in enumerate(features):
         for collection in ("all", "a", "b", "c"):
-            everything = sorted(((-clip[w, feature], i, w) for i, clip in enumerate(clips)
-                                 if collection in ("all", collections[i]) for w in range(len(clip))))[:4]
+            everything = sorted(
+                (
+                    (-clip[w, feature], i, w)
+                    for i, clip in enumerate(clips)
+                    if collection in ("all", collections[i])
+                    for w in range(len(clip))
+                )
+            )[:4]
             got = topk.ranking(row, collection)
             assert [(i, w) for _, i, w in got] == [(i, w) for _, i, w in everything]
-            np.testing.assert_allclose([v for v, _, _ in got], [-v for v, _, _ in everything], rtol=1e-6)
+            np.testing.assert_allclose(
+                [v for v, _, _ in got], [-v for v, _, _ in everything], rtol=1e-6
+            )
         assert topk.values["a"].shape == (3, 4), "memory stays k per feature and collection"
 
 
 def test_listening_page_in_headless_chromium(tmp_path):
     root = tmp_path / "corpus"
     _write_level_corpus(root)
-    page = listening_lib.listening_page(_level_encoder(), str(root), str(tmp_path / "page"), features=[0, 1],
-                                        top_k=3, progress=False)
+    page = listening_lib.listening_page(
+        _level_encoder(),
+        str(root),
+        str(tmp_path / "page"),
+        features=[0, 1],
+        top_k=3,
+        progress=False,
+    )
     data = json.loads((tmp_path / "page" / "listening.json").read_text())
     assert data["collections"] == ["indomain", "outdomain"] and data["features"] == [0, 1]
     for feature in (0, 1):
         for collection in ("all", "indomain", "outdomain"):
             expected = _reference_ranking(root, feature, collection, 3)
-            got = [(os.path.basename(data["clips"][c]["file"]), data["clips"][c]["start"])
-                   for c, _ in data["top"][str(feature)][collection]]
-            assert [name for name, _ in got] == [name for name, _ in expected], (feature, collection)
+            got = [
+                (os.path.basename(data["clips"][c]["file"]), data["clips"][c]["start"])
+                for c, _ in data["top"][str(feature)][collection]
+            ]
+            assert [name for name, _ in got] == [name for name, _ in expected], (
+                feature,
+                collection,
+            )
             np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-3)
 
     report = _drive_page(page.path, 1, "outdomain", tmp_path)
     assert report["errors"] == []
-    assert report["features"] == ["0", "1"] and report["collections"] == ["all", "indomain", "outdomain"]
+    assert report["features"] == ["0", "1"] and report["collections"] == [
+        "all",
+        "indomain",
+        "outdomain",
+    ]
     loudest = [os.path.basename(r["file"]) for r in report["initial"]["rows"]]
     assert loudest == [name for name, _ in _reference_ranking(root, 0, "all", 3)]
     quietest = [os.path.basename(r["file"]) for r in report["after_feature"]["rows"]]
-    assert quietest == [name for name, _ in _reference_ranking(root, 1, "all", 3)] and quietest != loudest
+    assert (
+        quietest == [name for name, _ in _reference_ranking(root, 1, "all", 3)]
+        and quietest != loudest
+    )
     assert report["after_feature"]["hash"] == "#feature=1&collection=all"
     rows = report["after_collection"]["rows"]
-    assert [os.path.basename(r["file"]) for r in rows] == [n for n, _ in _reference_ranking(root, 1, "outdomain", 3)]
+    assert [os.path.basename(r["file"]) for r in rows] == [
+        n for n, _ in _reference_ranking(root, 1, "outdomain", 3)
+    ]
     assert {r["collection"] for r in rows} == {"outdomain"}
-    assert all(r["start"] == "0:00.0" for r in rows), "the quietest window of a rising clip is its first"
+    assert all(r["start"] == "0:00.0" for r in rows), (
+        "the quietest window of a rising clip is its first"
+    )
     assert len(report["audio"]) == 3 and all(p in ("probably", "maybe") for p in report["can_play"])
     for audio in report["audio"]:
         assert "error" not in audio, audio
@@ -299,24 +382,47 @@ def test_listening_page_with_tagger_predictions_and_sample_cnn(tmp_path):
     rng = np.random.default_rng(1)
     os.makedirs(tmp_path / "songs")
     for i in range(3):
-        soundfile.write(tmp_path / "songs" / f"{i}.wav", 0.3 * rng.standard_normal(3 * encoder.input_samples),
-                        SAMPLE_RATE)
-    page = listening_lib.listening_page(encoder, [str(tmp_path / "songs")], str(tmp_path / "page"), tagger=tagger,
-                                        features=2, top_k=2, progress=False)
+        soundfile.write(
+            tmp_path / "songs" / f"{i}.wav",
+            0.3 * rng.standard_normal(3 * encoder.input_samples),
+            SAMPLE_RATE,
+        )
+    page = listening_lib.listening_page(
+        encoder,
+        [str(tmp_path / "songs")],
+        str(tmp_path / "page"),
+        tagger=tagger,
+        features=2,
+        top_k=2,
+        progress=False,
+    )
     assert page.features == [0, 1] and len(page.top["0"]["all"]) == 2
     for clip in page.clips.values():
-        assert len(clip["predictions"]) == 3 and {name for name, _ in clip["predictions"]} <= {"a", "b", "c", "d"}
+        assert len(clip["predictions"]) == 3 and {name for name, _ in clip["predictions"]} <= {
+            "a",
+            "b",
+            "c",
+            "d",
+        }
     # The shown predictions are the tagger's own output on that window.
     clip = page.clips[page.top["0"]["all"][0][0]]
     audio, _ = soundfile.read(tmp_path / "songs" / os.path.basename(clip["file"]), dtype="float32")
     start = int(round(clip["start"] * SAMPLE_RATE))
-    probabilities = np.asarray(tagger.predict(audio[None, start:start + encoder.input_samples], verbose=0))[0]
+    probabilities = np.asarray(
+        tagger.predict(audio[None, start : start + encoder.input_samples], verbose=0)
+    )[0]
     best = sorted(zip(["a", "b", "c", "d"], probabilities), key=lambda e: -e[1])[:3]
     assert [n for n, _ in clip["predictions"]] == [n for n, _ in best]
     np.testing.assert_allclose([p for _, p in clip["predictions"]], [p for _, p in best], atol=2e-4)
     # A second build into the same (own) folder replaces it without overwrite=True.
-    listening_lib.listening_page(encoder, str(tmp_path / "songs"), str(tmp_path / "page"), features=[1], top_k=1,
-                                 progress=False)
+    listening_lib.listening_page(
+        encoder,
+        str(tmp_path / "songs"),
+        str(tmp_path / "page"),
+        features=[1],
+        top_k=1,
+        progress=False,
+    )
     assert json.loads((tmp_path / "page" / "listening.json").read_text())["features"] == [1]
 
 
@@ -327,13 +433,21 @@ def test_listening_page_bad_inputs(tmp_path):
     os.makedirs(tmp_path / "empty")
     (tmp_path / "empty" / "notes.txt").write_text("no audio here")
     with pytest.raises(listening_lib.ListeningInputError, match="No audio found"):
-        listening_lib.listening_page(encoder, str(tmp_path / "empty"), str(tmp_path / "out"), progress=False)
+        listening_lib.listening_page(
+            encoder, str(tmp_path / "empty"), str(tmp_path / "out"), progress=False
+        )
     root = tmp_path / "corpus"
     _write_level_corpus(root)
     with pytest.raises(listening_lib.ListeningInputError, match="encoder has 3 features"):
-        listening_lib.listening_page(encoder, str(root), str(tmp_path / "out"), features=[0, 7], progress=False)
-    with pytest.raises(listening_lib.ListeningInputError, match="more features than the encoder's 3"):
-        listening_lib.listening_page(encoder, str(root), str(tmp_path / "out"), features=4, progress=False)
+        listening_lib.listening_page(
+            encoder, str(root), str(tmp_path / "out"), features=[0, 7], progress=False
+        )
+    with pytest.raises(
+        listening_lib.ListeningInputError, match="more features than the encoder's 3"
+    ):
+        listening_lib.listening_page(
+            encoder, str(root), str(tmp_path / "out"), features=4, progress=False
+        )
     os.makedirs(tmp_path / "foreign")
     (tmp_path / "foreign" / "thesis.tex").write_text("mine")
     with pytest.raises(OutputExistsError):
@@ -344,9 +458,13 @@ def test_listening_page_bad_inputs(tmp_path):
         backbone = None
 
     with pytest.raises(TypeError, match="model must be"):
-        listening_lib.listening_page(encoder, str(root), str(tmp_path / "out"), tagger=BrokenTagger(), progress=False)
+        listening_lib.listening_page(
+            encoder, str(root), str(tmp_path / "out"), tagger=BrokenTagger(), progress=False
+        )
     assert not os.path.exists(tmp_path / "out")
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out")], "no temporary folder left behind"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out")], (
+        "no temporary folder left behind"
+    )
 
 
 def test_short_file_warns_and_is_padded(tmp_path):
@@ -355,15 +473,20 @@ def test_short_file_warns_and_is_padded(tmp_path):
     os.makedirs(tmp_path / "short")
     soundfile.write(tmp_path / "short" / "tiny.wav", 0.5 * np.ones(1000), SAMPLE_RATE)
     with pytest.warns(UserWarning, match="tiny.wav.*shorter than one"):
-        page = listening_lib.listening_page(_level_encoder(), str(tmp_path / "short"), str(tmp_path / "page"),
-                                            top_k=1, progress=False)
+        page = listening_lib.listening_page(
+            _level_encoder(),
+            str(tmp_path / "short"),
+            str(tmp_path / "page"),
+            top_k=1,
+            progress=False,
+        )
     assert len(page.clips) == 1
 
 
 # ----------------------------------------------------------------------------- taggram and map
 
 from keras_clmr.interpret import maps as maps_lib  # noqa: E402
-from keras_clmr.interpret import taggram as taggram_lib  # noqa: E402
+from keras_clmr.interpret.taggram import taggram as make_taggram  # noqa: E402
 
 
 def test_taggram_is_the_taggers_output_per_window(tmp_path):
@@ -377,35 +500,51 @@ def test_taggram_is_the_taggers_output_per_window(tmp_path):
     window = encoder.input_samples
     audio = (0.3 * np.random.default_rng(2).standard_normal(4 * window + 100)).astype(np.float32)
     soundfile.write(tmp_path / "song.wav", audio, SAMPLE_RATE, subtype="FLOAT")
-    result = taggram_lib.taggram(str(tmp_path / "song.wav"), model=tagger, top_n=3, output=str(tmp_path / "t.png"))
-    windows = audio[:4 * window].reshape(4, window)
+    result = make_taggram(
+        str(tmp_path / "song.wav"), model=tagger, top_n=3, output=str(tmp_path / "t.png")
+    )
+    windows = audio[: 4 * window].reshape(4, window)
     reference = np.asarray(tagger.predict(windows, verbose=0), np.float64)
     order = np.argsort(-reference.mean(axis=0), kind="stable")[:3]
     assert result.tags == [names[j] for j in order]
     np.testing.assert_allclose(result.probabilities, reference[:, order], atol=1e-5)
     np.testing.assert_allclose(result.times, np.arange(4) * window / SAMPLE_RATE)
-    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG" and result.path == str(tmp_path / "t.png")
-    overlapping = taggram_lib.taggram(str(tmp_path / "song.wav"), model=tagger, top_n=2,
-                                      hop=window / 2 / SAMPLE_RATE, output=str(tmp_path / "t2.png"))
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG" and result.path == str(
+        tmp_path / "t.png"
+    )
+    overlapping = make_taggram(
+        str(tmp_path / "song.wav"),
+        model=tagger,
+        top_n=2,
+        hop=window / 2 / SAMPLE_RATE,
+        output=str(tmp_path / "t2.png"),
+    )
     assert overlapping.probabilities.shape == (7, 2)
     with pytest.raises(ValueError, match="top_n"):
-        taggram_lib.taggram(str(tmp_path / "song.wav"), model=tagger, top_n=0)
+        make_taggram(str(tmp_path / "song.wav"), model=tagger, top_n=0)
     soundfile.write(tmp_path / "short.wav", audio[:100], SAMPLE_RATE, subtype="FLOAT")
     with pytest.warns(UserWarning, match="shorter than one"):
-        assert taggram_lib.taggram(str(tmp_path / "short.wav"), model=tagger, top_n=2).probabilities.shape == (1, 2)
+        assert make_taggram(
+            str(tmp_path / "short.wav"), model=tagger, top_n=2
+        ).probabilities.shape == (1, 2)
 
 
 def test_pca_projection_matches_a_covariance_eigendecomposition():
     rng = np.random.default_rng(3)
-    data = rng.standard_normal((40, 6)) @ np.diag([5.0, 2.0, 1.0, 0.5, 0.1, 0.1]) @ np.linalg.qr(
-        rng.standard_normal((6, 6)))[0]
+    data = (
+        rng.standard_normal((40, 6))
+        @ np.diag([5.0, 2.0, 1.0, 0.5, 0.1, 0.1])
+        @ np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    )
     points, explained = maps_lib.project(data, "pca")
     centred = data - data.mean(axis=0)
     values, vectors = np.linalg.eigh(np.cov(centred.T))
     reference = centred @ vectors[:, ::-1][:, :2]
     for axis in range(2):
         sign = np.sign(points[:, axis] @ reference[:, axis])
-        np.testing.assert_allclose(points[:, axis], sign * reference[:, axis], atol=1e-9 * np.abs(reference).max())
+        np.testing.assert_allclose(
+            points[:, axis], sign * reference[:, axis], atol=1e-9 * np.abs(reference).max()
+        )
     np.testing.assert_allclose(explained, values[::-1][:2] / values.sum(), rtol=1e-9)
     tsne, none = maps_lib.project(data[:12], "tsne", seed=0)
     assert tsne.shape == (12, 2) and none is None and np.all(np.isfinite(tsne))
@@ -416,42 +555,64 @@ def test_embedding_map_png_and_interactive_page(tmp_path):
 
     root = tmp_path / "corpus"
     _write_level_corpus(root)
-    result = maps_lib.embedding_map(str(root), model=_level_encoder(), output_dir=str(tmp_path / "map"),
-                                    progress=False)
+    result = maps_lib.embedding_map(
+        str(root), model=_level_encoder(), output_dir=str(tmp_path / "map"), progress=False
+    )
     files = sorted(str(p) for p in root.rglob("*.wav"))
     assert result.files == files
     assert result.labels == [os.path.basename(os.path.dirname(f)) for f in files]
     reference = []
     for path in files:
         audio, _ = soundfile.read(path, dtype="float64")
-        windows = audio[:len(audio) // WINDOW * WINDOW].reshape(-1, WINDOW)
-        power = np.mean(windows ** 2, axis=1)
+        windows = audio[: len(audio) // WINDOW * WINDOW].reshape(-1, WINDOW)
+        power = np.mean(windows**2, axis=1)
         reference.append([power.mean(), -power.mean(), windows.mean()])
     reference = np.asarray(reference) - np.mean(reference, axis=0)
     first_axis = reference @ np.linalg.eigh(np.cov(reference.T))[1][:, -1]
     sign = np.sign(result.points[:, 0] @ first_axis)
-    np.testing.assert_allclose(result.points[:, 0], sign * first_axis, atol=1e-4 * np.abs(first_axis).max())
+    np.testing.assert_allclose(
+        result.points[:, 0], sign * first_axis, atol=1e-4 * np.abs(first_axis).max()
+    )
     assert (tmp_path / "map" / "map.png").read_bytes()[:4] == b"\x89PNG"
 
     chromium = _chromium()
     page = tmp_path / "map" / "map.html"
     probe = tmp_path / "map" / "probe.html"
     script = """<script>
-    const out = {errors: window.__errors, circles: document.querySelectorAll("#plot circle").length};
+    const circles = document.querySelectorAll("#plot circle").length;
+    const out = {errors: window.__errors, circles: circles};
     const target = document.querySelector("#plot circle[data-index='3']");
     target.dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));
     out.info = document.getElementById("info").textContent;
     out.legend = [...document.querySelectorAll("#legend div")].map(d => d.textContent);
     document.querySelector("#legend div[data-label='outdomain']").click();
     out.after_hide = document.querySelectorAll("#plot circle").length;
-    const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+    const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(out);
     document.body.appendChild(pre);
     </script>"""
-    text = page.read_text().replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", script + "</body>", 1)
+    text = (
+        page.read_text()
+        .replace("<head>", "<head>" + _PROBE_HEAD, 1)
+        .replace("</body>", script + "</body>", 1)
+    )
     probe.write_text(text)
-    completed = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri()],
-                               capture_output=True, text=True, timeout=240)
+    completed = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     match = re.search(r'<pre id="probe">(.*?)</pre>', completed.stdout, re.S)
     assert match, completed.stderr[-2000:]
     import html
@@ -471,10 +632,16 @@ def test_embedding_map_bad_inputs(tmp_path):
     root = tmp_path / "corpus"
     _write_level_corpus(root)
     with pytest.raises(maps_lib.MapInputError, match="3 labels for 8 files"):
-        maps_lib.embedding_map(str(root), model=_level_encoder(), labels=["a", "b", "c"], progress=False)
+        maps_lib.embedding_map(
+            str(root), model=_level_encoder(), labels=["a", "b", "c"], progress=False
+        )
     with pytest.raises(maps_lib.MapInputError, match="at least 4"):
-        maps_lib.embedding_map(sorted(str(p) for p in root.rglob("*.wav"))[:3], model=_level_encoder(),
-                               method="tsne", progress=False)
+        maps_lib.embedding_map(
+            sorted(str(p) for p in root.rglob("*.wav"))[:3],
+            model=_level_encoder(),
+            method="tsne",
+            progress=False,
+        )
 
 
 def test_listening_page_reads_prepared_datasets_next_to_folders(tmp_path):
@@ -483,17 +650,30 @@ def test_listening_page_reads_prepared_datasets_next_to_folders(tmp_path):
     root = tmp_path / "corpus"
     _write_level_corpus(root)
     prepared = tmp_path / "outdomain"
-    prepare.prepare(datasets.folder(str(root / "outdomain")), str(prepared), workers=1, clips_per_shard=2,
-                    progress=False)
-    page = listening_lib.listening_page(_level_encoder(), [str(root / "indomain"), str(prepared)],
-                                        str(tmp_path / "page"), features=[0, 1], top_k=3, progress=False)
+    prepare.prepare(
+        datasets.folder(str(root / "outdomain")),
+        str(prepared),
+        workers=1,
+        clips_per_shard=2,
+        progress=False,
+    )
+    page = listening_lib.listening_page(
+        _level_encoder(),
+        [str(root / "indomain"), str(prepared)],
+        str(tmp_path / "page"),
+        features=[0, 1],
+        top_k=3,
+        progress=False,
+    )
     assert page.collections == ["indomain", "outdomain"]
     for feature in (0, 1):
         for collection in ("all", "indomain", "outdomain"):
             expected = _reference_ranking(root, feature, collection, 3)
-            got = [(os.path.basename(page.clips[c]["file"]), page.clips[c]["start"])
-                   for c, _ in page.top[str(feature)][collection]]
+            got = [
+                (os.path.basename(page.clips[c]["file"]), page.clips[c]["start"])
+                for c, _ in page.top[str(feature)][collection]
+            ]
             assert [n for n, _ in got] == [n for n, _ in expected], (feature, collection)
-            # int16 storage of the prepared clips shifts values by ~1e-5 at most: same order, same starts.
+            # int16 storage shifts values by ~1e-5 at most: same order, same starts.
             np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-3)
     assert all(os.path.getsize(tmp_path / "page" / c["audio"]) > 0 for c in page.clips.values())

@@ -14,7 +14,7 @@ def pyplot():
 
 
 def save_figure(figure, path, dpi=110):
-    """Render ``figure`` to PNG in memory, write it to ``path`` atomically, close it; returns path."""
+    """Render ``figure`` to PNG in memory, write it to ``path`` atomically and close it."""
     from keras_clmr.io import atomic_write_bytes
 
     plt = pyplot()

@@ -40,7 +40,7 @@ class UnsupportedModelError(TypeError):
 
 @dataclasses.dataclass
 class LayerSpectra:
-    """Spectra of one layer: ``spectra`` [filters, bins] in filter order; ``order`` sorts by peak."""
+    """One layer: ``spectra`` [filters, bins] in filter order; ``order`` sorts them by peak."""
 
     layer: int
     name: str
@@ -53,7 +53,7 @@ class LayerSpectra:
 
 @dataclasses.dataclass
 class FilterSpectra:
-    """The result of :func:`filter_spectra`: per-layer spectra and the shared frequency axis (Hz)."""
+    """The result of :func:`filter_spectra`: per-layer spectra and the frequency axis (Hz)."""
 
     model_name: str
     sample_rate: int
@@ -99,7 +99,7 @@ def _sample_cnn_stages(encoder):
         if not match or not isinstance(layer, layers.BatchNormalization):
             continue
         block = int(match.group(1))
-        prefix = stack[:index + 1]
+        prefix = stack[: index + 1]
 
         def forward(waveform, prefix=prefix):
             x = ops.expand_dims(waveform, -1)
@@ -119,17 +119,19 @@ def _fcn_stages(encoder):
     from keras import ops
 
     stages = []
-    for position, (conv, bn, _, _) in enumerate(encoder.blocks):
+    for position, (conv, *_) in enumerate(encoder.blocks):
 
         def forward(waveform, position=position):
             x = encoder.spec_bn(ops.expand_dims(encoder.frontend(waveform), -1), training=False)
-            for i, (conv_i, bn_i, relu_i, pool_i) in enumerate(encoder.blocks[:position + 1]):
+            for i, (conv_i, bn_i, relu_i, pool_i) in enumerate(encoder.blocks[: position + 1]):
                 x = bn_i(conv_i(x), training=False)
                 if i < position:
                     x = pool_i(relu_i(x))
             return x
 
-        stages.append(_Stage(position + 1, conv.name.rsplit("_conv", 1)[0], int(conv.filters), forward))
+        stages.append(
+            _Stage(position + 1, conv.name.rsplit("_conv", 1)[0], int(conv.filters), forward)
+        )
     return stages
 
 
@@ -143,18 +145,24 @@ def _stages_of(encoder):
     raise UnsupportedModelError(
         f"filter_spectra supports SampleCNN (raw waveform) and FCN (log-mel) encoders, or a tagger/"
         f"pretrainer wrapping one; got {type(encoder).__name__}. Musicnn's first layers are "
-        "timbral/temporal filters of different shapes: not supported yet.")
+        "timbral/temporal filters of different shapes: not supported yet."
+    )
 
 
 def _select(stages, requested, model_name):
     available = ", ".join(f"{s.number} ({s.name})" for s in stages)
     selected = []
     for item in requested:
-        found = [s for s in stages if item == s.number or item == s.name] if not isinstance(item, bool) else []
+        found = (
+            [s for s in stages if item == s.number or item == s.name]
+            if not isinstance(item, bool)
+            else []
+        )
         if not found:
             raise FilterLayerError(
                 f"{model_name} has no filter layer {item!r}; choose from layers {available} "
-                "(numbers count convolutions from 1, names are the model's block names).")
+                "(numbers count convolutions from 1, names are the model's block names)."
+            )
         if found[0].filters < 1:
             raise FilterLayerError(f"Layer {item!r} of {model_name} has no filters to visualise.")
         selected.append(found[0])
@@ -164,7 +172,7 @@ def _select(stages, requested, model_name):
 
 
 def _gradient_function(objective):
-    """``x -> (values [B], d sum(values) / dx)`` on the active Keras backend (the one backend switch).
+    """``x -> (values [B], d sum(values) / dx)`` on the active Keras backend (the one switch).
 
     Rows are independent (BatchNorm runs in inference mode), so the gradient of the sum is the
     per-row gradient of each row's own objective.
@@ -213,7 +221,9 @@ def _gradient_function(objective):
             return values.detach().cpu().numpy(), gradient.detach().cpu().numpy()
 
         return run
-    raise UnsupportedModelError(f"filter_spectra has no gradient helper for the {backend!r} backend.")
+    raise UnsupportedModelError(
+        f"filter_spectra has no gradient helper for the {backend!r} backend."
+    )
 
 
 def _optimise(stage, input_samples, steps, learning_rate, rms_limit, rng):
@@ -234,7 +244,9 @@ def _optimise(stage, input_samples, steps, learning_rate, rms_limit, rng):
     for _ in range(int(steps)):
         values, gradient = gradient_of(x)
         if not np.all(np.isfinite(gradient)):
-            raise FloatingPointError(f"Non-finite gradient while optimising {stage.name}; lower learning_rate.")
+            raise FloatingPointError(
+                f"Non-finite gradient while optimising {stage.name}; lower learning_rate."
+            )
         norm = np.sqrt(np.mean(np.square(gradient), axis=1, keepdims=True))
         x = x + learning_rate * gradient / np.maximum(norm, 1e-12)
         rms = np.sqrt(np.mean(np.square(x), axis=1, keepdims=True))
@@ -251,14 +263,25 @@ def _minimum_samples(stage, input_samples):
         shape = ops.shape(stage.forward(ops.zeros((1, input_samples))))
     except Exception as error:  # too short for a pooling or framing step
         raise FilterLayerError(
-            f"input_samples={input_samples} is too short to reach {stage.name}; use a longer waveform.") from error
+            f"input_samples={input_samples} is too short to reach {stage.name}; use more."
+        ) from error
     if any(int(d) == 0 for d in shape[1:-1]):
         raise FilterLayerError(
-            f"input_samples={input_samples} leaves no frames at {stage.name}; use a longer waveform.")
+            f"input_samples={input_samples} leaves no frames at {stage.name}; use more."
+        )
 
 
-def filter_spectra(encoder, layers=(1, 4, 6), steps=DEFAULT_STEPS, learning_rate=DEFAULT_LEARNING_RATE,
-                   seed=0, input_samples=729, output=None, rms_limit=DEFAULT_RMS_LIMIT, model_name=None):
+def filter_spectra(
+    encoder,
+    layers=(1, 4, 6),
+    steps=DEFAULT_STEPS,
+    learning_rate=DEFAULT_LEARNING_RATE,
+    seed=0,
+    input_samples=729,
+    output=None,
+    rms_limit=DEFAULT_RMS_LIMIT,
+    model_name=None,
+):
     """Spectra of waveforms that maximise each filter of ``layers`` (the CLMR thesis picture).
 
     Args:
@@ -282,8 +305,10 @@ def filter_spectra(encoder, layers=(1, 4, 6), steps=DEFAULT_STEPS, learning_rate
         layers = (layers,)
     selected = _select(stages, list(layers), name)
     if int(steps) < 0 or not learning_rate > 0 or not rms_limit > 0:
-        raise ValueError(f"Need steps >= 0, learning_rate > 0, rms_limit > 0; got {steps}, {learning_rate}, "
-                         f"{rms_limit}.")
+        raise ValueError(
+            f"Need steps >= 0, learning_rate > 0, rms_limit > 0; got {steps}, {learning_rate}, "
+            f"{rms_limit}."
+        )
     input_samples = int(input_samples)
     sample_rate = int(getattr(encoder, "sample_rate", 22050))
     frequencies = np.fft.rfftfreq(input_samples, d=1.0 / sample_rate)
@@ -291,11 +316,15 @@ def filter_spectra(encoder, layers=(1, 4, 6), steps=DEFAULT_STEPS, learning_rate
     for position, stage in enumerate(selected):
         _minimum_samples(stage, input_samples)
         rng = np.random.default_rng([int(seed), position])
-        waveforms, activations = _optimise(stage, input_samples, steps, learning_rate, rms_limit, rng)
+        waveforms, activations = _optimise(
+            stage, input_samples, steps, learning_rate, rms_limit, rng
+        )
         spectra = np.abs(np.fft.rfft(waveforms.astype(np.float64), axis=1))
         peaks = frequencies[np.argmax(spectra, axis=1)]
         order = np.argsort(peaks, kind="stable")
-        results.append(LayerSpectra(stage.number, stage.name, spectra, peaks, order, waveforms, activations))
+        results.append(
+            LayerSpectra(stage.number, stage.name, spectra, peaks, order, waveforms, activations)
+        )
     result = FilterSpectra(name, sample_rate, frequencies, results)
     if output is not None:
         result.path = plot_filter_spectra(result, output)
@@ -313,17 +342,32 @@ def plot_filter_spectra(result, path):
     for axis, entry in zip(axes[0], result.layers):
         spectra = entry.spectra[entry.order]
         spectra = spectra / np.maximum(spectra.max(axis=1, keepdims=True), 1e-12)
-        image = axis.pcolormesh(np.arange(len(entry.order) + 1), edges, rows(spectra).T, cmap="magma",
-                                vmin=0.0, vmax=1.0, shading="flat")
+        image = axis.pcolormesh(
+            np.arange(len(entry.order) + 1),
+            edges,
+            rows(spectra).T,
+            cmap="magma",
+            vmin=0.0,
+            vmax=1.0,
+            shading="flat",
+        )
         axis.set_yscale("log")
         axis.set_ylim(edges[0], edges[-1])
         axis.set_xlabel("filter (sorted by peak frequency)")
         at_zero = int(np.sum(entry.peak_frequencies == 0))
         if at_zero:  # their peak (0 Hz) is below the log axis: say so instead of hiding it
-            axis.text(0.02, 0.02, f"{at_zero} filter(s) peak at 0 Hz (left)", color="white", fontsize=7,
-                      transform=axis.transAxes)
-        axis.set_title(f"{result.model_name}: layer {entry.layer} ({entry.name}, {len(entry.order)} filters)",
-                       fontsize=9)
+            axis.text(
+                0.02,
+                0.02,
+                f"{at_zero} filter(s) peak at 0 Hz (left)",
+                color="white",
+                fontsize=7,
+                transform=axis.transAxes,
+            )
+        axis.set_title(
+            f"{result.model_name}: layer {entry.layer} ({entry.name}, {len(entry.order)} filters)",
+            fontsize=9,
+        )
     axes[0][0].set_ylabel("frequency (Hz)")
     figure.colorbar(image, ax=list(axes[0]), label="magnitude / filter max", shrink=0.8)
     return save_figure(figure, path)

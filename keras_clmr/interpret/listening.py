@@ -1,4 +1,4 @@
-"""The listening experiment: per feature of the last encoder layer, hear the clips that excite it most.
+"""The listening experiment: per feature of the last encoder layer, hear the clips exciting it most.
 
 Every window of every input is embedded; for each feature (and each source collection) only a
 running top-k of windows is kept, so memory stays bounded however many files there are. The
@@ -56,18 +56,24 @@ class ListeningPage:
 
 
 def _read_labels_csv(path):
-    """``path,labels`` CSV (labels ';'-separated, as the demo corpus writes) -> {relative path: tags}."""
+    """``path,labels`` CSV (labels ';'-separated, as the demo corpus writes) -> {path: tags}."""
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
         if not reader.fieldnames or "path" not in reader.fieldnames:
             return {}
-        column = "labels" if "labels" in reader.fieldnames else ("label" if "label" in reader.fieldnames else None)
-        return {row["path"]: tuple(t for t in (row.get(column) or "").split(";") if t) if column else ()
-                for row in reader}
+        column = (
+            "labels"
+            if "labels" in reader.fieldnames
+            else ("label" if "label" in reader.fieldnames else None)
+        )
+        return {
+            row["path"]: tuple(t for t in (row.get(column) or "").split(";") if t) if column else ()
+            for row in reader
+        }
 
 
 def _csv_tags(path, folder, cache):
-    """Tags of ``path`` from the nearest ``labels.csv`` in its folder or a parent up to ``folder``."""
+    """Tags of ``path`` from the nearest ``labels.csv``, looking up to ``folder``."""
     directory = os.path.dirname(path)
     while True:
         if directory not in cache:
@@ -106,12 +112,22 @@ def _prepared_items(folder):
     names = list(manifest.get("labels") or [])
     dataset = str(manifest.get("dataset") or "")
     # Named datasets (mtat, gtzan) keep their name; generic ones ("folder", "csv") the folder's.
-    collection = dataset if dataset not in ("", "folder", "csv") else os.path.basename(os.path.abspath(folder))
+    collection = (
+        dataset
+        if dataset not in ("", "folder", "csv")
+        else os.path.basename(os.path.abspath(folder))
+    )
     items = []
     for clip in _prepared_records(folder, manifest):
         tags = tuple(names[i] for i in clip["labels"] if 0 <= i < len(names))
-        items.append(_Item(("prepared", folder, clip["shard"], clip["id"]), f"{collection}/{clip['id']}",
-                           collection, tags))
+        items.append(
+            _Item(
+                ("prepared", folder, clip["shard"], clip["id"]),
+                f"{collection}/{clip['id']}",
+                collection,
+                tags,
+            )
+        )
     return items, int(manifest["sample_rate"])
 
 
@@ -130,10 +146,15 @@ def _prepared_records(folder, manifest, wanted=None, with_audio=False):
             clip_id = parsed["id"].numpy().decode("utf-8")
             if wanted is not None and clip_id not in wanted[shard["file"]]:
                 continue
-            clip = {"id": clip_id, "shard": shard["file"],
-                    "labels": [int(i) for i in tf.sparse.to_dense(parsed["labels"]).numpy()]}
+            clip = {
+                "id": clip_id,
+                "shard": shard["file"],
+                "labels": [int(i) for i in tf.sparse.to_dense(parsed["labels"]).numpy()],
+            }
             if with_audio:
-                clip["audio"] = np.frombuffer(parsed["audio"].numpy(), "<i2").astype(np.float32) / 32768.0
+                clip["audio"] = (
+                    np.frombuffer(parsed["audio"].numpy(), "<i2").astype(np.float32) / 32768.0
+                )
             yield clip
 
 
@@ -152,14 +173,19 @@ def _collect_items(inputs, labels):
         elif os.path.isfile(entry):
             parent = os.path.basename(os.path.dirname(os.path.abspath(entry))) or "files"
             tags = labels.get(entry, labels.get(os.path.basename(entry), ()))
-            items.append(_Item(entry, os.path.join(parent, os.path.basename(entry)), parent, tuple(tags)))
+            items.append(
+                _Item(entry, os.path.join(parent, os.path.basename(entry)), parent, tuple(tags))
+            )
         else:
-            raise FileNotFoundError(f"{entry}: no such file or folder; pass audio files, folders of audio or "
-                                    "prepared dataset folders (with manifest.json).")
+            raise FileNotFoundError(
+                f"{entry}: no such file or folder; pass audio files, folders of audio or "
+                "prepared dataset folders (with manifest.json)."
+            )
     if not items:
         raise ListeningInputError(
             f"No audio found in {list(map(os.fspath, inputs))}; pass folders holding audio files "
-            "(wav, flac, mp3, ogg, ...) or prepared dataset folders.")
+            "(wav, flac, mp3, ogg, ...) or prepared dataset folders."
+        )
     return items, rates
 
 
@@ -185,28 +211,38 @@ def _clips(items, indices, sample_rate, decode_files):
     for index in indices:
         item = items[index]
         if not isinstance(item.source, tuple):
-            yield index, (audio.load(item.source, sample_rate=sample_rate) if decode_files else item.source)
+            yield (
+                index,
+                (audio.load(item.source, sample_rate=sample_rate) if decode_files else item.source),
+            )
             continue
         _, folder, shard, clip_id = item.source
         if folder not in streams:
             manifest = _read_manifest(folder)
-            streams[folder] = (_prepared_records(folder, manifest, wanted[folder], with_audio=True),
-                               int(manifest["sample_rate"]))
+            streams[folder] = (
+                _prepared_records(folder, manifest, wanted[folder], with_audio=True),
+                int(manifest["sample_rate"]),
+            )
         stream, rate = streams[folder]
         for clip in stream:
             if clip["shard"] == shard and clip["id"] == clip_id:
                 data = clip["audio"]
-                yield index, (data if rate == sample_rate else audio.resample(data, rate, sample_rate))
+                yield (
+                    index,
+                    (data if rate == sample_rate else audio.resample(data, rate, sample_rate)),
+                )
                 break
         else:
-            raise ListeningInputError(f"{item.name}: the clip is no longer in {folder}; prepare it again.")
+            raise ListeningInputError(
+                f"{item.name}: the clip is no longer in {folder}; prepare it again."
+            )
 
 
 # ----------------------------------------------------------------------------- selection
 
 
 class _RunningTopK:
-    """Per (feature, collection), the ``k`` largest activations seen and which window they came from."""
+    """Per (feature, collection), the ``k`` largest activations seen and their windows."""
 
     def __init__(self, features, k):
         self.features = np.asarray(features)
@@ -227,16 +263,20 @@ class _RunningTopK:
             chosen = np.take_along_axis(chosen, best[:, None], 1)
             window_index = best[:, None].astype(np.int64)
         else:
-            window_index = np.broadcast_to(np.arange(chosen.shape[1]), chosen.shape).astype(np.int64)
+            window_index = np.broadcast_to(np.arange(chosen.shape[1]), chosen.shape).astype(
+                np.int64
+            )
         if collection not in self.values:
             shape = (len(self.features), 0)
             self.values[collection] = np.zeros(shape, np.float32)
             self.items[collection] = np.zeros(shape, np.int64)
             self.windows[collection] = np.zeros(shape, np.int64)
         values = np.concatenate([self.values[collection], chosen], axis=1)
-        items = np.concatenate([self.items[collection], np.full_like(chosen, item, dtype=np.int64)], axis=1)
+        items = np.concatenate(
+            [self.items[collection], np.full_like(chosen, item, dtype=np.int64)], axis=1
+        )
         windows = np.concatenate([self.windows[collection], window_index], axis=1)
-        keep = np.argsort(-values, axis=1, kind="stable")[:, :self.k]
+        keep = np.argsort(-values, axis=1, kind="stable")[:, : self.k]
         self.values[collection] = np.take_along_axis(values, keep, 1)
         self.items[collection] = np.take_along_axis(items, keep, 1)
         self.windows[collection] = np.take_along_axis(windows, keep, 1)
@@ -244,10 +284,17 @@ class _RunningTopK:
     def ranking(self, row, collection):
         """[(activation, item, window)] of feature row ``row``: one collection or all merged."""
         names = sorted(self.values) if collection == ALL else [collection]
-        entries = [(float(self.values[c][row, j]), int(self.items[c][row, j]), int(self.windows[c][row, j]))
-                   for c in names for j in range(self.values[c].shape[1])]
+        entries = [
+            (
+                float(self.values[c][row, j]),
+                int(self.items[c][row, j]),
+                int(self.windows[c][row, j]),
+            )
+            for c in names
+            for j in range(self.values[c].shape[1])
+        ]
         entries.sort(key=lambda e: (-e[0], e[1], e[2]))
-        return entries[:self.k]
+        return entries[: self.k]
 
 
 def _feature_indices(features, dimension):
@@ -256,13 +303,17 @@ def _feature_indices(features, dimension):
     if isinstance(features, (int, np.integer)):
         if not 1 <= features <= dimension:
             raise ListeningInputError(
-                f"features={features} asks for more features than the encoder's {dimension}; use 1..{dimension}.")
+                f"features={features} asks for more features than the encoder's {dimension}; "
+                f"use 1..{dimension}."
+            )
         return list(range(int(features)))
     chosen = [int(f) for f in features]
     bad = [f for f in chosen if not 0 <= f < dimension]
     if bad or not chosen:
         raise ListeningInputError(
-            f"Features {bad or chosen} do not exist: the encoder has {dimension} features, numbered 0..{dimension - 1}.")
+            f"Features {bad or chosen} do not exist: the encoder has {dimension} features, "
+            f"numbered 0..{dimension - 1}."
+        )
     return list(dict.fromkeys(chosen))
 
 
@@ -281,13 +332,28 @@ def _predictions(tagger, snippets, sample_rate, top_k):
         return [None] * len(snippets)
     import keras_clmr
 
-    results = keras_clmr.tag(list(snippets), model=tagger, sample_rate=sample_rate, top_k=top_k, short="pad")
+    results = keras_clmr.tag(
+        list(snippets), model=tagger, sample_rate=sample_rate, top_k=top_k, short="pad"
+    )
     return [[(name, round(float(p), 4)) for name, p in r.top] for r in results]
 
 
-def listening_page(encoder, audio_files_or_prepared_dir, output_dir, tagger=None, features=None, top_k=5,
-                   labels=None, hop=None, best_window_only=True, prediction_top_k=3, overwrite=False,
-                   progress=True, title=None, batch_size=32):
+def listening_page(
+    encoder,
+    audio_files_or_prepared_dir,
+    output_dir,
+    tagger=None,
+    features=None,
+    top_k=5,
+    labels=None,
+    hop=None,
+    best_window_only=True,
+    prediction_top_k=3,
+    overwrite=False,
+    progress=True,
+    title=None,
+    batch_size=32,
+):
     """Build the listening page for ``encoder`` over audio files/folders/prepared datasets.
 
     Args:
@@ -319,7 +385,9 @@ def listening_page(encoder, audio_files_or_prepared_dir, output_dir, tagger=None
     if isinstance(encoder, str):
         encoder = keras_clmr.load_pretrained(encoder, task="embed")
     net = _inner_encoder(encoder)
-    model_rate = int(getattr(net, "sample_rate", None) or getattr(encoder, "sample_rate", None) or 22050)
+    model_rate = int(
+        getattr(net, "sample_rate", None) or getattr(encoder, "sample_rate", None) or 22050
+    )
     if getattr(net, "embedding_dim", None) is not None:
         _feature_indices(features, int(net.embedding_dim))  # fail before the long pass
     topk, chosen, meta, skipped = None, None, None, []
@@ -333,7 +401,9 @@ def listening_page(encoder, audio_files_or_prepared_dir, output_dir, tagger=None
             item = items[index]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = keras_clmr.embed(source, model=encoder, hop=hop, on_error="skip", batch_size=batch_size)
+                result = keras_clmr.embed(
+                    source, model=encoder, hop=hop, on_error="skip", batch_size=batch_size
+                )
             for warning in caught:
                 warnings.warn(f"{item.name}: {warning.message}", stacklevel=2)
             if bar is not None:
@@ -345,13 +415,19 @@ def listening_page(encoder, audio_files_or_prepared_dir, output_dir, tagger=None
             if topk is None:
                 chosen = _feature_indices(features, result.embeddings.shape[1])
                 topk = _RunningTopK(chosen, top_k)
-                meta = {"sample_rate": result.sample_rate, "window": result.window_seconds, "hop": result.hop_seconds}
+                meta = {
+                    "sample_rate": result.sample_rate,
+                    "window": result.window_seconds,
+                    "hop": result.hop_seconds,
+                }
             topk.update(item.collection, index, result.embeddings, best_window_only)
     finally:
         if bar is not None:
             bar.close()
     if topk is None:
-        raise ListeningInputError(f"None of the {len(items)} inputs could be embedded: {skipped[:3]} ...")
+        raise ListeningInputError(
+            f"None of the {len(items)} inputs could be embedded: {skipped[:3]} ..."
+        )
 
     collections = sorted(topk.values)
     top = {}
@@ -376,7 +452,7 @@ def listening_page(encoder, audio_files_or_prepared_dir, output_dir, tagger=None
             snippets = []
             for window in windows:
                 start = window * hop_samples
-                snippet = data[start:start + window_samples]
+                snippet = data[start : start + window_samples]
                 snippets.append(np.pad(snippet, (0, window_samples - len(snippet))))
             predictions = _predictions(tagger, snippets, rate, prediction_top_k)
             for window, snippet, predicted in zip(windows, snippets, predictions):
@@ -384,22 +460,43 @@ def listening_page(encoder, audio_files_or_prepared_dir, output_dir, tagger=None
                 file_name = f"{AUDIO_DIR}/{clip_id}.ogg"
                 _write_snippet(os.path.join(folder, file_name), snippet, rate)
                 clip_ids[(item_index, window)] = clip_id
-                clips[clip_id] = {"audio": file_name, "file": item.name, "collection": item.collection,
-                                  "start": round(window * hop_samples / rate, 3),
-                                  "duration": round(window_samples / rate, 3), "tags": list(item.tags),
-                                  "predictions": predicted}
-        page_top = {str(feature): {collection: [[clip_ids[(item, window)], round(value, 5)]
-                                                for value, item, window in ranking]
-                                   for collection, ranking in by_collection.items()}
-                    for feature, by_collection in top.items()}
-        payload = {"title": title or f"Listening experiment: {_model_name(encoder)}",
-                   "model": _model_name(encoder), "features": chosen, "collections": collections,
-                   "top_k": int(top_k), "sample_rate": rate, "window_seconds": meta["window"],
-                   "files": len(items), "skipped": [list(s) for s in skipped], "clips": clips, "top": page_top}
+                clips[clip_id] = {
+                    "audio": file_name,
+                    "file": item.name,
+                    "collection": item.collection,
+                    "start": round(window * hop_samples / rate, 3),
+                    "duration": round(window_samples / rate, 3),
+                    "tags": list(item.tags),
+                    "predictions": predicted,
+                }
+        page_top = {
+            str(feature): {
+                collection: [
+                    [clip_ids[(item, window)], round(value, 5)] for value, item, window in ranking
+                ]
+                for collection, ranking in by_collection.items()
+            }
+            for feature, by_collection in top.items()
+        }
+        payload = {
+            "title": title or f"Listening experiment: {_model_name(encoder)}",
+            "model": _model_name(encoder),
+            "features": chosen,
+            "collections": collections,
+            "top_k": int(top_k),
+            "sample_rate": rate,
+            "window_seconds": meta["window"],
+            "files": len(items),
+            "skipped": [list(s) for s in skipped],
+            "clips": clips,
+            "top": page_top,
+        }
         atomic_write_json(os.path.join(folder, DATA), payload)
         atomic_write_text(os.path.join(folder, PAGE), render_page(payload))
     page_path = os.path.join(os.path.abspath(output_dir), PAGE)
-    return ListeningPage(page_path, os.path.abspath(output_dir), chosen, collections, clips, page_top, skipped)
+    return ListeningPage(
+        page_path, os.path.abspath(output_dir), chosen, collections, clips, page_top, skipped
+    )
 
 
 def _inner_encoder(model):
@@ -435,11 +532,13 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.3em; }
 .controls { display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin-bottom: 1em; }
 table { border-collapse: collapse; width: 100%; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.5em; text-align: left; vertical-align: middle; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.5em; text-align: left;
+         vertical-align: middle; }
 th { background: #f4f4f4; }
 td.num { font-variant-numeric: tabular-nums; }
 .tag { display: inline-block; background: #eef; border-radius: 3px; padding: 0 0.3em; margin: 1px; }
-.pred { display: inline-block; background: #efe; border-radius: 3px; padding: 0 0.3em; margin: 1px; }
+.pred { display: inline-block; background: #efe; border-radius: 3px; padding: 0 0.3em;
+        margin: 1px; }
 .muted { color: #777; }
 audio { height: 2em; }
 </style>
@@ -510,22 +609,25 @@ function render() {
     rowsBody.appendChild(row);
   });
   document.getElementById("count").textContent = ranking.length + " clip(s)";
-  const state = "feature=" + encodeURIComponent(feature) + "&collection=" + encodeURIComponent(collection);
+  const state = "feature=" + encodeURIComponent(feature) +
+    "&collection=" + encodeURIComponent(collection);
   if (location.hash.slice(1) !== state) history.replaceState(null, "", "#" + state);
 }
 
 function applyHash() {
   const params = new URLSearchParams(location.hash.slice(1));
-  if (params.has("feature") && DATA.top[params.get("feature")]) featureSelect.value = params.get("feature");
-  if (params.has("collection") && [...collectionSelect.options].some(o => o.value === params.get("collection"))) {
+  const feature = params.get("feature"), collection = params.get("collection");
+  if (feature && DATA.top[feature]) featureSelect.value = feature;
+  if (collection && [...collectionSelect.options].some(o => o.value === collection)) {
     collectionSelect.value = params.get("collection");
   }
 }
 
 document.getElementById("title").textContent = DATA.title;
 document.getElementById("summary").textContent = DATA.files + " file(s), " + DATA.features.length +
-  " feature(s), top " + DATA.top_k + " windows of " + DATA.window_seconds.toFixed(2) + " s per feature and collection" +
-  (DATA.skipped.length ? "; " + DATA.skipped.length + " file(s) skipped (see listening.json)" : "") + ".";
+  " feature(s), top " + DATA.top_k + " windows of " + DATA.window_seconds.toFixed(2) +
+  " s per feature and collection" +
+  (DATA.skipped.length ? "; " + DATA.skipped.length + " skipped (listening.json)" : "") + ".";
 DATA.features.forEach(function (feature) {
   const best = (DATA.top[String(feature)].all[0] || [null, NaN])[1];
   const option = element("option", "feature " + feature + " (max " + best.toFixed(2) + ")");
@@ -543,7 +645,8 @@ document.getElementById("previous").addEventListener("click", function () {
   featureSelect.selectedIndex = Math.max(0, featureSelect.selectedIndex - 1); render();
 });
 document.getElementById("next").addEventListener("click", function () {
-  featureSelect.selectedIndex = Math.min(featureSelect.options.length - 1, featureSelect.selectedIndex + 1); render();
+  const last = featureSelect.options.length - 1;
+  featureSelect.selectedIndex = Math.min(last, featureSelect.selectedIndex + 1); render();
 });
 window.addEventListener("hashchange", function () { applyHash(); render(); });
 applyHash();

@@ -44,22 +44,36 @@ def _files_and_labels(files_or_dir, labels):
     if isinstance(files_or_dir, (str, os.PathLike)) and os.path.isdir(files_or_dir):
         root = os.path.abspath(files_or_dir)
         files = audio.list_audio_files(root)
-        default = [os.path.relpath(os.path.dirname(f), root) if os.path.dirname(f) != root
-                   else os.path.basename(root) for f in files]
+        default = [
+            os.path.relpath(os.path.dirname(f), root)
+            if os.path.dirname(f) != root
+            else os.path.basename(root)
+            for f in files
+        ]
     else:
-        files = [os.fspath(f) for f in ([files_or_dir] if isinstance(files_or_dir, (str, os.PathLike))
-                                        else files_or_dir)]
+        files = [
+            os.fspath(f)
+            for f in (
+                [files_or_dir] if isinstance(files_or_dir, (str, os.PathLike)) else files_or_dir
+            )
+        ]
         default = [os.path.basename(os.path.dirname(os.path.abspath(f))) for f in files]
     if not files:
-        raise MapInputError(f"No audio files found in {files_or_dir}; pass a folder of audio or a list of files.")
+        raise MapInputError(
+            f"No audio files found in {files_or_dir}; pass a folder of audio or a list of files."
+        )
     if labels is None:
         return files, default
     if isinstance(labels, dict):
-        return files, [str(labels.get(f, labels.get(os.path.basename(f), "unlabelled"))) for f in files]
+        return files, [
+            str(labels.get(f, labels.get(os.path.basename(f), "unlabelled"))) for f in files
+        ]
     labels = [str(label) for label in labels]
     if len(labels) != len(files):
-        raise MapInputError(f"Got {len(labels)} labels for {len(files)} files; pass one label per file "
-                            "(in the sorted file order) or a {file: label} dict.")
+        raise MapInputError(
+            f"Got {len(labels)} labels for {len(files)} files; pass one label per file "
+            "(in the sorted file order) or a {file: label} dict."
+        )
     return files, labels
 
 
@@ -73,14 +87,16 @@ def project(embeddings, method="pca", seed=0, perplexity=None):
         centred = embeddings - embeddings.mean(axis=0)
         _, singular, vt = np.linalg.svd(centred, full_matrices=False)
         components = vt[:2]
-        # A fixed sign per axis (largest loading positive) so the same data always gives the same picture.
-        signs = np.sign(components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)])
+        # A fixed sign per axis (largest loading positive): the same data gives the same picture.
+        signs = np.sign(
+            components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)]
+        )
         components = components * signs[:, None]
         points = centred @ components.T
         if points.shape[1] < 2:
             points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
-        total = np.sum(singular ** 2)
-        explained = [float(s ** 2 / total) if total > 0 else 0.0 for s in singular[:2]]
+        total = np.sum(singular**2)
+        explained = [float(s**2 / total) if total > 0 else 0.0 for s in singular[:2]]
         return points, explained
     if method == "tsne":
         if count < 4:
@@ -93,8 +109,20 @@ def project(embeddings, method="pca", seed=0, perplexity=None):
     raise MapInputError(f"method must be one of {METHODS}, got {method!r}.")
 
 
-def embedding_map(files_or_dir, model=None, labels=None, method="pca", output_dir=None, seed=0, perplexity=None,
-                  hop=None, overwrite=False, progress=True, title=None, batch_size=32):
+def embedding_map(
+    files_or_dir,
+    model=None,
+    labels=None,
+    method="pca",
+    output_dir=None,
+    seed=0,
+    perplexity=None,
+    hop=None,
+    overwrite=False,
+    progress=True,
+    title=None,
+    batch_size=32,
+):
     """Embed a collection and draw it in 2-D (PNG + interactive HTML in ``output_dir``).
 
     Args:
@@ -113,15 +141,18 @@ def embedding_map(files_or_dir, model=None, labels=None, method="pca", output_di
     if method not in METHODS:
         raise MapInputError(f"method must be one of {METHODS}, got {method!r}.")
     files, labels = _files_and_labels(files_or_dir, labels)
-    results = keras_clmr.embed(files, model=model, hop=hop, progress=progress, on_error="skip",
-                               batch_size=batch_size)
+    results = keras_clmr.embed(
+        files, model=model, hop=hop, progress=progress, on_error="skip", batch_size=batch_size
+    )
     kept = [i for i, r in enumerate(results) if r.error is None]
     if len(kept) < len(files):
         import warnings
 
         for i in sorted(set(range(len(files))) - set(kept)):
             warnings.warn(f"Skipping {files[i]}: {results[i].error}", stacklevel=2)
-    embeddings = np.stack([results[i].embeddings.mean(axis=0) for i in kept]) if kept else np.zeros((0, 0))
+    embeddings = (
+        np.stack([results[i].embeddings.mean(axis=0) for i in kept]) if kept else np.zeros((0, 0))
+    )
     files, labels = [files[i] for i in kept], [labels[i] for i in kept]
     points, explained = project(embeddings, method, seed=seed, perplexity=perplexity)
     result = EmbeddingMap(points, files, labels, method, explained)
@@ -129,9 +160,15 @@ def embedding_map(files_or_dir, model=None, labels=None, method="pca", output_di
         from keras_clmr.io import atomic_folder, atomic_write_json, atomic_write_text
 
         name = title or f"{_model_name(model)}: {len(files)} files ({method.upper()})"
-        payload = {"title": name, "method": method, "explained_variance": explained,
-                   "points": [{"file": f, "label": label, "x": float(x), "y": float(y)}
-                              for f, label, (x, y) in zip(files, labels, points)]}
+        payload = {
+            "title": name,
+            "method": method,
+            "explained_variance": explained,
+            "points": [
+                {"file": f, "label": label, "x": float(x), "y": float(y)}
+                for f, label, (x, y) in zip(files, labels, points)
+            ],
+        }
         with atomic_folder(output_dir, overwrite=overwrite, own_files=OWN_FILES) as folder:
             _plot_map(result, os.path.join(folder, PNG), name)
             atomic_write_json(os.path.join(folder, DATA), payload)
@@ -149,7 +186,10 @@ def _model_name(model):
 
 def _axis_labels(result):
     if result.method == "pca" and result.explained_variance:
-        return [f"PC{i + 1} ({100 * v:.1f} % of variance)" for i, v in enumerate(result.explained_variance)]
+        return [
+            f"PC{i + 1} ({100 * v:.1f} % of variance)"
+            for i, v in enumerate(result.explained_variance)
+        ]
     return [f"{result.method.upper()} 1", f"{result.method.upper()} 2"]
 
 
@@ -161,8 +201,14 @@ def _plot_map(result, path, title):
     colours = plt.get_cmap("tab10" if len(set(result.labels)) <= 10 else "tab20")
     for index, label in enumerate(sorted(set(result.labels))):
         mask = np.array([lab == label for lab in result.labels])
-        axis.scatter(result.points[mask, 0], result.points[mask, 1], s=18, color=colours(index % colours.N),
-                     label=label, alpha=0.85)
+        axis.scatter(
+            result.points[mask, 0],
+            result.points[mask, 1],
+            s=18,
+            color=colours(index % colours.N),
+            label=label,
+            alpha=0.85,
+        )
     x_label, y_label = _axis_labels(result)
     axis.set_xlabel(x_label)
     axis.set_ylabel(y_label)
@@ -191,7 +237,8 @@ circle { stroke: #fff; stroke-width: 0.8; cursor: pointer; }
 circle:hover, circle.active { stroke: #000; stroke-width: 2; }
 #legend div { cursor: pointer; margin: 2px 0; user-select: none; }
 #legend div.off { opacity: 0.35; }
-#legend span { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 50%; margin-right: 0.4em; }
+#legend span { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 50%;
+               margin-right: 0.4em; }
 #info { min-height: 3.5em; margin-top: 0.8em; font-size: 0.9em; white-space: pre-line; }
 </style>
 </head>
@@ -205,7 +252,8 @@ circle:hover, circle.active { stroke: #000; stroke-width: 2; }
 <script>
 "use strict";
 const DATA = JSON.parse(document.getElementById("data").textContent);
-const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                 "#7f7f7f",
                  "#bcbd22", "#17becf"];
 const SVG = "http://www.w3.org/2000/svg";
 const plot = document.getElementById("plot");
@@ -234,7 +282,8 @@ function draw() {
     tip.textContent = p.file;
     c.appendChild(tip);
     c.addEventListener("mouseover", function () {
-      info.textContent = p.file + "\\nlabel: " + p.label + "\\n(" + p.x.toFixed(3) + ", " + p.y.toFixed(3) + ")";
+      info.textContent = p.file + "\\nlabel: " + p.label +
+        "\\n(" + p.x.toFixed(3) + ", " + p.y.toFixed(3) + ")";
     });
     plot.appendChild(c);
   });
@@ -247,7 +296,8 @@ labels.forEach(function (label) {
   const dot = document.createElement("span");
   dot.style.background = colour[label];
   row.appendChild(dot);
-  row.appendChild(document.createTextNode(label + " (" + DATA.points.filter(p => p.label === label).length + ")"));
+  const count = DATA.points.filter(p => p.label === label).length;
+  row.appendChild(document.createTextNode(label + " (" + count + ")"));
   row.dataset.label = label;
   row.addEventListener("click", function () {
     if (hidden.has(label)) hidden.delete(label); else hidden.add(label);

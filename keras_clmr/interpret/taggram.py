@@ -41,9 +41,15 @@ def taggram(path, model=None, top_n=10, hop=None, output=None, title=None, batch
     if int(top_n) < 1:
         raise ValueError(f"top_n must be >= 1, got {top_n}.")
     result = keras_clmr.tag(path, model=model, hop=hop, top_k=int(top_n), batch_size=batch_size)
-    order = np.argsort(-result.clip, kind="stable")[:int(top_n)]
-    shown = Taggram(np.asarray(result.probabilities)[:, order], [result.tags[j] for j in order],
-                    np.asarray(result.times), float(result.window_seconds), float(result.hop_seconds), result.source)
+    order = np.argsort(-result.clip, kind="stable")[: int(top_n)]
+    shown = Taggram(
+        np.asarray(result.probabilities)[:, order],
+        [result.tags[j] for j in order],
+        np.asarray(result.times),
+        float(result.window_seconds),
+        float(result.hop_seconds),
+        result.source,
+    )
     if output is not None:
         shown.path = plot_taggram(shown, output, title=title)
     return shown
@@ -58,8 +64,15 @@ def plot_taggram(result, path, title=None):
     figure, axis = plt.subplots(figsize=(min(14.0, 4.0 + 0.12 * windows), 1.2 + 0.28 * count))
     # Column i spans window i's start to the next start (one hop), so overlapping windows tile.
     edges = np.concatenate([result.times, [result.times[-1] + result.hop_seconds]])
-    image = axis.pcolormesh(edges, np.arange(count + 1), result.probabilities.T, cmap="viridis", vmin=0.0,
-                            vmax=1.0, shading="flat")
+    image = axis.pcolormesh(
+        edges,
+        np.arange(count + 1),
+        result.probabilities.T,
+        cmap="viridis",
+        vmin=0.0,
+        vmax=1.0,
+        shading="flat",
+    )
     axis.set_yticks(np.arange(count) + 0.5)
     axis.set_yticklabels(result.tags, fontsize=8)
     axis.invert_yaxis()
