@@ -45,25 +45,29 @@ def info_nce(predictions, targets, latents, negative_indices):
     depth = targets.shape[-1]
     if depth is None or predictions.shape[-1] is None or predictions.shape[-1] % depth:
         raise ValueError(
-            f"info_nce: the predictions' last axis ({predictions.shape[-1]}) must be a multiple of the "
-            f"latent size ({depth}): one C-wide slice per prediction step.")
+            f"info_nce: the predictions' last axis ({predictions.shape[-1]}) must be a multiple "
+            f"of the latent size ({depth}): one C-wide slice per prediction step."
+        )
     steps = predictions.shape[-1] // depth
     window = targets.shape[1]
     if window is not None and window <= steps:
         raise ValueError(
-            f"info_nce: a window of {window} latents leaves no positive for prediction step {steps}; "
-            f"use a longer input or subsample window, or fewer prediction steps.")
+            f"info_nce: a window of {window} latents leaves no positive for prediction step "
+            f"{steps}; "
+            f"use a longer input or subsample window, or fewer prediction steps."
+        )
     flat_latents = ops.reshape(latents, (-1, depth))
     num_latents = ops.shape(flat_latents)[0]
     negatives = ops.take(flat_latents, ops.cast(negative_indices, "int32"), axis=0)  # [N, M, C]
     total = 0.0
     for k in range(1, steps + 1):
         z_k = ops.reshape(targets[:, k:, :], (-1, depth))
-        wc_k = ops.reshape(predictions[:, :-k, (k - 1) * depth:k * depth], (-1, depth))
+        wc_k = ops.reshape(predictions[:, :-k, (k - 1) * depth : k * depth], (-1, depth))
         rows = ops.shape(z_k)[0]
         positive = ops.sum(wc_k * z_k, axis=-1)
-        negatives_k = ops.slice(negatives, (0, num_latents - rows, 0),
-                                (ops.shape(negatives)[0], rows, depth))
+        negatives_k = ops.slice(
+            negatives, (0, num_latents - rows, 0), (ops.shape(negatives)[0], rows, depth)
+        )
         negative = ops.einsum("rc,nrc->rn", wc_k, negatives_k)
         logits = ops.concatenate([positive[:, None], negative], axis=1)
         total = total + ops.mean(ops.logsumexp(logits, axis=1) - positive)

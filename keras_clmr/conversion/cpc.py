@@ -19,7 +19,16 @@ configuration. Parity is checked against ``numpy_reference`` (float64, the origi
 import numpy as np
 
 from keras_clmr.conversion.common import (
-    PARITY_TOLERANCE, ConversionError, KeyLedger, ParityError, WeightSetter, dense_kernel, max_abs_diff, summarize_ledger, to_numpy)
+    PARITY_TOLERANCE,
+    ConversionError,
+    KeyLedger,
+    ParityError,
+    WeightSetter,
+    dense_kernel,
+    max_abs_diff,
+    summarize_ledger,
+    to_numpy,
+)
 
 CONV_KEY = "encoder.seq.layer-{}.0"
 GRU_KEY = "autoregressor.autoregressor"
@@ -32,7 +41,7 @@ def strip_prefixes(state):
     for key, value in state.items():
         for prefix in ("module.", "model."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -51,15 +60,22 @@ def infer_cpc_config(state):
     if not filter_sizes or f"{GRU_KEY}.weight_hh_l0" not in state or PREDICTOR_KEY not in state:
         raise ConversionError(
             f"Not a CPC state dict in the original's layout: need {CONV_KEY.format(0)}.weight, "
-            f"{GRU_KEY}.weight_hh_l0 and {PREDICTOR_KEY} (optionally under model./module.).")
+            f"{GRU_KEY}.weight_hh_l0 and {PREDICTOR_KEY} (optionally under model./module.)."
+        )
     latent_dim = int(state[f"{CONV_KEY.format(0)}.weight"].shape[0])
     context_dim = int(state[f"{GRU_KEY}.weight_hh_l0"].shape[1])
     outputs = int(state[PREDICTOR_KEY].shape[0])
     if outputs % latent_dim:
-        raise ConversionError(f"{PREDICTOR_KEY} has {outputs} outputs, not a multiple of the latent size "
-                              f"{latent_dim}.")
-    return {"filter_sizes": tuple(filter_sizes), "latent_dim": latent_dim, "context_dim": context_dim,
-            "prediction_steps": outputs // latent_dim}
+        raise ConversionError(
+            f"{PREDICTOR_KEY} has {outputs} outputs, not a multiple of the latent size "
+            f"{latent_dim}."
+        )
+    return {
+        "filter_sizes": tuple(filter_sizes),
+        "latent_dim": latent_dim,
+        "context_dim": context_dim,
+        "prediction_steps": outputs // latent_dim,
+    }
 
 
 def torch_gru_to_keras(weight_ih, weight_hh, bias_ih, bias_hh):
@@ -69,6 +85,7 @@ def torch_gru_to_keras(weight_ih, weight_hh, bias_ih, bias_hh):
     tanh(x W_h + b_h + r * (h U_h + b_rh)), which is torch's n-gate, so only the order and
     the transposition change.
     """
+
     def reorder(matrix):
         r, z, n = np.split(np.asarray(matrix), 3, axis=0)
         return np.concatenate([z, r, n], axis=0)
@@ -107,17 +124,27 @@ def numpy_reference(state, audio, strides, paddings):
         gi = z[:, t] @ w_ih.T + b_ih
         gh = h @ w_hh.T + b_hh
         r = sigmoid(gi[:, :hidden] + gh[:, :hidden])
-        u = sigmoid(gi[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
-        n = np.tanh(gi[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+        u = sigmoid(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])
+        n = np.tanh(gi[:, 2 * hidden :] + r * gh[:, 2 * hidden :])
         h = (1.0 - u) * n + u * h
         states.append(h)
     c = np.stack(states, axis=1)
     return z, c, c @ state[PREDICTOR_KEY].T
 
 
-def convert_cpc(state, strides=None, paddings=None, input_samples=59049, sample_rate=22050,
-                negative_samples=10, subsample_window=81, parity=True, source="checkpoint", parity_batch=2,
-                seed=0):
+def convert_cpc(
+    state,
+    strides=None,
+    paddings=None,
+    input_samples=59049,
+    sample_rate=22050,
+    negative_samples=10,
+    subsample_window=81,
+    parity=True,
+    source="checkpoint",
+    parity_batch=2,
+    seed=0,
+):
     """A Keras ``CPC`` with the weights of ``state`` (numpy or torch tensors): (model, report).
 
     ``strides``/``paddings`` default to the music configuration when the layer count matches
@@ -127,22 +154,36 @@ def convert_cpc(state, strides=None, paddings=None, input_samples=59049, sample_
     """
     from keras_clmr.models.cpc import CPC, MUSIC_PADDINGS, MUSIC_STRIDES, CPCEncoder
 
-    state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-             for k, v in strip_prefixes(state).items()}
+    state = {
+        k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+        for k, v in strip_prefixes(state).items()
+    }
     config = infer_cpc_config(state)
     layers_count = len(config["filter_sizes"])
     if strides is None or paddings is None:
         if layers_count != len(MUSIC_STRIDES):
             raise ConversionError(
-                f"{source} has {layers_count} conv blocks, not the music configuration's {len(MUSIC_STRIDES)}: "
-                f"pass strides= and paddings= (they are not stored in a state dict).")
+                f"{source} has {layers_count} conv blocks, not the music configuration's "
+                f"{len(MUSIC_STRIDES)}: pass strides= and paddings= "
+                f"(they are not stored in a state dict)."
+            )
         strides = MUSIC_STRIDES if strides is None else strides
         paddings = MUSIC_PADDINGS if paddings is None else paddings
-    encoder = CPCEncoder(strides=strides, filter_sizes=config["filter_sizes"], paddings=paddings,
-                         latent_dim=config["latent_dim"], context_dim=config["context_dim"],
-                         input_samples=input_samples, sample_rate=sample_rate)
-    model = CPC(encoder, prediction_steps=config["prediction_steps"], negative_samples=negative_samples,
-                subsample_window=subsample_window)
+    encoder = CPCEncoder(
+        strides=strides,
+        filter_sizes=config["filter_sizes"],
+        paddings=paddings,
+        latent_dim=config["latent_dim"],
+        context_dim=config["context_dim"],
+        input_samples=input_samples,
+        sample_rate=sample_rate,
+    )
+    model = CPC(
+        encoder,
+        prediction_steps=config["prediction_steps"],
+        negative_samples=negative_samples,
+        subsample_window=subsample_window,
+    )
     ledger = KeyLedger(state, source)
     setter = WeightSetter(model)
     in_channels = 1
@@ -154,9 +195,15 @@ def convert_cpc(state, strides=None, paddings=None, input_samples=59049, sample_
             setter.conv1d(encoder.get_layer(f"conv_{i}"), weight, bias, key)
         in_channels = config["latent_dim"]
     hidden, latent = config["context_dim"], config["latent_dim"]
-    gru = [ledger.take(f"{GRU_KEY}.{name}", shape) for name, shape in (
-        ("weight_ih_l0", (3 * hidden, latent)), ("weight_hh_l0", (3 * hidden, hidden)),
-        ("bias_ih_l0", (3 * hidden,)), ("bias_hh_l0", (3 * hidden,)))]
+    gru = [
+        ledger.take(f"{GRU_KEY}.{name}", shape)
+        for name, shape in (
+            ("weight_ih_l0", (3 * hidden, latent)),
+            ("weight_hh_l0", (3 * hidden, hidden)),
+            ("bias_ih_l0", (3 * hidden,)),
+            ("bias_hh_l0", (3 * hidden,)),
+        )
+    ]
     if all(part is not None for part in gru):
         kernel, recurrent, bias = torch_gru_to_keras(*gru)
         cell = encoder.autoregressor.cell
@@ -167,7 +214,9 @@ def convert_cpc(state, strides=None, paddings=None, input_samples=59049, sample_
     if predictor is not None:
         setter.assign(model.predictor.kernel, dense_kernel(predictor), PREDICTOR_KEY)
     for name in ("weight", "bias"):
-        ledger.ignore(f"encoder.fc.{name}", "the original Encoder's unused Linear(512, 50) (never called)")
+        ledger.ignore(
+            f"encoder.fc.{name}", "the original Encoder's unused Linear(512, 50) (never called)"
+        )
     ledger_report = ledger.finish()
     seed_weights = [v for v in model.weights if "seed" in v.path]
     for variable in seed_weights:  # seed-generator state, not a parameter
@@ -175,22 +224,29 @@ def convert_cpc(state, strides=None, paddings=None, input_samples=59049, sample_
     for variable in model.crop.weights:
         setter.assigned.add(id(variable))
     setter.finish()
-    report = {"config": {**config, "strides": list(strides), "paddings": list(paddings)},
-              **summarize_ledger(ledger_report)}
+    report = {
+        "config": {**config, "strides": list(strides), "paddings": list(paddings)},
+        **summarize_ledger(ledger_report),
+    }
     if parity:
-        report["parity"] = cpc_parity(model, state, strides, paddings, batch=parity_batch, seed=seed)
+        report["parity"] = cpc_parity(
+            model, state, strides, paddings, batch=parity_batch, seed=seed
+        )
     return model, report
 
 
 def cpc_parity(model, state, strides, paddings, batch=2, seed=0):
-    """Max-abs differences of z, c and W c between Keras and ``numpy_reference`` (raises if too big)."""
+    """Max-abs differences of z, c and W c, Keras vs ``numpy_reference`` (raises if too big)."""
     rng = np.random.default_rng(seed)
     audio = (0.1 * rng.standard_normal((batch, model.encoder.input_samples))).astype("float32")
     want_z, want_c, want_wc = numpy_reference(state, audio, strides, paddings)
     latents = model.encoder.latents(audio)
     context = model.encoder.context(latents)
-    got = {"latents": to_numpy(latents), "context": to_numpy(context),
-           "predictions": to_numpy(model.predictor(context))}
+    got = {
+        "latents": to_numpy(latents),
+        "context": to_numpy(context),
+        "predictions": to_numpy(model.predictor(context)),
+    }
     diffs, bad = {}, {}
     for name, want in (("latents", want_z), ("context", want_c), ("predictions", want_wc)):
         diffs[name] = max_abs_diff(got[name], want)

@@ -13,7 +13,10 @@ import math
 import keras
 from keras import layers, ops
 
-from keras_clmr.layers.initializers import torch_default_bias_initializer, torch_default_kernel_initializer
+from keras_clmr.layers.initializers import (
+    torch_default_bias_initializer,
+    torch_default_kernel_initializer,
+)
 from keras_clmr.losses_cpc import draw_negative_indices, info_nce
 from keras_clmr.models.backbone import Backbone
 from keras_clmr.models.pretrainer import Pretrainer
@@ -57,53 +60,93 @@ class CPCEncoder(Backbone):
         sample_rate: the sample rate the model expects (metadata; not used in the maths).
     """
 
-    def __init__(self, strides=MUSIC_STRIDES, filter_sizes=MUSIC_FILTER_SIZES, paddings=MUSIC_PADDINGS,
-                 latent_dim=512, context_dim=256, input_samples=59049, sample_rate=22050, **kwargs):
+    def __init__(
+        self,
+        strides=MUSIC_STRIDES,
+        filter_sizes=MUSIC_FILTER_SIZES,
+        paddings=MUSIC_PADDINGS,
+        latent_dim=512,
+        context_dim=256,
+        input_samples=59049,
+        sample_rate=22050,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.strides = tuple(int(s) for s in strides)
         self.filter_sizes = tuple(int(f) for f in filter_sizes)
         self.paddings = tuple(int(p) for p in paddings)
         if not len(self.strides) == len(self.filter_sizes) == len(self.paddings) >= 1:
             raise ValueError(
-                f"CPCEncoder needs as many strides, filter sizes and paddings (one per conv block), got "
-                f"{self.strides}, {self.filter_sizes}, {self.paddings}.")
+                f"CPCEncoder needs as many strides, filter sizes and paddings "
+                f"(one per conv block), "
+                f"got "
+                f"{self.strides}, {self.filter_sizes}, {self.paddings}."
+            )
         if min(self.strides) < 1 or min(self.filter_sizes) < 1 or min(self.paddings) < 0:
-            raise ValueError(f"Strides and filter sizes must be >= 1 and paddings >= 0, got "
-                             f"{self.strides}, {self.filter_sizes}, {self.paddings}.")
+            raise ValueError(
+                f"Strides and filter sizes must be >= 1 and paddings >= 0, got "
+                f"{self.strides}, {self.filter_sizes}, {self.paddings}."
+            )
         self.latent_dim = int(latent_dim)
         self.context_dim = int(context_dim)
         self.embedding_dim = self.context_dim
         self.input_samples = int(input_samples)
         self.sample_rate = int(sample_rate)
-        self.num_latents = conv_output_length(self.input_samples, self.strides, self.filter_sizes, self.paddings)
+        self.num_latents = conv_output_length(
+            self.input_samples, self.strides, self.filter_sizes, self.paddings
+        )
         if self.num_latents < 1:
-            raise ValueError(f"input_samples={self.input_samples} leaves no latent after the conv stack; "
-                             f"use a longer window.")
+            raise ValueError(
+                f"input_samples={self.input_samples} leaves no latent after the conv stack; "
+                f"use a longer window."
+            )
         self.stack = []
         in_channels = 1
-        for i, (stride, size, pad) in enumerate(zip(self.strides, self.filter_sizes, self.paddings)):
+        for i, (stride, size, pad) in enumerate(
+            zip(self.strides, self.filter_sizes, self.paddings)
+        ):
             if pad:
                 self.stack.append(layers.ZeroPadding1D(pad, name=f"pad_{i}"))
-            self.stack.append(layers.Conv1D(
-                self.latent_dim, size, strides=stride, padding="valid", name=f"conv_{i}",
-                kernel_initializer=torch_default_kernel_initializer(),
-                bias_initializer=torch_default_bias_initializer(size * in_channels)))
+            self.stack.append(
+                layers.Conv1D(
+                    self.latent_dim,
+                    size,
+                    strides=stride,
+                    padding="valid",
+                    name=f"conv_{i}",
+                    kernel_initializer=torch_default_kernel_initializer(),
+                    bias_initializer=torch_default_bias_initializer(size * in_channels),
+                )
+            )
             self.stack.append(layers.ReLU(name=f"relu_{i}"))
             in_channels = self.latent_dim
         init = _torch_gru_initializer(self.context_dim)
         self.autoregressor = layers.GRU(
-            self.context_dim, return_sequences=True, reset_after=True, name="autoregressor",
-            kernel_initializer=init, recurrent_initializer=init, bias_initializer=init)
+            self.context_dim,
+            return_sequences=True,
+            reset_after=True,
+            name="autoregressor",
+            kernel_initializer=init,
+            recurrent_initializer=init,
+            bias_initializer=init,
+        )
         self.build((None, self.input_samples))
 
     def _check_shape(self, shape):
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] not in (1, None)):
-            raise ValueError(f"CPCEncoder expects mono audio shaped [batch, samples] or [batch, samples, 1], "
-                             f"got shape {tuple(shape)}.")
+            raise ValueError(
+                f"CPCEncoder expects mono audio shaped [batch, samples] or [batch, samples, 1], "
+                f"got shape {tuple(shape)}."
+            )
         length = shape[1]
-        if length is not None and conv_output_length(length, self.strides, self.filter_sizes, self.paddings) < 1:
-            raise ValueError(f"CPCEncoder: {length} samples leave no latent after the conv stack; "
-                             f"feed windows of {self.input_samples} samples.")
+        if (
+            length is not None
+            and conv_output_length(length, self.strides, self.filter_sizes, self.paddings) < 1
+        ):
+            raise ValueError(
+                f"CPCEncoder: {length} samples leave no latent after the conv stack; "
+                f"feed windows of {self.input_samples} samples."
+            )
 
     def build(self, input_shape):
         self._check_shape(input_shape)
@@ -134,9 +177,15 @@ class CPCEncoder(Backbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(strides=list(self.strides), filter_sizes=list(self.filter_sizes),
-                      paddings=list(self.paddings), latent_dim=self.latent_dim, context_dim=self.context_dim,
-                      input_samples=self.input_samples, sample_rate=self.sample_rate)
+        config.update(
+            strides=list(self.strides),
+            filter_sizes=list(self.filter_sizes),
+            paddings=list(self.paddings),
+            latent_dim=self.latent_dim,
+            context_dim=self.context_dim,
+            input_samples=self.input_samples,
+            sample_rate=self.sample_rate,
+        )
         return config
 
 
@@ -146,10 +195,10 @@ class CPC(Pretrainer):
 
     Input: source segments [B, S], S >= ``encoder.input_samples``; one window per segment is
     cropped (uniformly at random in training, the centre otherwise), as the original's data
-    loader did; it applied no augmentation (``augmentation`` defaults to None). ``call`` returns a dict: ``latents`` z of the
-    whole window [B, T, C], ``targets`` z of the positive window [B, L, C], ``predictions``
-    W_k c_t for k = 1..K [B, L, K*C] and ``negative_indices`` [N, B*T]; ``compute_loss``
-    turns it into ``info_nce``.
+    loader did; it applied no augmentation (``augmentation`` defaults to None). ``call``
+    returns a dict: ``latents`` z of the whole window [B, T, C], ``targets`` z of the
+    positive window [B, L, C], ``predictions`` W_k c_t for k = 1..K [B, L, K*C] and
+    ``negative_indices`` [N, B*T]; ``compute_loss`` turns it into ``info_nce``.
 
     Args:
         encoder: a ``CPCEncoder`` (default: the music configuration).
@@ -163,25 +212,40 @@ class CPC(Pretrainer):
         seed: seed of the crop, the window and the negatives.
     """
 
-    def __init__(self, encoder=None, prediction_steps=12, negative_samples=10, subsample_window=81,
-                 augmentation=None, seed=None, **kwargs):
+    def __init__(
+        self,
+        encoder=None,
+        prediction_steps=12,
+        negative_samples=10,
+        subsample_window=81,
+        augmentation=None,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(encoder=encoder, augmentation=augmentation, seed=seed, **kwargs)
         self.prediction_steps = int(prediction_steps)
         self.negative_samples = int(negative_samples)
         if self.prediction_steps < 1 or self.negative_samples < 1:
-            raise ValueError(f"prediction_steps and negative_samples must be >= 1, got "
-                             f"{prediction_steps} and {negative_samples}.")
+            raise ValueError(
+                f"prediction_steps and negative_samples must be >= 1, got "
+                f"{prediction_steps} and {negative_samples}."
+            )
         self.subsample_window = None if subsample_window is None else int(subsample_window)
         window = min(self.encoder.num_latents, self.subsample_window or self.encoder.num_latents)
         if window <= self.prediction_steps:
             raise ValueError(
-                f"CPC: a window of {window} latents ({self.encoder.input_samples} samples, subsample_window="
-                f"{self.subsample_window}) is too short to predict {self.prediction_steps} steps ahead; "
-                f"use longer input_samples, a larger subsample_window or fewer prediction_steps.")
+                f"CPC: a window of {window} latents ({self.encoder.input_samples} samples, "
+                f"subsample_window={self.subsample_window}) is too short to predict "
+                f"{self.prediction_steps} steps ahead; use longer input_samples, a larger "
+                f"subsample_window or fewer prediction_steps."
+            )
         self.seed_generator = keras.random.SeedGenerator(seed, name="negatives_seed")
         self.predictor = layers.Dense(
-            self.encoder.latent_dim * self.prediction_steps, use_bias=False, name="predictor",
-            kernel_initializer=torch_default_kernel_initializer())
+            self.encoder.latent_dim * self.prediction_steps,
+            use_bias=False,
+            name="predictor",
+            kernel_initializer=torch_default_kernel_initializer(),
+        )
         self.predictor.build((None, None, self.encoder.context_dim))
         self.build((None, self.input_samples))
 
@@ -193,14 +257,18 @@ class CPC(Pretrainer):
         super().check_encoder(encoder)
         for attribute in ("latents", "context", "latent_dim", "context_dim", "num_latents"):
             if not hasattr(encoder, attribute):
-                raise ValueError(f"CPC needs a CPCEncoder (with `{attribute}`), got {type(encoder).__name__}.")
+                raise ValueError(
+                    f"CPC needs a CPCEncoder (with `{attribute}`), got {type(encoder).__name__}."
+                )
 
     def _window(self, num_latents, training):
         """Start and length of the positive window over ``num_latents`` latents."""
         if self.subsample_window is None or num_latents <= self.subsample_window:
             return 0, num_latents
         if training:
-            start = keras.random.randint((), 0, num_latents - self.subsample_window, seed=self.seed_generator)
+            start = keras.random.randint(
+                (), 0, num_latents - self.subsample_window, seed=self.seed_generator
+            )
         else:
             start = (num_latents - self.subsample_window) // 2
         return start, self.subsample_window
@@ -212,7 +280,8 @@ class CPC(Pretrainer):
         latents = self.encoder.latents(audio)
         batch, num_latents = ops.shape(latents)[0], latents.shape[1]
         start, length = self._window(num_latents, training)
-        # The GRU runs over the whole sequence; the window then selects c_t and z_t (as the original).
+        # The GRU runs over the whole sequence, then the window selects c_t and z_t (as in the
+        # original).
         context = self.encoder.context(latents)
         if length == num_latents:
             targets = latents
@@ -220,18 +289,27 @@ class CPC(Pretrainer):
             targets = ops.slice(latents, (0, start, 0), (batch, length, self.encoder.latent_dim))
             context = ops.slice(context, (0, start, 0), (batch, length, self.encoder.context_dim))
         predictions = self.predictor(context)
-        negative_indices = draw_negative_indices(self.negative_samples, batch * num_latents,
-                                                 seed=self.seed_generator)
-        return {"latents": latents, "targets": targets, "predictions": predictions,
-                "negative_indices": negative_indices}
+        negative_indices = draw_negative_indices(
+            self.negative_samples, batch * num_latents, seed=self.seed_generator
+        )
+        return {
+            "latents": latents,
+            "targets": targets,
+            "predictions": predictions,
+            "negative_indices": negative_indices,
+        }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = info_nce(y_pred["predictions"], y_pred["targets"], y_pred["latents"],
-                        y_pred["negative_indices"])
+        loss = info_nce(
+            y_pred["predictions"], y_pred["targets"], y_pred["latents"], y_pred["negative_indices"]
+        )
         return self.finish_loss(loss)
 
     def get_config(self):
         config = super().get_config()
-        config.update(prediction_steps=self.prediction_steps, negative_samples=self.negative_samples,
-                      subsample_window=self.subsample_window)
+        config.update(
+            prediction_steps=self.prediction_steps,
+            negative_samples=self.negative_samples,
+            subsample_window=self.subsample_window,
+        )
         return config
