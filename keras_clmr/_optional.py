@@ -1,8 +1,9 @@
 """Optional dependencies: import a heavy module or say which extra installs it.
 
-The core package needs only Keras, TensorFlow and the audio readers; ONNX export, plots and Hub
-publishing live behind extras (``export``, ``plots``, ``hub`` in pyproject.toml) so a plain
-install stays small. Call ``require`` at the point of use, never at module import time.
+The core package needs Keras, TensorFlow, the audio readers and huggingface-hub (every preset's
+card is rendered through it); ONNX export and plots live behind extras (``export``, ``plots``
+in pyproject.toml) so a plain install stays small. Call ``require`` at the point of use, never
+at module import time.
 """
 
 import importlib
@@ -13,7 +14,6 @@ EXTRAS = {
     "onnxruntime": "export",
     "tf2onnx": "export",
     "matplotlib": "plots",
-    "huggingface_hub": "hub",
 }
 
 

@@ -3,6 +3,7 @@ session fixtures for what is expensive to build (musicnn converted once per test
 
 import importlib.util
 import os
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,9 +58,17 @@ def _musicnn_session_cache(tmp_path_factory, musicnn_mtt_converted):
     original = musicnn_conversion.convert_musicnn
 
     def convert_once(name, *args, **kwargs):
-        if name == "MTT_musicnn" and not args and not kwargs:
+        defaults = {"parity": True, "audio": None, "audio_label": None}
+        if (
+            name == "MTT_musicnn"
+            and not args
+            and all(k in defaults and defaults[k] == v for k, v in kwargs.items())
+        ):
+            served.append(name)
             return musicnn_mtt_converted
         return original(name, *args, **kwargs)
+
+    served = []
 
     cache = tmp_path_factory.mktemp("keras_clmr_cache")
     with pytest.MonkeyPatch.context() as patch:
@@ -69,6 +78,12 @@ def _musicnn_session_cache(tmp_path_factory, musicnn_mtt_converted):
         from keras_clmr import load_pretrained
 
         load_pretrained("musicnn-mtt", task="tag")
+    if not served:
+        warnings.warn(
+            "the musicnn-mtt preset builder converted again instead of using the "
+            "session's conversion: update conftest._musicnn_session_cache",
+            stacklevel=1,
+        )
     return cache
 
 
