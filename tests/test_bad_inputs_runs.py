@@ -636,6 +636,7 @@ def test_corrupt_state_json_via_the_command(finished_run, tmp_path):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.large  # a second training run; the API test above covers the mechanism
 def test_diverging_run_exits_non_zero_without_final_model(tmp_path):
     output = tmp_path / "run"
     code, _, stderr = call(
