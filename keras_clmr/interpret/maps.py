@@ -162,6 +162,7 @@ def embedding_map(
         name = title or f"{_model_name(model)}: {len(files)} files ({method.upper()})"
         payload = {
             "title": name,
+            "axes": _axis_labels(result),
             "method": method,
             "explained_variance": explained,
             "points": [
@@ -287,6 +288,19 @@ function draw() {
     });
     plot.appendChild(c);
   });
+  plot.appendChild(axisLabel(DATA.axes[0], W / 2, H - 8, false));
+  plot.appendChild(axisLabel(DATA.axes[1], 12, H / 2, true));
+}
+
+function axisLabel(text, x, y, rotate) {
+  const node = document.createElementNS(SVG, "text");
+  node.setAttribute("x", String(x));
+  node.setAttribute("y", String(y));
+  node.setAttribute("text-anchor", "middle");
+  node.setAttribute("font-size", "12");
+  if (rotate) node.setAttribute("transform", "rotate(-90 " + x + " " + y + ")");
+  node.textContent = text;
+  return node;
 }
 
 document.getElementById("title").textContent = DATA.title;
