@@ -1,14 +1,24 @@
 r"""Convert an official PyTorch checkpoint (CLMR, PEMR) or a musicnn model into a keras_clmr preset.
 
+Into the keras_clmr cache, as what a registry name loads (the offline fix: the release file
+downloaded by hand; checked against the sha256 kept from a first download, if any):
+
+    keras-clmr convert --input clmr_checkpoint_10000.zip --preset clmr-mtat
+    keras-clmr convert --input clmr_checkpoint_10000.zip \
+        --finetuner finetuner_checkpoint_200.zip --preset clmr-mtat --task tag
+
+Into any folder:
+
     keras-clmr convert --source=clmr_checkpoint_10000.zip \
         --finetuner=finetuner_checkpoint_200.zip --output=presets/clmr-mtat-tagger
     keras-clmr convert --source=clmr_checkpoint_10000.zip --output=presets/clmr-mtat
     keras-clmr convert --source=pre-trained_model.ckpt --output=presets/pemr-mtat
     keras-clmr convert --source=musicnn:MTT_musicnn --output=presets/musicnn-mtt
 
-Checkpoints are read with torch.load(weights_only=True) (no pickled code runs), every
-tensor is mapped or reported, and the PyTorch reference of the same network must agree
-with the Keras model within 1e-4 (the figures go into metadata.json). Prints a JSON summary.
+Checkpoints are read without torch by a restricted unpickler (no pickled code runs), every
+tensor is mapped or reported, and the float64 numpy reference of the original network must
+agree with the Keras model: max|keras - reference| <= 1e-4 * max(1, max|reference|), equal
+parameter counts (the figures go into metadata.json). Prints a JSON summary.
 """
 
 import json
@@ -41,6 +51,23 @@ def define_flags(flag_values=flags.FLAGS):
         None,
         "Optional head checkpoint to attach (CLMR: 0.weight [50, 512], 0.bias).",
         flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "input",
+        None,
+        "A release file downloaded by hand (with --preset: converted into the keras_clmr "
+        "cache as that registry preset).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "preset",
+        None,
+        "Registry preset whose release file --input is (e.g. clmr-mtat); the result goes to "
+        "the keras_clmr cache ($KERAS_CLMR_CACHE).",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "task", "embed", ["embed", "tag"], "With --preset: the variant to build.", flag_values=fv
     )
     flags.DEFINE_string("output", None, "The preset folder to write.", flag_values=fv)
     flags.DEFINE_string(
@@ -165,12 +192,63 @@ def convert(
     }
 
 
+def convert_preset(files, preset, task="embed", overwrite=False):
+    """Convert hand-downloaded release file(s) of a registry preset into the keras_clmr cache."""
+    from keras_clmr.hub import convert_into_cache, read_metadata
+
+    path = convert_into_cache(preset, files, task=task, overwrite=overwrite)
+    stored = read_metadata(path)
+    conversion = stored["evaluation"]["conversion"]
+    parity = (conversion.get("finetuner") or {}).get("parity") or conversion.get("parity") or {}
+    return {
+        "output": path,
+        "preset": preset,
+        "task": task,
+        "source_checkpoint": stored.get("source_checkpoint"),
+        "model": stored["class_name"],
+        "parameter_count": stored.get("parameter_count"),
+        "max_abs_diff": parity.get("max_abs_diff"),
+        "relative_diff": parity.get("relative_diff"),
+        "parameter_counts": parity.get("parameter_counts"),
+    }
+
+
+def _main_preset(FLAGS):
+    from keras_clmr.conversion import ConversionError
+    from keras_clmr.presets import PresetError
+
+    if not FLAGS.input or FLAGS.source or FLAGS.output:
+        print(
+            "convert: --preset takes --input FILE (and --finetuner FILE with --task tag), not "
+            "--source/--output.",
+            file=sys.stderr,
+        )
+        return 2
+    files = [FLAGS.input] + ([FLAGS.finetuner] if FLAGS.finetuner else [])
+    try:
+        summary = convert_preset(files, FLAGS.preset, task=FLAGS.task, overwrite=FLAGS.overwrite)
+    except FileExistsError as error:
+        print(f"convert: {error}", file=sys.stderr)
+        return 1
+    except (PresetError, ConversionError) as error:
+        print(f"convert: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv, flag_values=flags.FLAGS):
     del argv
     FLAGS = flag_values
+    if FLAGS.preset:
+        return _main_preset(FLAGS)
+    if FLAGS.input and not FLAGS.source:
+        FLAGS.source = FLAGS.input
     if not FLAGS.source or not FLAGS.output:
         print(
-            "convert_checkpoint: --source and --output are required (see --help).", file=sys.stderr
+            "convert_checkpoint: --source (or --input) and --output are required, or --input "
+            "with --preset NAME to convert into the keras_clmr cache (see --help).",
+            file=sys.stderr,
         )
         return 2
     from keras_clmr.conversion import ConversionError

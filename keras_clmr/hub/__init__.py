@@ -3,7 +3,9 @@
 - ``folder``: save / read metadata / verify / load a preset folder;
 - ``safety``: the config allow-list (only keras_clmr's classes and inert core Keras);
 - ``resolution``: registry name, ``hf://org/name[@revision]`` handle or local folder -> folder;
-- ``hf_cache``: snapshots through ``huggingface_hub`` and populating a cache by hand.
+- ``hf_cache``: snapshots through ``huggingface_hub`` and populating a cache by hand;
+- ``release``: official release files behind registry names (download, trust on first use,
+  torch-free conversion with parity, into the keras_clmr cache).
 """
 
 from keras_clmr.hub.folder import (
@@ -29,13 +31,33 @@ from keras_clmr.hub.hf_cache import (
     populate_local_cache,
     snapshot,
 )
-from keras_clmr.hub.resolution import keras_clmr_cache_dir, load_pretrained, resolve
+from keras_clmr.hub.release import (
+    AssetChangedError,
+    ReleaseConversionError,
+    ReleaseDownloadError,
+    ReleaseError,
+    ReleaseNotCachedError,
+)
+from keras_clmr.hub.resolution import (
+    cached_preset_path,
+    convert_into_cache,
+    keras_clmr_cache_dir,
+    load_pretrained,
+    resolve,
+)
 from keras_clmr.hub.safety import UnsafePresetError, check_config_safe
 from keras_clmr.io import sha256_file
 from keras_clmr.models import is_tagger
 from keras_clmr.presets import TASKS, PresetError, UnknownPresetError, get_preset
 
 __all__ = [
+    "AssetChangedError",
+    "ReleaseConversionError",
+    "ReleaseDownloadError",
+    "ReleaseError",
+    "ReleaseNotCachedError",
+    "cached_preset_path",
+    "convert_into_cache",
     "CONFIG_FILE",
     "FORMAT_VERSION",
     "METADATA_FILE",

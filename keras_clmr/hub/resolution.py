@@ -1,8 +1,16 @@
 """From a name to a folder: registry name, ``hf://org/name[@revision]`` handle or local path.
 
-Registry names go to the keras_clmr cache (presets built locally, e.g. converted on first use),
-then to their pinned Hub handle, then to their local builder (named by a dotted path in the
-registry and imported only when it runs).
+A registry name resolves, in this order, to:
+
+1. the keras_clmr cache (``$KERAS_CLMR_CACHE``, default ``~/.cache/keras_clmr``), verified;
+2. its Hugging Face repository, only when the registry pins a commit (``Preset.revision``);
+3. its official release file(s) (``Preset.source``), downloaded and converted locally into the
+   cache on first use (:mod:`keras_clmr.hub.release`), or its local builder (musicnn: named by a
+   dotted path in the registry and imported only when it runs);
+4. an unpinned Hub handle only for presets with neither (user-registered ones).
+
+Offline (``HF_HUB_OFFLINE=1`` / ``KERAS_CLMR_OFFLINE=1``) step 3 downloads nothing and the error
+names the URL to fetch by hand and the ``keras-clmr convert`` command that fills the cache.
 """
 
 import importlib
@@ -10,16 +18,15 @@ import os
 import shutil
 import tempfile
 
-from keras_clmr.hub.folder import load_preset, verify_preset
+from keras_clmr.hub import release
+from keras_clmr.hub.folder import PresetIntegrityError, load_preset, verify_preset
 from keras_clmr.hub.hf_cache import snapshot
 from keras_clmr.presets import PresetError, get_preset
 
 
 def keras_clmr_cache_dir():
     """Where locally built presets go: ``$KERAS_CLMR_CACHE`` or ``~/.cache/keras_clmr``."""
-    return os.environ.get("KERAS_CLMR_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "keras_clmr"
-    )
+    return release.cache_dir()
 
 
 def resolve_builder(builder):
@@ -39,25 +46,42 @@ def resolve_builder(builder):
         raise PresetError(f"Local builder {builder!r} cannot be imported ({error}).") from error
 
 
+def cached_preset_path(name, task="embed"):
+    """The keras_clmr cache folder of a registry preset's task (it may not exist yet)."""
+    return os.path.join(keras_clmr_cache_dir(), "presets", f"{name}-{task}")
+
+
 def _built_path(preset, task):
-    return os.path.join(keras_clmr_cache_dir(), "presets", f"{preset.name}-{task}")
+    return cached_preset_path(preset.name, task)
 
 
-def _build_locally(preset, task):
+def _verified_cache_entry(preset, task):
+    """The cached folder of ``preset``/``task`` if present, checked against its metadata."""
+    folder = _built_path(preset, task)
+    if not os.path.isdir(folder):
+        return None
+    try:
+        verify_preset(folder)
+    except PresetIntegrityError as error:
+        raise PresetIntegrityError(
+            f"The cached preset {folder} is damaged ({error}). Delete that folder and load "
+            f"{preset.name!r} again to rebuild it."
+        ) from error
+    return folder
+
+
+def _build_into_cache(preset, task, write):
+    """Run ``write(folder)`` into a temporary folder; verified, it moves into the cache."""
     target = _built_path(preset, task)
     if os.path.isdir(target):
         return target
-    builder = resolve_builder(preset.local_builder)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     # The builder writes a folder that must not exist yet; it moves into place once verified.
     work = tempfile.mkdtemp(dir=parent, prefix=f".{preset.name}-{task}.build-")
     try:
         built = os.path.join(work, "preset")
-        if isinstance(preset.local_builder, str):  # registry data: builder(name, folder, task)
-            builder(preset.name, built, task)
-        else:
-            builder(built, task)
+        write(built)
         verify_preset(built)
         try:
             os.replace(built, target)
@@ -69,7 +93,51 @@ def _build_locally(preset, task):
     return target
 
 
-def resolve(name_or_handle, task=None, revision=None, cache_dir=None):
+def _build_locally(preset, task):
+    builder = resolve_builder(preset.local_builder)
+
+    def write(folder):
+        if isinstance(preset.local_builder, str):  # registry data: builder(name, folder, task)
+            builder(preset.name, folder, task)
+        else:
+            builder(folder, task)
+
+    return _build_into_cache(preset, task, write)
+
+
+def build_from_release(preset, task, progress=True):
+    """The cache folder of a release-backed preset: downloaded and converted when missing."""
+    return _build_into_cache(
+        preset,
+        task,
+        lambda folder: release.build_from_release(preset, task, folder, progress=progress),
+    )
+
+
+def convert_into_cache(name, files, task="embed", overwrite=False, progress=True):
+    """Convert hand-downloaded release file(s) of registry preset ``name`` into the cache."""
+    preset = get_preset(name)
+    if not preset.release_urls(task):
+        raise PresetError(
+            f"Preset {preset.name!r} has no official release file for task {task!r} "
+            f"(tasks with one: {[t for t in preset.tasks if preset.release_urls(t)]})."
+        )
+    assets = release.describe_local_files(preset, task, files)
+    target = _built_path(preset, task)
+    if os.path.isdir(target):
+        if not overwrite:
+            raise FileExistsError(
+                f"{target} already holds {preset.name!r} ({task}); pass --overwrite to replace it."
+            )
+        shutil.rmtree(target)
+    return _build_into_cache(
+        preset,
+        task,
+        lambda folder: release.convert_files(preset, task, assets, folder, progress=progress),
+    )
+
+
+def resolve(name_or_handle, task=None, revision=None, cache_dir=None, progress=True):
     """The local folder holding a registry name, an hf:// handle or a folder path."""
     name_or_handle = os.fspath(name_or_handle)
     if name_or_handle.startswith("hf://"):
@@ -96,17 +164,28 @@ def resolve(name_or_handle, task=None, revision=None, cache_dir=None):
         raise PresetError(
             f"Preset {preset.name!r} has no {task!r} variant; it offers {preset.tasks}."
         )
+    cached = _verified_cache_entry(preset, task)
+    if cached is not None:
+        return cached
     handle = preset.handles.get(task)
-    if preset.local_builder is not None and os.path.isdir(_built_path(preset, task)):
-        return _built_path(preset, task)
+    pinned = preset.pinned_handle(task)
+    has_release = bool(preset.release_urls(task))
+    if revision is not None and handle is not None:
+        return snapshot(handle, revision=revision, cache_dir=cache_dir)
     first_error = None
-    if handle is not None:
+    if pinned is not None:
         try:
-            return snapshot(handle, revision=revision, cache_dir=cache_dir)
+            return snapshot(pinned[0], revision=pinned[1], cache_dir=cache_dir)
         except (PresetError, OSError) as error:
-            if preset.local_builder is None:
+            if not has_release and preset.local_builder is None:
                 raise
             first_error = error
+    if has_release:
+        return build_from_release(preset, task, progress=progress)
+    if handle is not None and preset.local_builder is None:
+        return snapshot(handle, cache_dir=cache_dir)  # user-registered, unpinned: as asked
+    if preset.local_builder is None:
+        raise PresetError(f"Preset {preset.name!r} ({task}) has no source of weights.")
     try:
         return _build_locally(preset, task)
     except Exception as error:
@@ -115,14 +194,20 @@ def resolve(name_or_handle, task=None, revision=None, cache_dir=None):
         ) from (first_error or error)
 
 
-def load_pretrained(name_or_handle, task=None, *, revision=None, cache_dir=None, verify=True):
+def load_pretrained(
+    name_or_handle, task=None, *, revision=None, cache_dir=None, verify=True, progress=True
+):
     """Load a pretrained keras_clmr model: registry name, ``hf://org/name[@rev]`` or folder.
 
     ``task="embed"`` gives the encoder, ``task="tag"`` the MTAT tagger where one exists.
     For registry names the default is ``"embed"``; for handles and folders, what is stored.
-    Every file is checked against the sha256 sums in ``metadata.json``; only keras_clmr's
-    registered classes deserialize. Offline (``HF_HUB_OFFLINE=1``) the Hugging Face cache
-    is used as is.
+    A registry name comes from the keras_clmr cache, else (CLMR, PEMR) from the official
+    release file, downloaded and converted on first use (``progress`` shows both). Every file
+    is checked against the sha256 sums in ``metadata.json``; only keras_clmr's registered
+    classes deserialize. ``cache_dir`` is the Hugging Face cache for hf:// handles. Offline
+    (``HF_HUB_OFFLINE=1`` / ``KERAS_CLMR_OFFLINE=1``) nothing is downloaded.
     """
-    folder = resolve(name_or_handle, task=task, revision=revision, cache_dir=cache_dir)
+    folder = resolve(
+        name_or_handle, task=task, revision=revision, cache_dir=cache_dir, progress=progress
+    )
     return load_preset(folder, task=task, verify=verify)

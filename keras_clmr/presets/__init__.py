@@ -1,11 +1,11 @@
 """The registry of named presets, as data: handles, sources, sizes, licences, published scores.
 
-``keras_clmr.load_pretrained(name, task=...)`` resolves them (see ``keras_clmr.hub``). The
-maintainers publish the converted weights on the Hugging Face Hub under the ``keras-clmr``
-organisation (``hf://keras-clmr/<name>`` and ``hf://keras-clmr/<name>-tagger``). Scores are the
-original authors' published figures, with the protocol behind them; keras_clmr does not
-re-measure them. Presets built locally (musicnn) go to the keras_clmr cache
-(``$KERAS_CLMR_CACHE``, default ``~/.cache/keras_clmr``).
+``keras_clmr.load_pretrained(name, task=...)`` resolves them (see ``keras_clmr.hub``): the
+keras_clmr cache (``$KERAS_CLMR_CACHE``, default ``~/.cache/keras_clmr``), then a Hugging Face
+repository only where a commit is pinned (none today), then the official release file
+(CLMR, PEMR: downloaded and converted locally on first use) or a local builder (musicnn: from
+the installed wheel). Scores are the original authors' published figures, with the protocol
+behind them; keras_clmr does not re-measure them.
 """
 
 from keras_clmr.presets import clmr, musicnn

@@ -1,4 +1,10 @@
-"""CLMR and PEMR presets: the original authors' releases, converted (scores: their READMEs)."""
+"""CLMR and PEMR presets: the original authors' release files, converted locally on first use.
+
+No converted copy is published: ``handles`` name where one would go, and are followed only once
+``revision`` pins a commit (none does). ``assets`` lists what is known of a release file before
+its first download (nothing yet; the first download's sha256 is then kept in the cache).
+Scores are the authors' READMEs'.
+"""
 
 from keras_clmr.presets.registry import Preset, hub_handle
 

@@ -1,10 +1,18 @@
 """The preset registry: ``Preset`` entries (data), lookup with suggestions, and a printed table.
 
-Each preset has one handle per task: ``"embed"`` (the encoder) and, where the original authors
-released a head, ``"tag"`` (encoder + MTAT head as a ``MusicTagger``).
+Each preset has up to two tasks: ``"embed"`` (the encoder) and, where the original authors
+released a head, ``"tag"`` (encoder + MTAT head as a ``MusicTagger``). Where its weights come
+from, in the order ``keras_clmr.hub`` tries them after its own cache:
 
-A preset may also carry a *local builder* that writes a complete preset folder when the Hub
-copy is unavailable (e.g. weights converted on first use from another installed package).
+* ``handles`` + ``revision``: a Hugging Face repository, used only when the registry records
+  the commit to pin it to (``revision[task]``); an unpinned handle of a preset that has an
+  official ``source`` is never followed (whoever controls the name would decide what loads);
+* ``source``: the official release asset(s) (http(s) URLs), downloaded and converted locally on
+  first use; ``assets`` records what is known of a URL's file (``size``, ``sha256``), checked
+  before conversion;
+* ``local_builder``: writes a complete preset folder (e.g. weights converted on first use
+  from another installed package, as musicnn's are).
+
 Built-in presets name it as data, by a dotted path ``"package.module:function"`` called
 ``function(preset_name, preset_dir, task)``; ``register_local_builder`` also accepts a callable
 ``builder(preset_dir, task)``. ``keras_clmr.hub`` imports and runs it only when needed.
@@ -42,6 +50,20 @@ class Preset:
     source: Mapping[str, str] = dataclasses.field(default_factory=dict)
     license: str = "apache-2.0"
     local_builder: str | Callable[[str, str], None] | None = None
+    revision: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    assets: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
+
+    def release_urls(self, task):
+        """The official release files behind ``task`` (a head needs its encoder's too), or ()."""
+        urls = [self.source.get("embed")] + ([self.source.get("tag")] if task == "tag" else [])
+        if all(isinstance(u, str) and u.startswith(("https://", "http://")) for u in urls):
+            return tuple(urls)
+        return ()
+
+    def pinned_handle(self, task):
+        """``(hf handle, commit)`` when the registry pins a Hub copy of ``task``, else None."""
+        handle, commit = self.handles.get(task), self.revision.get(task)
+        return (handle, commit) if handle and commit else None
 
     @property
     def tasks(self):
@@ -82,9 +104,9 @@ def register_preset(preset, overwrite=False):
                 f"Preset {preset.name!r}: handle {handle!r} for task {task!r} must "
                 "start with hf://."
             )
-    if not preset.handles and preset.local_builder is None:
+    if not preset.handles and preset.local_builder is None and not preset.release_urls("embed"):
         raise ValueError(
-            f"Preset {preset.name!r} needs at least one Hub handle or a local_builder."
+            f"Preset {preset.name!r} needs a Hub handle, a release source or a local_builder."
         )
     _REGISTRY[preset.name] = preset
     return preset
@@ -139,7 +161,7 @@ def list_presets(print_table=True):
     names = preset_names()
     if print_table:
         rows = [
-            ("name", "tasks", "params (embed/tag)", "sample rate", "published scores", "handle")
+            ("name", "tasks", "params (embed/tag)", "sample rate", "published scores", "weights")
         ]
         for name in names:
             preset = _REGISTRY[name]
@@ -147,6 +169,10 @@ def list_presets(print_table=True):
                 f"{preset.params[t]:,}" if preset.params.get(t) else "?" for t in preset.tasks
             )
             handle = preset.handles.get("embed") or "(built locally)"
+            if preset.pinned_handle("embed"):
+                handle = "{}@{}".format(*preset.pinned_handle("embed"))
+            elif preset.release_urls("embed"):
+                handle = "official release (converted on first use)"
             rows.append(
                 (
                     name,
