@@ -78,7 +78,9 @@ def per_tag_csv(results):
 
 def per_tag_plot(results, path, title=None):
     """A PNG bar chart of per-tag ROC-AUC and PR-AUC (undefined tags left empty)."""
-    import matplotlib
+    from keras_clmr._optional import require
+
+    matplotlib = require("matplotlib", purpose="per-tag plots")
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -5,7 +5,9 @@ import io
 
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
-    import matplotlib
+    from keras_clmr._optional import require
+
+    matplotlib = require("matplotlib", purpose="interpretation pictures")
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
