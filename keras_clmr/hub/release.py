@@ -197,8 +197,8 @@ def fetch(preset, task, url, progress=True, **download_options):
     except download.ChecksumError as error:
         origin = expected(preset, url)[2]
         raise AssetChangedError(
-            f"{url} changed: {error} The expected sha256 comes from {origin}. If the authors really "
-            f"re-released the file, delete its entry from {_known_path()} (a registry checksum "
+            f"{url} changed: {error} The expected sha256 comes from {origin}. If the authors "
+            f"really re-released the file, delete its entry from {_known_path()} (a registry checksum "
             "needs a keras_clmr update) and load again; otherwise report it.",
             url,
         ) from error
