@@ -167,12 +167,15 @@ def test_registry_name_through_populated_cache(saved, tmp_path, monkeypatch):
 
 
 def test_offline_empty_cache_says_how_to_populate(tmp_path, monkeypatch):
+    # Release-backed presets: the URL to fetch by hand and the one command (tests/
+    # test_release_chain.py covers the rest); the unpinned Hub handle is never asked.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("KERAS_CLMR_CACHE", str(tmp_path / "keras_clmr"))
     with pytest.raises(hub.PresetNotCachedError) as error:
         hub.load_pretrained("clmr-mtat", cache_dir=str(tmp_path / "empty"))
     message = str(error.value)
-    assert "hf download keras-clmr/clmr-mtat" in message and "populate_local_cache" in message
-    assert not os.path.exists(tmp_path / "empty" / "models--keras-clmr--clmr-mtat" / "snapshots")
+    assert "clmr_checkpoint_10000.zip" in message and "keras-clmr convert --input" in message
+    assert not os.path.exists(tmp_path / "empty" / "models--keras-clmr--clmr-mtat")
 
 
 def test_unknown_name_suggests_closest():
@@ -348,7 +351,7 @@ def test_list_presets_prints_the_registry(capsys):
     names = presets.list_presets()
     out = capsys.readouterr().out
     assert {"clmr-mtat", "clmr-mtat-1550", "pemr-mtat"} <= set(names)
-    assert "88.7" in out and "hf://keras-clmr/clmr-mtat" in out
+    assert "88.7" in out and "official release (converted on first use)" in out
     assert presets.get_preset("clmr-mtat").tasks == ("embed", "tag")
     assert presets.get_preset("pemr-mtat").tasks == ("embed",)
 
