@@ -198,8 +198,8 @@ def fetch(preset, task, url, progress=True, **download_options):
         origin = expected(preset, url)[2]
         raise AssetChangedError(
             f"{url} changed: {error} The expected sha256 comes from {origin}. If the authors "
-            f"really re-released the file, delete its entry from {_known_path()} (a registry checksum "
-            "needs a keras_clmr update) and load again; otherwise report it.",
+            f"really re-released the file, delete its entry from {_known_path()} (a registry "
+            "checksum needs a keras_clmr update) and load again; otherwise report it.",
             url,
         ) from error
     except download.DownloadSizeError as error:
