@@ -81,6 +81,16 @@ def test_deeper_layers_picture_and_determinism(tmp_path):
     assert not list(tmp_path.glob(".*")), "no temporary files left behind"
 
 
+def test_taggers_are_unwrapped_to_their_encoder():
+    from keras_clmr.models import MusicTagger
+
+    encoder = tiny_sample_cnn()
+    tagger = MusicTagger(encoder, num_classes=3)
+    direct = filters_lib.filter_spectra(encoder, layers=(2,), steps=5, seed=4)
+    wrapped = filters_lib.filter_spectra(tagger, layers=(2,), steps=5, seed=4)
+    np.testing.assert_allclose(wrapped[2].spectra, direct[2].spectra, rtol=1e-5, atol=1e-7)
+
+
 def test_ascent_increases_each_filters_activation():
     model = tiny_sample_cnn()
     start = filters_lib.filter_spectra(model, layers=(4,), steps=0, seed=1)[4].activations
