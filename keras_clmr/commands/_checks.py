@@ -183,9 +183,8 @@ RULES = {
     "output_dir": _folder,
     "output": _folder,
 }
-COMMAND_RULES = {
-    "evaluate": {"epochs": _int(1, 1_000_000)},
-}
+_SAMPLE_CNN = {"channels": _int_list(11), "strides": _int_list(9)}  # stem, 9 blocks, final
+COMMAND_RULES = {"evaluate": _SAMPLE_CNN, "supervised": _SAMPLE_CNN, "cover": _SAMPLE_CNN}
 
 
 def rules_for(command):
