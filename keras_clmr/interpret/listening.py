@@ -181,6 +181,9 @@ def _collect_items(inputs, labels):
                 f"{entry}: no such file or folder; pass audio files, folders of audio or "
                 "prepared dataset folders (with manifest.json)."
             )
+    for item in items:
+        if item.collection == ALL:  # "all" names the merged view in the page
+            item.collection = "all (folder)"
     if not items:
         raise ListeningInputError(
             f"No audio found in {list(map(os.fspath, inputs))}; pass folders holding audio files "
