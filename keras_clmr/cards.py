@@ -381,15 +381,28 @@ def _card_text(info, card_data, repo_id, registry, results, training):
     if training:
         lines += [training, ""]
     source = info.get("source_checkpoint") or {}
-    if source:
+    release_urls = registry.release_urls(info.get("task")) if registry is not None else ()
+    if source and training:  # a converted file, with its own measured parity above
         where = source.get("url") or source.get("file")
         digest = f" (sha256 `{source['sha256']}`)" if source.get("sha256") else ""
         lines += [
-            f"Weights converted from the original release {where}{digest} with "
-            "`python -m export.convert_checkpoint`, numerically checked against the original "
-            "network.",
+            f"Weights converted from {where}{digest} by `keras_clmr.conversion`; the parity "
+            "figures above were measured on this file.",
             "",
         ]
+    elif release_urls and not source.get("sha256"):  # a registry card: nothing converted yet
+        lines += [_RELEASE_NOTE.format(urls=" and ".join(release_urls)), ""]
+    elif source and registry is not None and registry.local_builder is not None:
+        where = source.get("url") or source.get("file")
+        lines += [
+            f"Weights: converted locally on first use from `{where}` by the preset's builder "
+            "(no converted copy is published); the cached preset's metadata.json records the "
+            "conversion and its parity figures.",
+            "",
+        ]
+    elif source:
+        where = source.get("url") or source.get("file")
+        lines += [f"Weights from {where}; no parity figures are recorded for this copy.", ""]
     if not training and not source:
         lines += [
             "Trained with keras_clmr (see `training/`); the preset's metadata.json records the "
@@ -407,7 +420,8 @@ def _card_text(info, card_data, repo_id, registry, results, training):
         (
             f'model = load_pretrained("{info["registry_name"]}"'
             + (', task="tag"' if tagger else "")
-            + f')  # or load_pretrained("{handle}")'
+            + ")"
+            + (f'  # or load_pretrained("{handle}")' if _published(registry, info) else "")
             if info.get("registry_name")
             else f'model = load_pretrained("{handle}")'
         ),
@@ -492,6 +506,27 @@ def _card_text(info, card_data, repo_id, registry, results, training):
     return "\n".join(lines)
 
 
+_RELEASE_NOTE = (
+    "Weights: the original authors' release file(s) {urls}, downloaded into the keras_clmr "
+    "cache and converted locally on first use (no converted copy is published). The conversion "
+    "runs without torch and is kept only if the Keras model reproduces a float64 numpy forward "
+    "pass of the original network on fixed audio, max|keras - reference| <= 1e-4 * max(1, "
+    "max|reference|), with equal parameter counts; the cached preset's metadata.json records "
+    "the URL, the file's size and sha256 and the measured figures. The first download's sha256 "
+    "is kept; a later download that differs is refused (trust on first use)."
+)
+
+
+def _published(registry, info):
+    """Whether a Hub copy of this model is pinned (or this card is not a registry preset's)."""
+    if registry is None:
+        return True
+    task = info.get("task")
+    if registry.pinned_handle(task) is not None:
+        return True
+    return not registry.release_urls(task) and registry.local_builder is None
+
+
 def require_input_shape(info):
     """Raise ``ModelCardError`` unless ``info`` knows the sample rate and window length."""
     if not info.get("sample_rate") or not info.get("input_samples"):
@@ -543,19 +578,26 @@ def conversion_notes(metadata):
         "`keras_clmr.conversion`; every source tensor was used or is listed in "
         "`metadata.json` with the reason it was left out.",
         "",
-        "| part | output | max abs difference | tolerance |",
-        "|---|---|---|---|",
+        "| part | output | max abs difference | relative to max(1, max abs reference) "
+        "| tolerance |",
+        "|---|---|---|---|---|",
     ]
     for section, label in (
         (metadata, "model"),
         (metadata.get("finetuner") or {}, "fine-tuner head"),
     ):
         parity = section.get("parity")
+        relative = (parity or {}).get("relative_diff") or {}
         for output, diff in (parity or {}).get("max_abs_diff", {}).items():
-            lines.append(f"| {label} | {output} | {_sci(diff)} | {_sci(parity['tolerance'])} |")
+            lines.append(
+                f"| {label} | {output} | {_sci(diff)} | {_sci(relative.get(output, '-'))} "
+                f"| {_sci(parity['tolerance'])} |"
+            )
     parity = metadata.get("parity") or {}
     if parity:
         lines += ["", f"Reference: {parity.get('reference')}. Inputs: {parity.get('inputs')}."]
+        if parity.get("rule"):
+            lines += ["", f"Acceptance rule: {parity['rule']}."]
     counts = metadata.get("parameter_counts") or parity.get("parameter_counts")
     if counts:
         lines += ["", "Parameter counts (source vs Keras): `" + json.dumps(counts) + "`"]
