@@ -160,6 +160,10 @@ METRICS = {  # results.json metric key -> (metric_type, name)
 }
 
 
+REPORTED = "reported by the original authors (not re-measured by keras_clmr)"
+MEASURED = "measured by keras_clmr (results.json)"
+
+
 class ModelCardError(ValueError):
     """Inputs a card cannot be rendered from (missing metadata, unreadable results.json)."""
 
@@ -177,13 +181,76 @@ def backbone_class(metadata, config=None):
         return "MusicTagger"
 
 
+def registry_entry(metadata, architecture=None):
+    """The registry preset a stored model is a copy of (same name and architecture), else None."""
+    name = metadata.get("name")
+    if not name or name not in presets.preset_names():
+        return None
+    preset = presets.get_preset(name)
+    if architecture and preset.architecture != architecture:
+        return None
+    return preset
+
+
 def describe_metadata(metadata, config=None, exports=()):
-    """Card inputs of a preset: its metadata.json, the backbone class and which exports it has."""
+    """Card inputs of a preset: its metadata.json, the backbone class and which exports it has.
+
+    What a re-rendered card must keep comes from the metadata: a copy of a registry preset
+    keeps the registry's name and license, the authors' published scores
+    (``evaluation.reported_scores``) and a converted model its conversion figures.
+    """
     info = dict(metadata)
     info["architecture"] = backbone_class(metadata, config)
     info["has_onnx"] = "onnx" in exports
     info["has_savedmodel"] = "savedmodel" in exports
+    registry = registry_entry(metadata, info["architecture"])
+    if registry is not None:
+        info.setdefault("registry_name", registry.name)
+        info["license"] = metadata.get("license") or registry.license
+    evaluation = metadata.get("evaluation") if isinstance(metadata.get("evaluation"), dict) else {}
+    reported = (evaluation.get("reported_scores") or {}).get("scores")
+    if reported:
+        info["reported_scores"] = list(reported)
+    if evaluation.get("conversion") and metadata.get("source_checkpoint"):
+        info["conversion"] = {
+            **evaluation["conversion"],
+            "converted_from": metadata["source_checkpoint"],
+        }
     return info
+
+
+def head_classes(info):
+    """The tag names of a tagger's head (``tag_i`` when only the count is known), else None."""
+    if info.get("task") != "tag":
+        return None
+    if info.get("tags"):
+        return [str(t) for t in info["tags"]]
+    count = info.get("num_classes")
+    return [f"tag_{i}" for i in range(int(count))] if count else None
+
+
+def check_results_match(info, result):
+    """Refuse a results.json whose tags are not the tagger's: it evaluated another head.
+
+    An encoder's card accepts any probe's results (they evaluate the embeddings); a tagger's
+    card only results over its own classes, in its order.
+    """
+    classes = head_classes(info)
+    per_tag = result.get("per_tag") or []
+    measured = [str(row.get("tag")) for row in per_tag if isinstance(row, dict)]
+    if classes is None or not measured:
+        return
+    if measured != classes:
+        differ = sorted(set(measured) ^ set(classes))[:5]
+        raise ModelCardError(
+            f"{result.get('path', 'results.json')} evaluates {len(measured)} classes "
+            f"({', '.join(measured[:4])}{' ...' if len(measured) > 4 else ''}) but this model's "
+            f"head has {len(classes)} ({', '.join(classes[:4])}"
+            f"{' ...' if len(classes) > 4 else ''})"
+            + (f"; they differ in {differ}" if len(measured) == len(classes) else "")
+            + ". Pass the results of an evaluation of this model's own head, or card the "
+            "encoder (task embed) with probe results."
+        )
 
 
 def describe_registry(name, task):
@@ -254,7 +321,7 @@ def eval_results(info, registry=None, results=(), scores=None):
                 metric_name=f"{score['metric']}, tag-wise macro (%), {score['head']} head",
                 metric_value=score["value"],
                 verified=False,
-                source_name="published by the original authors",
+                source_name=REPORTED,
                 source_url=HOMEPAGES.get(family, "https://github.com/Spijkervet/CLMR"),
             )
         )
@@ -460,12 +527,17 @@ def _card_text(info, card_data, repo_id, registry, results, training):
     lines += ["## Evaluation", ""]
     rows = []
     for result in card_data.eval_results or []:
-        source = result.source_name or "keras_clmr evaluation (results.json)"
+        source = result.source_name or MEASURED
         rows.append(
             f"| {result.dataset_name} | {result.metric_name} | {result.metric_value} | {source} |"
         )
     if rows:
         lines += ["| dataset | metric | value | source |", "|---|---|---|---|", *rows, ""]
+        lines += [
+            f"Source: '{MEASURED}' figures come from keras_clmr's own evaluation of this model; "
+            f"'{REPORTED}' figures are the authors' published numbers, copied, not reproduced.",
+            "",
+        ]
     else:
         lines += ["No evaluation results are recorded for this model.", ""]
     if registry is not None and registry.protocol:
@@ -546,6 +618,14 @@ def render_card(info, *, repo_id=None, results=(), training=None, registry=None,
 
     if registry is None and info.get("registry_name"):
         registry = presets.get_preset(info["registry_name"])
+    if scores is None and registry is None and info.get("reported_scores"):
+        scores = info["reported_scores"]
+    if training is None and info.get("conversion"):
+        training = conversion_notes(info["conversion"])
+    elif training is None and info.get("training_run"):
+        training = run_notes(info["training_run"])
+    for result in results:
+        check_results_match(info, result)
     arch = ARCHITECTURES.get(info.get("architecture"), {})
     evals = eval_results(info, registry, results, scores)
     datasets = sorted({e.dataset_type for e in evals})
@@ -565,6 +645,21 @@ def render_card(info, *, repo_id=None, results=(), training=None, registry=None,
     )
     text = _card_text(info, card_data, repo_id, registry, list(results), training)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}")
+
+
+def run_notes(recipe):
+    """The Training paragraph of a model from a keras_clmr pretraining run (its recipe)."""
+    recipe = recipe or {}
+    settings = recipe.get("settings") or {}
+    keys = ("model", "dataset", "data_dir", "epochs", "batch_size", "learning_rate", "seed")
+    shown = ", ".join(f"{key} {settings[key]}" for key in keys if settings.get(key) is not None)
+    finished = recipe.get("finished") or {}
+    epochs = f" ({finished['epoch']} epochs finished)" if finished.get("epoch") else ""
+    return (
+        f"Pretrained with keras_clmr (`keras-clmr pretrain`, run `{recipe.get('run')}`)"
+        f"{epochs}" + (f": {shown}." if shown else ".") + " metadata.json's `training_run` "
+        "records every setting of the run."
+    )
 
 
 def _sci(value):

@@ -5,7 +5,11 @@ r"""Render model cards (README.md with Hugging Face YAML metadata + model.json).
     keras-clmr card --registry --output_dir=model_cards   # cards of every registered preset
 
 For a preset folder the card and model.json are written into it and metadata.json's hashes
-are updated (so the folder stays valid for ``keras-clmr publish``). Prints the card
+are updated (so the folder stays valid for ``keras-clmr publish``). ``--preset_dir`` may also
+be a registry name or hf:// handle (copied to ``--output_dir/<name>``, the cache is never
+modified), a ``.keras`` file or a pretraining run folder (saved as a preset in
+``--output_dir/<name>``). The license, sources and published scores of the model are kept; a
+``--results`` file is accepted only when its tags are the model's (for a tagger). Prints the card
 (``--print``) or a JSON summary.
 """
 
@@ -25,7 +29,8 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_string(
         "preset_dir",
         None,
-        "A preset folder to write README.md and model.json into.",
+        "A preset folder to write README.md and model.json into (or a registry name, "
+        "hf:// handle, .keras file or pretraining run folder: see --output_dir).",
         flag_values=flag_values,
     )
     flags.DEFINE_multi_string(
@@ -66,9 +71,34 @@ def define_flags(flag_values=FLAGS):
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "output_dir", "model_cards", "Where --registry writes its cards.", flag_values=flag_values
+        "output_dir",
+        "model_cards",
+        "Where --registry writes its cards, and where a --preset_dir that is not a local "
+        "preset folder is written (as <output_dir>/<name>).",
+        flag_values=flag_values,
     )
     flags.DEFINE_bool("print", False, "Print the rendered card.", flag_values=flag_values)
+
+
+def writable_preset(argument, output_dir):
+    """The preset folder to card: ``argument`` itself when local, else a copy in output_dir."""
+    import shutil
+
+    from keras_clmr import io
+    from keras_clmr.export import sources
+
+    source = sources.identify(argument)
+    if source.kind == "preset":
+        return argument
+    name = os.path.splitext(os.path.basename(os.path.normpath(argument.split("@")[0])))[0]
+    target = os.path.join(output_dir, name)
+    earlier = os.path.isfile(os.path.join(target, "metadata.json"))  # an earlier card's copy
+    if source.kind in ("run", "keras_file"):
+        return sources.save_as_preset(source, target, overwrite=earlier)
+    folder, _ = sources.as_preset_folder(argument)
+    with io.atomic_folder(target, overwrite=earlier) as staging:
+        shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(".*"), dirs_exist_ok=True)
+    return target
 
 
 def run_from_flags():
@@ -83,14 +113,15 @@ def run_from_flags():
             print(json.dumps({"cards": folders}, indent=2))
             return 0
         results = [(path, FLAGS.dataset) for path in FLAGS.results]
+        preset_dir = writable_preset(FLAGS.preset_dir, FLAGS.output_dir)
         card, sidecar = model_card.write_card(
-            FLAGS.preset_dir,
+            preset_dir,
             repo_id=FLAGS.repo_id,
             results=results,
             training=FLAGS.training,
             license=FLAGS.license,
         )
-    except (model_card.ModelCardError, PresetError, OSError) as error:
+    except (model_card.ModelCardError, PresetError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if FLAGS.print:
@@ -99,8 +130,8 @@ def run_from_flags():
         print(
             json.dumps(
                 {
-                    "card": os.path.join(FLAGS.preset_dir, model_card.CARD_FILE),
-                    "model_json": os.path.join(FLAGS.preset_dir, model_card.MODEL_JSON),
+                    "card": os.path.join(preset_dir, model_card.CARD_FILE),
+                    "model_json": os.path.join(preset_dir, model_card.MODEL_JSON),
                     "eval_results": len(card.data.eval_results or []),
                 },
                 indent=2,

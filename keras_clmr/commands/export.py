@@ -1,13 +1,18 @@
-"""Export a keras_clmr preset to SavedModel and/or ONNX, checked against the Keras model.
+"""Export a model to a publishable folder: preset, SavedModel and/or ONNX, card, model.json.
 
+    keras-clmr export --model=runs/demo --output=exports/demo     # a pretraining run folder
+    keras-clmr export --model=runs/probe/tagger.keras --output=exports/tagger
     keras-clmr export --model=clmr-mtat --task=tag --format=all --output=exports/clmr-mtat-tagger
     keras-clmr export --model=path/to/preset --format=onnx          # adds model.onnx in place
     keras-clmr export --model=hf://keras-clmr/pemr-mtat --format=savedmodel --output=out/pemr
 
-The output folder is a copy of the preset with ``model.onnx`` and/or ``saved_model/`` added
-and their parity figures and sha256s recorded in ``metadata.json`` (ready for
-``keras-clmr publish``). An export whose outputs differ from Keras by more than
-``--atol`` fails (exit code 1) and is not kept. Prints a JSON summary.
+``--model`` is a preset folder, a registry name, an hf:// handle, a ``.keras`` file or a
+pretraining run folder (its encoder.keras; the run's settings go into metadata.json). The
+output folder is the preset with ``model.onnx`` and/or ``saved_model/`` added, their parity
+figures and sha256s recorded in ``metadata.json``, and the model card (README.md) and
+``model.json`` rendered: ready for ``keras-clmr publish``. It is built aside and replaces
+``--output`` only when every step passed; an export whose outputs differ from Keras by more
+than ``--atol`` fails (exit code 1) and nothing is kept. Prints a JSON summary.
 """
 
 import os
@@ -26,7 +31,8 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_string(
         "model",
         None,
-        "A preset name (keras_clmr.list_presets()), an hf://org/name handle or a preset folder.",
+        "A preset folder, a registry name (keras-clmr list), an hf://org/name handle, a "
+        ".keras file or a pretraining run folder.",
         flag_values=flag_values,
     )
     flags.DEFINE_enum(
@@ -59,22 +65,35 @@ def define_flags(flag_values=FLAGS):
         "Fold BatchNorm into the convolutions of the ONNX graph.",
         flag_values=flag_values,
     )
+    flags.DEFINE_bool(
+        "card",
+        True,
+        "Render the model card (README.md) and model.json into the output.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Replace an --output folder that is not a preset.",
+        flag_values=flag_values,
+    )
 
 
 def run_from_flags():
     from keras_clmr import export
+    from keras_clmr.export import sources
     from keras_clmr.presets import PresetError
 
     if not FLAGS.model:
-        raise app.UsageError(
-            "--model is required (a preset name, hf://org/name or a preset folder)."
-        )
+        raise app.UsageError(f"--model is required: {sources.ACCEPTED}.")
     try:
-        summary = export.export_preset(
+        summary = sources.publishable_folder(
             FLAGS.model,
             FLAGS.output,
             FLAGS.format,
             task=FLAGS.task,
+            card=FLAGS.card,
+            overwrite=FLAGS.overwrite,
             opset=FLAGS.opset,
             optimize=FLAGS.optimize,
             atol=FLAGS.atol,

@@ -2,14 +2,19 @@
 
     keras-clmr publish --preset_dir=out/clmr-mtat-tagger --repo_id=keras-clmr/clmr-mtat-tagger
     keras-clmr publish --preset_dir=out/demo --repo_id=me/demo --dry_run  # files + card only
+    keras-clmr publish --preset=runs/demo --dry_run   # a run folder: preset + card staged aside
 
-The folder is validated before any network call (required files, sha256s in metadata.json,
+``--preset_dir`` (alias ``--preset``) is a preset folder, a registry name or hf:// handle (its
+cached folder), a ``.keras`` file or a pretraining run folder: those two are saved as a preset
+with its card in a temporary folder first (run ``keras-clmr export`` to include SavedModel and
+ONNX). The folder is validated before any network call (required files, sha256s in metadata.json,
 a card with valid YAML, safe config). The token comes from HF_TOKEN or the huggingface_hub
 login (`hf auth login`). Transient Hub errors are retried with backoff. Prints the commit URL.
 Exit codes: 0 done, 1 refused or failed.
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -19,8 +24,20 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values=FLAGS):
     """Define this command's flags (when it runs, so importing the module defines nothing)."""
-    flags.DEFINE_string("preset_dir", None, "The preset folder to upload.", flag_values=flag_values)
-    flags.DEFINE_string("repo_id", None, "The Hub repository, org/name.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "preset_dir",
+        None,
+        "The preset folder to upload (or a registry name, hf:// handle, .keras file or "
+        "pretraining run folder).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_alias("preset", "preset_dir", flag_values=flag_values)
+    flags.DEFINE_string(
+        "repo_id",
+        None,
+        "The Hub repository, org/name (with --dry_run, default: your-name/<folder name>).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_bool(
         "private", False, "Create the repository as private.", flag_values=flag_values
     )
@@ -42,14 +59,40 @@ def define_flags(flag_values=FLAGS):
 
 
 def run_from_flags():
+    import tempfile
+
     from keras_clmr.export import publish
 
-    if not FLAGS.preset_dir or not FLAGS.repo_id:
+    if not FLAGS.preset_dir or not (FLAGS.repo_id or FLAGS.dry_run):
         raise app.UsageError("--preset_dir and --repo_id are required.")
+    with tempfile.TemporaryDirectory(prefix="keras-clmr-publish-") as staging:
+        try:
+            folder = publishable(FLAGS.preset_dir, staging)
+        except (ValueError, OSError) as error:  # SourceError, PresetError, a bad .keras file
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        return _publish(publish, folder)
+
+
+def publishable(argument, staging):
+    """The folder to publish: a local or cached preset, or a run / .keras saved with its card."""
+    from keras_clmr.export import card, sources
+
+    source = sources.identify(argument)
+    if source.kind in ("run", "keras_file"):
+        name = os.path.splitext(os.path.basename(os.path.normpath(argument)))[0]
+        folder = sources.save_as_preset(source, os.path.join(staging, name))
+        card.write_card(folder)
+        return folder
+    return sources.as_preset_folder(argument)[0]
+
+
+def _publish(publish, folder):
+    repo_id = FLAGS.repo_id or f"your-name/{os.path.basename(os.path.normpath(folder))}"
     try:
         result = publish.publish(
-            FLAGS.preset_dir,
-            FLAGS.repo_id,
+            folder,
+            repo_id,
             private=FLAGS.private,
             commit_message=FLAGS.commit_message,
             dry_run=FLAGS.dry_run,

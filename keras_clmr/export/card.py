@@ -40,6 +40,19 @@ def describe_folder(preset_dir):
     return describe_metadata(metadata, config, exports)
 
 
+def card_license(preset_dir):
+    """The license in the folder's current README.md YAML (an edit on the Hub stays), else None."""
+    path = os.path.join(preset_dir, CARD_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(path).data.to_dict().get("license")
+    except Exception:  # an unparsable header: the card is re-rendered from the metadata
+        return None
+
+
 def read_results(path, dataset=None):
     """A keras_clmr ``results.json`` (``keras_clmr.evaluation``) as a card result."""
     try:
@@ -78,6 +91,7 @@ def write_card(
     preset_dir = os.fspath(preset_dir)
     info = describe_folder(preset_dir)
     require_input_shape(info)
+    license = license or info.get("license") or card_license(preset_dir)
     if license:
         info["license"] = license
     loaded = [

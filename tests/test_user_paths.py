@@ -1,0 +1,183 @@
+"""The paths users walk (issue 18): run folder -> export -> card -> publish, cards that keep the
+truth, progress output, CSV in long format, embed(layer=...)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import tiny_sample_cnn
+
+
+def _front_matter(text):
+    header, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(header), body
+
+
+def _run_folder(tmp_path):
+    """What `keras-clmr pretrain` leaves: encoder.keras and checkpoints/state.json."""
+    encoder = tiny_sample_cnn()
+    encoder(np.zeros((1, encoder.input_samples), "float32"))
+    run = tmp_path / "runs" / "demo"
+    (run / "checkpoints").mkdir(parents=True)
+    encoder.save(run / "encoder.keras")
+    state = {
+        "settings": {"model": "clmr", "dataset": "demo", "batch_size": 4, "epochs": 2},
+        "finished": {"epoch": 2, "files": ["encoder.keras", "model.keras"]},
+    }
+    (run / "checkpoints" / "state.json").write_text(json.dumps(state))
+    return run, encoder
+
+
+def _run_command(name, argv):
+    from keras_clmr import commands
+
+    with pytest.raises(SystemExit) as exit_info:
+        commands.run(name, ["keras-clmr", *argv])
+    return exit_info.value.code
+
+
+def test_identify_every_kind(tmp_path):
+    from keras_clmr.export import sources
+
+    run, encoder = _run_folder(tmp_path)
+    assert sources.identify(str(run)).kind == "run"
+    assert sources.identify(str(run / "encoder.keras")).kind == "keras_file"
+    assert sources.identify("clmr-mtat").kind == "registry"
+    assert sources.identify("hf://keras-clmr/clmr-mtat").kind == "handle"
+    recipe = sources.identify(str(run)).recipe
+    assert recipe["settings"]["batch_size"] == 4 and recipe["run"] == "demo"
+    with pytest.raises(sources.SourceError, match="run folder"):
+        sources.identify(str(tmp_path))  # a folder that is no model
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(sources.SourceError, match=r"\.keras"):
+        sources.identify(str(tmp_path / "notes.txt"))
+    unfinished = tmp_path / "unfinished" / "checkpoints"
+    unfinished.mkdir(parents=True)
+    (unfinished / "state.json").write_text("{}")
+    with pytest.raises(sources.SourceError, match="--resume"):
+        sources.identify(str(tmp_path / "unfinished"))
+
+
+def test_run_folder_to_published_folder(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from keras_clmr import hub
+
+    run, encoder = _run_folder(tmp_path)
+    out = tmp_path / "exports" / "demo"
+    assert _run_command("export", [f"--model={run}", f"--output={out}"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["source"] == "run" and set(summary["exports"]) == {"onnx", "savedmodel"}
+    for name in ("config.json", "model.weights.h5", "metadata.json", "README.md", "model.json"):
+        assert (out / name).is_file(), name
+    assert (out / "model.onnx").is_file() and (out / "saved_model").is_dir()
+    metadata = hub.verify_preset(out)
+    assert metadata["training_run"]["settings"]["batch_size"] == 4
+    assert not [p for p in os.listdir(out.parent) if p.startswith(".")]  # no staging left
+    # The stored encoder computes what the run's encoder computes.
+    loaded = hub.load_preset(out)
+    audio = np.random.default_rng(0).uniform(-1, 1, (2, encoder.input_samples)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(loaded(audio)), np.asarray(encoder(audio)), rtol=1e-5, atol=1e-6
+    )
+    meta, body = _front_matter((out / "README.md").read_text())
+    assert meta["license"] == "apache-2.0" and "run `demo`" in body and "batch_size 4" in body
+    # Re-render the card (keras-clmr card), then a dry-run publication of the folder.
+    assert _run_command("card", [f"--preset_dir={out}"]) == 0
+    capsys.readouterr()
+    assert _run_command("publish", [f"--preset={out}", "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert "Dry run: would create your-name/demo" in printed and "model.onnx" in printed
+    # publish straight from the run folder: preset + card staged aside.
+    assert _run_command("publish", [f"--preset_dir={run}", "--repo_id=me/demo", "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert "me/demo" in printed and "README.md" in printed and "model.weights.h5" in printed
+
+
+def test_export_refuses_what_is_no_model(tmp_path, capsys):
+    assert _run_command("export", [f"--model={tmp_path}", f"--output={tmp_path}/out"]) == 1
+    error = capsys.readouterr().err
+    assert "a pretraining run folder" in error and not (tmp_path / "out").exists()
+
+
+def _tagger_preset(tmp_path, tags=("rock", "piano", "quiet")):
+    from keras_clmr import hub
+    from keras_clmr.models import MusicTagger
+
+    tagger = MusicTagger(tiny_sample_cnn(), len(tags), tags=list(tags))
+    tagger.build((None, tagger.input_samples))
+    folder = tmp_path / "preset"
+    hub.save_preset(tagger, folder, name="tiny-tagger", description="A tiny tagger.")
+    return folder
+
+
+def _results(path, tags):
+    results = {
+        "task": "linear_probe",
+        "metrics": {"roc_auc_tag": 0.75, "pr_auc_tag": 0.4},
+        "per_tag": [{"tag": t, "roc_auc": 0.75, "pr_auc": 0.4, "test_positives": 3} for t in tags],
+        "protocol": {"head": "linear"},
+        "data": {"n_test_clips": 9},
+    }
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_mismatched_results_are_refused(tmp_path):
+    from keras_clmr.export import card as model_card
+
+    folder = _tagger_preset(tmp_path)
+    before = (folder / "README.md").read_text()
+    two_class = _results(tmp_path / "probe.json", ["yes", "no"])
+    with pytest.raises(model_card.ModelCardError, match="2 classes.*head has 3"):
+        model_card.write_card(folder, results=[two_class])
+    assert (folder / "README.md").read_text() == before  # nothing written
+    same = _results(tmp_path / "same.json", ["rock", "piano", "quiet"])
+    card, _ = model_card.write_card(folder, results=[same])
+    assert "measured by keras_clmr" in str(card)
+
+
+def test_card_keeps_license_and_published_scores(tmp_path):
+    """A converted model's card, regenerated, keeps its license, source and published scores."""
+    from keras_clmr.conversion.report import save_converted
+    from keras_clmr.export import card as model_card
+
+    encoder = tiny_sample_cnn()
+    encoder(np.zeros((1, encoder.input_samples), "float32"))
+    scores = [{"dataset": "MTAT", "metric": "ROC-AUC", "value": 90.69, "head": "musicnn"}]
+    conversion = {"source_format": "test", "converted_from": {"file": "weights.bin"}}
+    folder = save_converted(
+        encoder,
+        conversion,
+        tmp_path / "converted",
+        name="converted-test",
+        reported_scores=scores,
+        license_id="isc",
+        source_url="https://example.org/weights.bin",
+    )
+    model_card.write_card(folder)
+    meta, body = _front_matter((tmp_path / "converted" / "README.md").read_text())
+    assert meta["license"] == "isc"
+    values = [m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]]
+    assert values == [90.69]
+    assert "https://example.org/weights.bin" in body
+    assert "reported by the original authors (not re-measured by keras_clmr)" in body
+
+
+def test_registry_copy_keeps_registry_license():
+    from keras_clmr import cards
+
+    metadata = {
+        "name": "musicnn-mtt",
+        "class_name": "MusicTagger",
+        "task": "tag",
+        "sample_rate": 16000,
+        "input_samples": 48000,
+    }
+    config = {"config": {"backbone": {"class_name": "Musicnn"}}}
+    info = cards.describe_metadata(metadata, config)
+    card = cards.render_card(info)
+    assert card.data.license == "isc"
+    assert any(e.source_name == cards.REPORTED for e in card.data.eval_results)
