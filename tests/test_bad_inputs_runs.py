@@ -121,6 +121,9 @@ FLAG_CASES = [
     ("evaluate", ["--demo_seconds=nan"], 1, ["--demo_seconds=nan", "not finite"]),
     ("evaluate", ["--verbose=7"], 1, ["--verbose=7", "[0, 2]"]),
     ("evaluate", ["--output_dir={out}"], 1, ["--checkpoint is required"]),
+    ("evaluate", ["--checkpoint={out}/missing.keras"], 1, ["missing.keras", "no such file"]),
+    ("evaluate", ["--checkpoint={file}"], 1, ["a_file"]),
+    ("cover", ["--checkpoint={out}/missing.keras"], 1, ["missing.keras", "no such file"]),
     ("supervised", ["--label_fraction=0"], 1, ["--label_fraction=0", "(0, 1]"]),
     ("supervised", ["--dropout=1"], 1, ["--dropout=1", "[0, 1)"]),
     ("supervised", ["--momentum=-0.5"], 1, ["--momentum=-0.5"]),
@@ -624,6 +627,28 @@ def test_resume_writes_missing_final_outputs(finished_run, tmp_path):
     code, _, stderr = call("pretrain", *TINY, "--epochs=1", f"--output_dir={run_dir}")
     assert code == 1 and "holds a run already" in stderr and "--resume" in stderr
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.large  # trains one more epoch
+def test_resume_with_a_new_learning_rate_uses_it(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run, run_dir)
+    code, _, stderr = call(
+        "pretrain",
+        "--resume",
+        "--epochs=2",
+        "--learning_rate=0.01",
+        "--override=learning_rate",
+        f"--output_dir={run_dir}",
+    )
+    assert code == 0, stderr[-3000:]
+    model = pretraining.load_checkpoint(str(run_dir / "model.keras"))
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert rate == pytest.approx(0.01, rel=1e-6)
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    assert state["settings"]["learning_rate"] == 0.01 and state["finished"]["epoch"] == 2
 
 
 def test_corrupt_state_json_via_the_command(finished_run, tmp_path):
