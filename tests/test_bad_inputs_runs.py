@@ -629,6 +629,35 @@ def test_resume_writes_missing_final_outputs(finished_run, tmp_path):
     assert snapshot(run_dir) == before
 
 
+def test_disk_full_writing_the_final_model_keeps_the_checkpoints(
+    finished_run, tmp_path, monkeypatch
+):
+    import shutil
+
+    from keras_clmr import io
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run, run_dir)
+    for name in ("model.keras", "encoder.keras"):
+        os.remove(run_dir / name)
+    before = snapshot(run_dir)
+
+    def full(model, path):
+        with io.atomic_path(path) as temporary:
+            with open(temporary, "wb") as file:
+                file.write(b"PK half a zip")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "atomic_save_model", full)
+    code, _, stderr = call("pretrain", "--resume", "--epochs=1", f"--output_dir={run_dir}")
+    assert code == 2 and "disk is full" in stderr and "Free some space" in stderr
+    assert "model.keras" in stderr and "Traceback" not in stderr
+    assert snapshot(run_dir) == before  # no half-written model, the checkpoints untouched
+    monkeypatch.undo()
+    code, stdout, stderr = call("pretrain", "--resume", "--epochs=1", f"--output_dir={run_dir}")
+    assert code == 0 and "not written its final outputs" in stdout, stderr[-2000:]
+
+
 @pytest.mark.large  # trains one more epoch
 def test_resume_with_a_new_learning_rate_uses_it(finished_run, tmp_path):
     import shutil

@@ -396,7 +396,12 @@ def main(argv):
                 return 0
             # Killed after its last checkpoint, before the final outputs: write them now.
             if dist.is_chief:
-                written = save_final_outputs(model, FLAGS.output_dir, checkpoint_dir, initial_epoch)
+                try:
+                    written = save_final_outputs(
+                        model, FLAGS.output_dir, checkpoint_dir, initial_epoch
+                    )
+                except OSError as error:
+                    raise _with_resume_hint(error, checkpoint_dir) from error
                 print(
                     f"The run had trained {initial_epoch} epochs but not written its final "
                     f"outputs: wrote {' and '.join(written)} from {path}."
