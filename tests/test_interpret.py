@@ -687,3 +687,38 @@ def test_listening_page_reads_prepared_datasets_next_to_folders(tmp_path):
             # int16 storage shifts values by ~1e-5 at most: same order, same starts.
             np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-3)
     assert all(os.path.getsize(tmp_path / "page" / c["audio"]) > 0 for c in page.clips.values())
+
+
+# ----------------------------------------------------------------------------- per-tag AUC plot
+
+
+def test_per_tag_figure_sorted_bars_with_chance_and_prevalence(tmp_path):
+    from keras_clmr.evaluation import reports
+
+    rows = [
+        {"tag": "rock", "roc_auc": 0.7, "pr_auc": 0.30, "test_positives": 20},
+        {"tag": "jazz", "roc_auc": 0.9, "pr_auc": 0.10, "test_positives": 5},
+        {"tag": "none", "roc_auc": float("nan"), "pr_auc": float("nan"), "test_positives": 0},
+        {"tag": "pop", "roc_auc": 0.6, "pr_auc": 0.55, "test_positives": 40},
+    ]
+    results = {"per_tag": rows, "task": "linear", "data": {"n_test_clips": 100}}
+    figure = reports.per_tag_figure(results)
+    try:
+        roc, pr = figure.axes[:2]
+        assert [t.get_text() for t in roc.get_xticklabels()] == ["jazz", "rock", "pop", "none"]
+        assert [b.get_height() for b in roc.patches] == pytest.approx([0.9, 0.7, 0.6, 0.0])
+        assert [t.get_text() for t in pr.get_xticklabels()] == ["pop", "rock", "jazz", "none"]
+        assert [b.get_height() for b in pr.patches] == pytest.approx([0.55, 0.30, 0.10, 0.0])
+        chance = [line for line in roc.get_lines() if line.get_label() == "chance (0.5)"]
+        assert chance and set(chance[0].get_ydata()) == {0.5}
+        ticks = pr.collections[0].get_offsets()
+        np.testing.assert_allclose(np.asarray(ticks)[:, 1], [0.40, 0.20, 0.05, 0.0])
+        for axis in (roc, pr):  # legends sit right of the plotting area, not over bars
+            anchor = axis.get_legend().get_bbox_to_anchor().transformed(axis.transAxes.inverted())
+            assert anchor.x0 > 1.0
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    reports.per_tag_plot(results, str(tmp_path / "per_tag_auc.png"))
+    assert (tmp_path / "per_tag_auc.png").read_bytes()[:4] == b"\x89PNG"

@@ -76,8 +76,13 @@ def per_tag_csv(results):
     return buffer.getvalue()
 
 
-def per_tag_plot(results, path, title=None):
-    """A PNG bar chart of per-tag ROC-AUC and PR-AUC (undefined tags left empty)."""
+def per_tag_figure(results, title=None):
+    """The per-tag figure: ROC-AUC and PR-AUC panels, each sorted, with what chance scores.
+
+    ROC-AUC gets the chance line at 0.5; PR-AUC gets each tag's test prevalence (the PR-AUC of
+    a random scorer) as a tick. Tags with an undefined AUC go last, marked "n/a". Legends sit
+    outside the bars. Returns the matplotlib figure (the caller closes it).
+    """
     from keras_clmr._optional import require
 
     matplotlib = require("matplotlib", purpose="per-tag plots")
@@ -86,20 +91,55 @@ def per_tag_plot(results, path, title=None):
     import matplotlib.pyplot as plt
 
     rows = results["per_tag"]
+    n_test = (results.get("data") or {}).get("n_test_clips")
+    figure, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.3 * len(rows) + 3.5), 7.0))
     x = np.arange(len(rows))
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.35 * len(rows) + 2), 4.0))
-    axis.bar(x - 0.2, [r["roc_auc"] for r in rows], 0.4, label="ROC-AUC")
-    axis.bar(x + 0.2, [r["pr_auc"] for r in rows], 0.4, label="PR-AUC")
-    axis.set_xticks(x)
-    axis.set_xticklabels([r["tag"] for r in rows], rotation=90, fontsize=8)
-    axis.set_ylim(0, 1)
-    axis.set_ylabel("score")
-    axis.set_title(title or f"Per-tag AUCs ({results['task']})")
-    axis.legend(loc="lower right")
+    for axis, key, name, colour in (
+        (axes[0], "roc_auc", "ROC-AUC", "tab:blue"),
+        (axes[1], "pr_auc", "PR-AUC", "tab:orange"),
+    ):
+        values = np.array([np.nan if r[key] is None else float(r[key]) for r in rows])
+        order = sorted(
+            range(len(rows)), key=lambda j: (np.isnan(values[j]), -np.nan_to_num(values[j]))
+        )
+        axis.bar(x, np.nan_to_num(values[order]), 0.7, color=colour, label=name)
+        for position, j in enumerate(order):
+            if np.isnan(values[j]):
+                axis.text(position, 0.02, "n/a", rotation=90, ha="center", fontsize=7)
+        if key == "roc_auc":
+            axis.axhline(0.5, color="black", linestyle="--", linewidth=1, label="chance (0.5)")
+        elif n_test:
+            prevalence = [rows[j]["test_positives"] / n_test for j in order]
+            axis.scatter(
+                x,
+                prevalence,
+                marker="_",
+                s=160,
+                color="black",
+                zorder=3,
+                label="prevalence (chance)",
+            )
+        axis.set_xticks(x)
+        axis.set_xticklabels([rows[j]["tag"] for j in order], rotation=90, fontsize=8)
+        axis.set_xlim(-0.6, len(rows) - 0.4)
+        axis.set_ylim(0, 1)
+        axis.set_ylabel(name)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    axes[0].set_title(title or f"Per-tag AUCs ({results['task']}), sorted")
     figure.tight_layout()
+    return figure
+
+
+def per_tag_plot(results, path, title=None):
+    """Write :func:`per_tag_figure` as a PNG, atomically."""
+    import matplotlib.pyplot as plt
+
+    figure = per_tag_figure(results, title)
     buffer = text_io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
+    try:
+        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(figure)
     io.atomic_write_bytes(path, buffer.getvalue())
 
 
