@@ -64,7 +64,8 @@ def test_embed_csv_and_summary(setup, capsys):
     out = str(tmp / "emb.csv")
     assert cli.main(["embed", *files, "--model", folder, "--output", out, "--hop", "0.5"]) == 0
     rows = list(csv.reader(open(out)))
-    assert rows[0][:3] == ["file", "start_s", "e0"] and len(rows[0]) == 2 + 16
+    assert rows[0][:4] == ["file", "start", "end", "e0"] and len(rows[0]) == 3 + 16
+    assert all(abs(float(r[2]) - float(r[1]) - W / SR) < 1e-5 for r in rows[1:])
     counts = {f: sum(1 for r in rows[1:] if r[0] == f) for f in files}
     assert counts == {files[0]: 1 + (16000 - W) // 4000, files[1]: 1 + (9600 - W) // 4000,
                       files[2]: 1 + (28000 - W) // 4000}

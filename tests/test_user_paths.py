@@ -181,3 +181,107 @@ def test_registry_copy_keeps_registry_license():
     card = cards.render_card(info)
     assert card.data.license == "isc"
     assert any(e.source_name == cards.REPORTED for e in card.data.eval_results)
+
+
+def _tagger_files(tmp_path):
+    import soundfile as sf
+
+    from keras_clmr import hub
+    from keras_clmr.models import MusicTagger
+
+    tags = ["bright", "dark", "fast"]
+    tagger = MusicTagger(tiny_sample_cnn(sample_rate=8000), num_classes=3, tags=tags)
+    folder = hub.save_preset(tagger, tmp_path / "tagger")
+    rng = np.random.default_rng(0)
+    files = []
+    for i, seconds in enumerate((3.0, 2.0)):
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(str(path), rng.uniform(-0.5, 0.5, int(seconds * 8000)).astype("float32"), 8000)
+        files.append(str(path))
+    return str(folder), files, tags
+
+
+def test_tag_csv_is_long_format_with_top_k(tmp_path):
+    import csv
+
+    from keras_clmr import cli, inference
+
+    folder, files, tags = _tagger_files(tmp_path)
+    out = tmp_path / "tags.csv"
+    argv = ["tag", *files, "--model", folder, "--output", str(out), "--top_k", "2"]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    rows = list(csv.reader(open(out)))
+    assert rows[0] == ["file", "start", "end", "tag", "probability"]
+    results = inference.tag(files, model=folder, progress=False)
+    expected = []
+    for r in results:
+        for t, row in zip(r.times, r.probabilities):
+            for j in np.argsort(-row)[:2]:
+                expected.append((r.source, t, t + 7776 / 8000, r.tags[j], row[j]))
+    assert len(rows) - 1 == len(expected) == 2 * (3 + 2)  # 2 tags x (3 + 2 windows)
+    for got, want in zip(rows[1:], expected):
+        assert got[0] == want[0] and got[3] == want[3]
+        np.testing.assert_allclose(
+            [float(x) for x in (got[1], got[2], got[4])],
+            [want[1], want[2], want[4]],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def test_progress_bar_within_and_across_files(tmp_path, capsys):
+    from keras_clmr import inference
+
+    folder, files, _ = _tagger_files(tmp_path)
+    inference.tag(files, model=folder, progress=True, batch_size=1)
+    err = capsys.readouterr().err
+    assert "audio" in err and "/5 s" in err and "file 2/2" in err  # 3 s + 2 s of audio
+    inference.tag(files, model=folder, progress=False)
+    assert capsys.readouterr().err == ""
+    inference.tag(files, model=folder)  # default: only on a terminal (pytest's stderr is not)
+    assert "audio" not in capsys.readouterr().err
+
+
+def test_embed_layer_of_sample_cnn_matches_a_direct_computation():
+    import keras
+
+    from keras_clmr import inference
+
+    encoder = tiny_sample_cnn()
+    rng = np.random.default_rng(1)
+    audio = rng.uniform(-0.5, 0.5, 3 * encoder.input_samples).astype("float32")
+    result = inference.embed(audio, model=encoder, layer="block7", progress=False)
+    windows = audio.reshape(3, encoder.input_samples)
+    # Independent: a functional model up to block 7's pooling layer, averaged over time.
+    inputs = keras.Input((encoder.input_samples, 1))
+    x = inputs
+    for layer in encoder.stack:
+        x = layer(x)
+        if layer.name == "block_7_pool":
+            break
+    direct = np.asarray(keras.Model(inputs, x).predict(windows[..., None], verbose=0))
+    assert result.embeddings.shape == (3, 8)
+    np.testing.assert_allclose(result.embeddings, direct.mean(axis=1), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="block10"):
+        inference.embed(audio, model=encoder, layer="max_pool")
+
+
+def test_embed_layer_of_musicnn():
+    from keras_clmr import inference
+    from keras_clmr.models import Musicnn
+
+    net = Musicnn()
+    rng = np.random.default_rng(2)
+    audio = rng.uniform(-0.5, 0.5, 2 * net.input_samples).astype("float32")
+    windows = audio.reshape(2, net.input_samples)
+    features = net.features(windows)
+    for layer, dim in (("max_pool", 753), ("mean_pool", 753), ("penultimate", 200)):
+        result = inference.embed(audio, model=net, layer=layer, progress=False)
+        assert result.embeddings.shape == (2, dim)
+        np.testing.assert_allclose(
+            result.embeddings, np.asarray(features[layer]), rtol=1e-4, atol=1e-5
+        )
+    default = inference.embed(audio, model=net, progress=False, engine="keras")
+    np.testing.assert_allclose(
+        default.embeddings, np.asarray(features["penultimate"]), rtol=1e-4, atol=1e-5
+    )

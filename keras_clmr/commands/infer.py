@@ -1,12 +1,16 @@
 """Embeddings or tags for many audio files, and the list of presets.
 
-    keras-clmr embed FILES... --model NAME [--output out.npz|.csv|.json]
+    keras-clmr embed FILES... --model NAME [--layer max_pool] [--output out.npz|.csv|.json]
     keras-clmr tag FILES... --model NAME [--top-k 5] [--output out.npz|.csv|.json]
     keras-clmr list
 
 FILES may be folders (searched recursively for audio). Without ``--output`` a summary is
-printed. A file that cannot be read is reported on stderr and skipped (exit status 1);
-a bad model or option exits with status 2.
+printed. CSV is long format: ``tag`` writes one row per window and tag (file, start, end,
+tag, probability; the ``--top-k`` most probable tags of each window), ``embed`` one row per
+window (file, start, end, e0, e1, ...). A progress bar (seconds of audio, file i/n) goes to
+stderr when it is a terminal (``--progress`` forces it, ``--no-progress`` hides it). A file
+that cannot be read is reported on stderr and skipped (exit status 1); a bad model or option
+exits with status 2.
 """
 
 import argparse
@@ -57,12 +61,26 @@ def _parser():
             help="a file shorter than one window is zero-padded (default) or an error",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--progress",
+            action="store_true",
+            help="a progress bar even when stderr is not a terminal (logs)",
+        )
         if command == "tag":
             p.add_argument(
                 "--top-k",
+                "--top_k",
+                dest="top_k",
                 type=_checks.top_k,
                 default=5,
-                help="tags to report per file (default: 5)",
+                help="tags per file in the summary and per window in CSV (default: 5)",
+            )
+        else:
+            p.add_argument(
+                "--layer",
+                default=None,
+                help="an intermediate feature instead of the embedding: musicnn max_pool, "
+                "mean_pool, penultimate, ...; SampleCNN block0 ... block10 (time-averaged)",
             )
     sub.add_parser("list", help="list the registered presets")
     return parser
@@ -120,24 +138,28 @@ def _npz(results, command):
     return write
 
 
-def _csv(results, command):
+def _csv(results, command, top_k=5):
+    import numpy as np
+
     def write(f):
         text = io.TextIOWrapper(f, encoding="utf-8", newline="")
         writer = csv.writer(text)
         ok = [r for r in results if r.error is None]
         if command == "embed":
             dim = ok[0].embeddings.shape[1] if ok else 0
-            writer.writerow(["file", "start_s", *[f"e{j}" for j in range(dim)]])
+            writer.writerow(["file", "start", "end", *[f"e{j}" for j in range(dim)]])
             for r in ok:
                 for t, row in zip(r.times, r.embeddings):
-                    writer.writerow([r.source, f"{t:.6f}", *[f"{v:.7g}" for v in row]])
+                    end = f"{t + r.window_seconds:.6f}"
+                    writer.writerow([r.source, f"{t:.6f}", end, *[f"{v:.7g}" for v in row]])
         else:
-            tags = results[0].tags if results else ()
-            writer.writerow(["file", "window", "start_s", *tags])
+            writer.writerow(["file", "start", "end", "tag", "probability"])
             for r in ok:
-                for k, (t, row) in enumerate(zip(r.times, r.probabilities)):
-                    writer.writerow([r.source, k, f"{t:.6f}", *[f"{v:.6g}" for v in row]])
-                writer.writerow([r.source, "clip", "", *[f"{v:.6g}" for v in r.clip]])
+                k = min(int(top_k), len(r.tags))
+                for t, row in zip(r.times, r.probabilities):
+                    start, end = f"{t:.6f}", f"{t + r.window_seconds:.6f}"
+                    for j in np.argsort(-row, kind="stable")[:k]:
+                        writer.writerow([r.source, start, end, r.tags[j], f"{row[j]:.6g}"])
         text.flush()
         text.detach()
 
@@ -225,10 +247,14 @@ def main(argv=None):
         batch_size=args.batch_size,
         short=args.short,
         on_error="skip",
-        progress=not args.no_progress and len(files) > 1,
+        progress=False if args.no_progress else (True if args.progress else None),
     )
     if args.command == "embed":
-        results = inference.embed(files, **options)
+        try:
+            results = inference.embed(files, layer=args.layer, **options)
+        except ValueError as error:  # an unknown --layer
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     else:
         results = inference.tag(files, top_k=args.top_k, **options)
     failed = [r for r in results if r.error is not None]
@@ -237,8 +263,13 @@ def main(argv=None):
     if args.output:
         extension = os.path.splitext(args.output)[1].lower()
         writer = {".npz": _npz, ".csv": _csv, ".json": _json}[extension]
+        write = (
+            _csv(results, args.command, getattr(args, "top_k", 5))
+            if extension == ".csv"
+            else writer(results, args.command)
+        )
         try:
-            _write_atomic(args.output, writer(results, args.command))
+            _write_atomic(args.output, write)
         except OSError as error:
             full = "the disk is full; " if _checks.is_disk_full(error) else ""
             print(f"error: cannot write {args.output}: {full}{error}", file=sys.stderr)

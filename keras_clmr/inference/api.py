@@ -14,7 +14,8 @@ import numpy as np
 from keras_clmr import audio as audio_lib
 from keras_clmr.audio import AudioError
 from keras_clmr.batching import padded_size
-from keras_clmr.inference.engines import predictor, resolve_model
+from keras_clmr.inference.engines import layer_predictor, predictor, resolve_model
+from keras_clmr.inference.progress import progress_bar
 from keras_clmr.inference.windows import WindowStream, describe
 from keras_clmr.models import encoder_of
 
@@ -92,17 +93,26 @@ def _run(
             outputs[owner].append(out[row])
         owners.clear()
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(sources), unit="file", disable=progress is None)
+    # One bar in seconds of audio, within long files and across many (file i/n as postfix).
+    total = _total_seconds(sources, sample_rate, source_rate) if progress is not False else None
+    bar = progress_bar(
+        total,
+        progress=progress,
+        desc="audio",
+        unit="s",
+        bar_format="{l_bar}{bar}| {n:.0f}/"
+        + ("{total:.0f}" if total is not None else "?")
+        + " s [{elapsed}<{remaining}{postfix}]",
+    )
     try:
         for i, source in enumerate(sources):
             stream = WindowStream(
                 source, sample_rate, window, hop, short, block_frames, source_rate
             )
             streams[i] = stream
+            if len(sources) > 1:
+                bar.set_postfix_str(f"file {i + 1}/{len(sources)}")
+            shown = 0.0
             try:
                 for start, chunk in stream:
                     batch[len(owners)] = chunk
@@ -110,17 +120,18 @@ def _run(
                     starts[i].append(start)
                     if len(owners) == batch_size:
                         flush()
+                        seen = stream.total / sample_rate
+                        bar.update(seen - shown)
+                        shown = seen
             except (AudioError, ValueError) as error:
                 if on_error == "raise":
                     raise
                 errors[i] = str(error)
-            if bar is not None:
-                bar.update(1)
+            bar.update(stream.total / sample_rate - shown)
         if owners:
             flush()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     results = []
     for i in range(len(sources)):
         stream = streams[i]
@@ -138,8 +149,34 @@ def _run(
     return results
 
 
+def _total_seconds(sources, sample_rate, source_rate):
+    """The audio seconds of all sources (the bar's total), None when a file's is unknown."""
+    total = 0.0
+    for source in sources:
+        if isinstance(source, np.ndarray):
+            total += len(source) / float(source_rate or sample_rate)
+            continue
+        try:
+            import soundfile
+
+            total += soundfile.info(os.fspath(source)).duration
+        except Exception:  # not readable by libsndfile (decoded by ffmpeg), missing, ...
+            return None
+    return total
+
+
 def _prepare(
-    audio_or_path, model, task, sample_rate, hop, batch_size, short, on_error, block_seconds, engine
+    audio_or_path,
+    model,
+    task,
+    sample_rate,
+    hop,
+    batch_size,
+    short,
+    on_error,
+    block_seconds,
+    engine,
+    layer=None,
 ):
     single = not isinstance(audio_or_path, (list, tuple))
     sources = [audio_or_path] if single else list(audio_or_path)
@@ -165,7 +202,10 @@ def _prepare(
     if hop_samples < 1:
         raise ValueError(f"hop must be > 0 seconds, got {hop}.")
     block_frames = max(window, int(block_seconds * rate))
-    predict, _ = predictor(net, engine)
+    if layer is None:
+        predict, _ = predictor(net, engine)
+    else:
+        predict = layer_predictor(net, layer)
     return single, sources, model, net, predict, int(window), rate, hop_samples, block_frames
 
 
@@ -179,8 +219,9 @@ def embed(
     short="pad",
     on_error="raise",
     block_seconds=DEFAULT_BLOCK_SECONDS,
-    progress=False,
+    progress=None,
     engine="auto",
+    layer=None,
 ):
     """Embeddings of one input or a list of inputs (file paths or float arrays).
 
@@ -196,10 +237,16 @@ def embed(
             raises ``ClipTooShortError`` ("error").
         on_error: "raise" on the first bad input, or "skip" it (its result has ``.error``).
         block_seconds: how much audio is decoded at a time.
-        progress: show a progress bar over the inputs.
+        progress: a progress bar on stderr, in seconds of audio, within long files and
+            across many: None (default) only when stderr is a terminal, True always
+            (logs, notebooks), False never.
         engine: "keras" (``predict_on_batch``), "onnxruntime" (SampleCNN and taggers on
             it, as an ONNX graph with BatchNorm folded in; same outputs to ~1e-5, faster
             on CPU) or "auto" (onnxruntime where supported, else keras).
+        layer: an intermediate feature instead of the embedding (Keras engine): musicnn's
+            "max_pool", "mean_pool", "penultimate" (the default embedding), "timbral",
+            "temporal", "cnn1"-"cnn3"; vgg's "pool1"-"pool5"; SampleCNN's "block0"-"block10".
+            Time-varying features are averaged over time: one vector per window.
 
     Returns:
         ``Embeddings`` (``.embeddings`` [T, D], ``.times`` [T] start seconds), or a list of them.
@@ -215,6 +262,7 @@ def embed(
         on_error,
         block_seconds,
         engine,
+        layer,
     )
     runs = _run(
         sources,
@@ -263,7 +311,7 @@ def tag(
     short="pad",
     on_error="raise",
     block_seconds=DEFAULT_BLOCK_SECONDS,
-    progress=False,
+    progress=None,
     engine="auto",
 ):
     """Tag probabilities per window and per clip (mean over windows), with the top-k tag names.

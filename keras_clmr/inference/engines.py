@@ -87,3 +87,65 @@ def predictor(net, engine):
                     "use engine='keras'."
                 ) from error
     return keras_predictor(net), "keras"
+
+
+def layer_names(net):
+    """The ``layer=`` values ``embed`` accepts for encoder ``net`` (besides None)."""
+    if hasattr(net, "logmel_features"):  # musicnn / vgg: what musicnn's extractor offers
+        if getattr(net, "architecture", "musicnn") == "vgg":
+            return tuple(f"pool{i}" for i in range(1, len(net.vgg_blocks) + 1)) + ("embedding",)
+        return (
+            "timbral",
+            "temporal",
+            "cnn1",
+            "cnn2",
+            "cnn3",
+            "max_pool",
+            "mean_pool",
+            "penultimate",
+        )
+    stack = getattr(net, "stack", None)
+    if stack is not None:  # SampleCNN: block0 (stem) ... block10 (final)
+        blocks = sorted(
+            {int(layer.name.split("_")[1]) for layer in stack if layer.name.startswith("block_")}
+        )
+        return tuple(f"block{i}" for i in blocks)
+    return ()
+
+
+def _pooled(x):
+    """[B, D] from a feature map: time-varying outputs are averaged over time (axis 1)."""
+    x = keras.ops.convert_to_numpy(x)
+    while x.ndim > 2:
+        x = x.mean(axis=1)
+    return np.asarray(x, np.float32)
+
+
+def layer_predictor(net, layer):
+    """``batch -> [B, D]`` features of ``layer`` of encoder ``net`` (see ``layer_names``).
+
+    Vector features (musicnn's ``max_pool``, ``mean_pool``, ``penultimate``) come as they
+    are; time-varying ones (musicnn's ``timbral``/``cnn*``, vgg's ``pool*``, SampleCNN's
+    ``blockN``) are averaged over time, so every window gives one vector.
+    """
+    names = layer_names(net)
+    if layer not in names:
+        raise ValueError(
+            f"layer={layer!r} is not a feature of {type(net).__name__}; choose one of "
+            f"{list(names) or 'none (this model offers only its embedding)'} or layer=None."
+        )
+    if hasattr(net, "logmel_features"):
+        return lambda batch: _pooled(net.features(keras.ops.convert_to_tensor(batch))[layer])
+    prefix = f"block_{layer[len('block') :]}_"
+    last = max(i for i, item in enumerate(net.stack) if item.name.startswith(prefix))
+
+    def predict(batch):
+        x = keras.ops.expand_dims(keras.ops.convert_to_tensor(batch), -1)
+        for item in net.stack[: last + 1]:
+            if isinstance(item, keras.layers.BatchNormalization):
+                x = item(x, training=False)
+            else:
+                x = item(x)
+        return _pooled(x)
+
+    return predict
