@@ -54,10 +54,14 @@ def _check_against(model, reference, n, projection=True):
 @pytest.mark.large  # full-size SampleCNN converted and compared
 def test_release_2_0_full_size_zip(tmp_path):
     """Release 2.0: a plain state_dict of SimCLR inside the release .zip; full size (2,368,512)."""
-    reference = _simclr(dict(strides=(3,) * 9, channels=(128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512)),
-                        projection_dim=128)
+    reference = _simclr(
+        dict(strides=(3,) * 9, channels=(128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512)),
+        projection_dim=128,
+    )
     keys = list(reference.state_dict())
-    assert any(k.startswith("encoder.sequential.10.1.") for k in keys) and "projector.2.weight" in keys
+    assert (
+        any(k.startswith("encoder.sequential.10.1.") for k in keys) and "projector.2.weight" in keys
+    )
     buffer = io.BytesIO()
     torch.save(reference.state_dict(), buffer)
     path = tmp_path / "clmr_checkpoint_10000.zip"
@@ -67,16 +71,23 @@ def test_release_2_0_full_size_zip(tmp_path):
     model, meta = convert_checkpoint(str(path))
     assert meta["source_format"] == "clmr-2.0"
     assert meta["converted_from"]["member"] == "clmr_checkpoint_10000.pt"
-    assert meta["architecture"]["projection_dim"] == 128 and meta["architecture"]["input_samples"] == 59049
+    assert (
+        meta["architecture"]["projection_dim"] == 128
+        and meta["architecture"]["input_samples"] == 59049
+    )
     counts = meta["parity"]["parameter_counts"]
     assert counts["reference_parameters"] == counts["keras_parameters"] == 2_368_512 + 327_680
     assert max(meta["parity"]["max_abs_diff"].values()) <= 1e-4
     _check_against(model, reference, 59049)
 
 
-@pytest.mark.parametrize("config", [
-    pytest.param(TINY, marks=pytest.mark.multibackend, id="22k-tiny"),
-    pytest.param(TINY_16K, id="16k-strides-tiny")])
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(TINY, marks=pytest.mark.multibackend, id="22k-tiny"),
+        pytest.param(TINY_16K, id="16k-strides-tiny"),
+    ],
+)
 def test_release_2_0_tiny(tmp_path, config):
     reference = _simclr(config)
     path = tmp_path / "clmr.pt"
@@ -91,7 +102,7 @@ def test_release_2_0_tiny(tmp_path, config):
 
 
 def test_release_1_0_conv_layout_legacy_pickle(tmp_path):
-    """Release 1.0: SampleCNN59049's conv1..conv11 names, saved in torch's legacy (non-zip) format."""
+    """Release 1.0: SampleCNN59049's conv1..conv11 names, in torch's legacy (non-zip) format."""
     reference = _simclr(TINY, layout="conv")
     assert "encoder.conv11.1.running_var" in reference.state_dict()
     path = tmp_path / "clmr_checkpoint_1550.pt"
@@ -103,8 +114,12 @@ def test_release_1_0_conv_layout_legacy_pickle(tmp_path):
 
 
 def _fake_lightning_module():
-    """Make pytorch_lightning.utilities.parsing.AttributeDict picklable without Lightning installed."""
-    names = ["pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing"]
+    """Make Lightning's AttributeDict picklable without Lightning installed."""
+    names = [
+        "pytorch_lightning",
+        "pytorch_lightning.utilities",
+        "pytorch_lightning.utilities.parsing",
+    ]
     saved = {n: sys.modules.get(n) for n in names}
     for n in names:
         sys.modules[n] = types.ModuleType(n)
@@ -129,15 +144,24 @@ def _restore_modules(saved):
 def _lightning_checkpoint(path, module):
     attribute_dict, saved = _fake_lightning_module()
     try:
-        hparams = attribute_dict(batch_size=48, projection_dim=module.model.projector[2].out_features,
-                                 dataset="magnatagatune")
+        hparams = attribute_dict(
+            batch_size=48,
+            projection_dim=module.model.projector[2].out_features,
+            dataset="magnatagatune",
+        )
         checkpoint = {
-            "epoch": 9999, "global_step": 123, "pytorch-lightning_version": "1.4.9",
+            "epoch": 9999,
+            "global_step": 123,
+            "pytorch-lightning_version": "1.4.9",
             "state_dict": module.state_dict(),
             "hyper_parameters": hparams,
-            "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 3e-4}]}],
+            "optimizer_states": [
+                {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 3e-4}]}
+            ],
             "lr_schedulers": [],
-            "callbacks": {"ModelCheckpoint": {"best_model_score": torch.tensor(0.5), "dirpath": "/runs"}},
+            "callbacks": {
+                "ModelCheckpoint": {"best_model_score": torch.tensor(0.5), "dirpath": "/runs"}
+            },
         }
         torch.save(checkpoint, path)
     finally:
@@ -145,7 +169,7 @@ def _lightning_checkpoint(path, module):
 
 
 def test_lightning_ckpt(tmp_path):
-    """master's Lightning .ckpt: encoder registered twice, model.projector, AttributeDict hparams."""
+    """master's Lightning .ckpt: encoder registered twice, model.projector, AttributeDict."""
     torch.manual_seed(1)
     encoder = tr.randomize_batchnorm(tr.sample_cnn(**TINY), seed=1)
     module = tr.lightning_clmr(encoder, 16, 10)
@@ -183,7 +207,9 @@ def test_finetuner_head(tmp_path, variant):
     audio = _audio(tagger.input_samples)
     expected = tr.run(head, tr.run(reference.encoder, audio[:, None, :]))
     np.testing.assert_allclose(common.to_numpy(tagger.logits(audio)), expected, atol=1e-4)
-    np.testing.assert_allclose(common.to_numpy(tagger(audio)), 1 / (1 + np.exp(-expected)), atol=1e-5)
+    np.testing.assert_allclose(
+        common.to_numpy(tagger(audio)), 1 / (1 + np.exp(-expected)), atol=1e-5
+    )
     counts = meta["finetuner"]["parity"]["parameter_counts"]
     assert counts["reference_parameters"] == counts["keras_parameters"]
 
@@ -205,20 +231,29 @@ def _saved_state(tmp_path, edit):
 
 def test_missing_key_is_named(tmp_path):
     path = _saved_state(tmp_path, lambda s: s.pop("encoder.sequential.4.1.running_var"))
-    with pytest.raises(ConversionError, match=r"missing keys: encoder\.sequential\.4\.1\.running_var"):
+    with pytest.raises(
+        ConversionError, match=r"missing keys: encoder\.sequential\.4\.1\.running_var"
+    ):
         convert_checkpoint(path, format="clmr-2.0")
 
 
 def test_extra_key_is_named(tmp_path):
-    path = _saved_state(tmp_path, lambda s: s.update({"encoder.extra_layer.weight": torch.zeros(3)}))
+    path = _saved_state(
+        tmp_path, lambda s: s.update({"encoder.extra_layer.weight": torch.zeros(3)})
+    )
     with pytest.raises(ConversionError, match=r"unexpected keys: encoder\.extra_layer\.weight"):
         convert_checkpoint(path, format="clmr-2.0")
 
 
 def test_misshaped_key_is_named(tmp_path):
-    path = _saved_state(tmp_path, lambda s: s.update({"encoder.sequential.3.1.weight": torch.ones(9)}))
-    with pytest.raises(ConversionError, match=r"mis-shaped keys: encoder\.sequential\.3\.1\.weight: expected \[8\], "
-                                              r"got \[9\]"):
+    path = _saved_state(
+        tmp_path, lambda s: s.update({"encoder.sequential.3.1.weight": torch.ones(9)})
+    )
+    with pytest.raises(
+        ConversionError,
+        match=r"mis-shaped keys: encoder\.sequential\.3\.1\.weight: expected \[8\], "
+        r"got \[9\]",
+    ):
         convert_checkpoint(path, format="clmr-2.0")
 
 
@@ -253,8 +288,9 @@ def test_parity_failure_is_detected(tmp_path, monkeypatch):
     reference = _simclr(dict(TINY, channels=(8,) * 9 + (8, 8)))
     path = tmp_path / "clmr.pt"
     torch.save(reference.state_dict(), path)
-    monkeypatch.setattr(common, "conv1d_kernel", lambda w: np.ascontiguousarray(
-        np.transpose(w, (2, 1, 0))[::-1]))  # kernel taps reversed: a plausible layout bug
+    monkeypatch.setattr(
+        common, "conv1d_kernel", lambda w: np.ascontiguousarray(np.transpose(w, (2, 1, 0))[::-1])
+    )  # kernel taps reversed: a plausible layout bug
     with pytest.raises(ParityError, match="does not reproduce the reference"):
         convert_checkpoint(str(path))
 
@@ -279,7 +315,9 @@ def test_cli_writes_preset_with_parity(tmp_path):
     head_path = tmp_path / "head.pt"
     torch.save(head.state_dict(), head_path)
 
-    summary = convert(str(encoder_path), str(tmp_path / "tagger"), finetuner=str(head_path), name="tiny-tagger")
+    summary = convert(
+        str(encoder_path), str(tmp_path / "tagger"), finetuner=str(head_path), name="tiny-tagger"
+    )
     assert summary["source_format"] == "clmr-2.0" and summary["model"] == "MusicTagger"
     assert summary["max_abs_diff"]["finetuner"]["logits"] <= 1e-4
     metadata = json.loads((tmp_path / "tagger" / "metadata.json").read_text())
@@ -296,15 +334,18 @@ def test_cli_writes_preset_with_parity(tmp_path):
     # Encoder-only preset (the projector is dropped by default) round-trips too.
     convert(str(encoder_path), str(tmp_path / "encoder"))
     encoder = load_preset(str(tmp_path / "encoder"))
-    np.testing.assert_allclose(common.to_numpy(encoder(audio)), tr.run(reference.encoder, audio[:, None, :]),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        common.to_numpy(encoder(audio)), tr.run(reference.encoder, audio[:, None, :]), atol=1e-4
+    )
 
 
 def _pemr_checkpoint(path, seed=0):
-    """PEMR's Lightning layout: encoder twice, model.projector, training-only unitedmodule and loss BN."""
+    """PEMR's Lightning layout: encoder twice, model.projector, training-only parts, loss BN."""
     torch.manual_seed(seed)
     encoder = tr.randomize_batchnorm(tr.fcn(), seed=seed)
-    with torch.no_grad():  # dB input: give spec_bn statistics of a real log-mel (mean -30 dB, std 20 dB)
+    with (
+        torch.no_grad()
+    ):  # dB input: give spec_bn statistics of a real log-mel (mean -30 dB, std 20 dB)
         encoder.spec_bn.running_mean.fill_(-30.0)
         encoder.spec_bn.running_var.fill_(400.0)
     module = tr.pemr(encoder, 512, 256)
@@ -312,15 +353,29 @@ def _pemr_checkpoint(path, seed=0):
     for prefix in ("encoder.", "model.encoder."):
         state[prefix + "unitedmodule.CLS_emb.weight"] = torch.randn(1, 128)
         state[prefix + "unitedmodule.MASK_emb.weight"] = torch.randn(1, 128)
-        state[prefix + "unitedmodule.masking.layers.0.enc_self_attn.W_Q.weight"] = torch.randn(384, 128)
+        state[prefix + "unitedmodule.masking.layers.0.enc_self_attn.W_Q.weight"] = torch.randn(
+            384, 128
+        )
         state[prefix + "unitedmodule.pred_layer.fc.0.weight"] = torch.randn(512, 128, 1)
-    for name, value in (("weight", torch.ones(256)), ("bias", torch.zeros(256)), ("running_mean", torch.zeros(256)),
-                        ("running_var", torch.ones(256)), ("num_batches_tracked", torch.tensor(7))):
+    for name, value in (
+        ("weight", torch.ones(256)),
+        ("bias", torch.zeros(256)),
+        ("running_mean", torch.zeros(256)),
+        ("running_var", torch.ones(256)),
+        ("num_batches_tracked", torch.tensor(7)),
+    ):
         state[f"criterion_B.bn.{name}"] = value
     attribute_dict, saved = _fake_lightning_module()
     try:
-        torch.save({"state_dict": state, "pytorch-lightning_version": "1.5.10", "epoch": 299,
-                    "hyper_parameters": attribute_dict(projection_dim=256, clips_num=462)}, path)
+        torch.save(
+            {
+                "state_dict": state,
+                "pytorch-lightning_version": "1.5.10",
+                "epoch": 299,
+                "hyper_parameters": attribute_dict(projection_dim=256, clips_num=462),
+            },
+            path,
+        )
     finally:
         _restore_modules(saved)
     return module
@@ -342,7 +397,11 @@ def test_pemr_lightning_ckpt_and_head(tmp_path):
     assert counts["reference_bn_statistics"] == counts["keras_bn_statistics"] == 898
     assert max(meta["parity"]["max_abs_diff"].values()) <= 1e-4
     reasons = " ".join(meta["keys"]["ignored_keys"])
-    assert "training-only mask generation" in reasons and "Barlow-Twins" in reasons and "duplicate" in reasons
+    assert (
+        "training-only mask generation" in reasons
+        and "Barlow-Twins" in reasons
+        and "duplicate" in reasons
+    )
     # Independent end-to-end check: torch frontend + torch FCN vs the Keras encoder on audio.
     audio = _audio(encoder.input_samples)
     expected = tr.run(module.encoder, torch_logmel(audio))
@@ -350,8 +409,13 @@ def test_pemr_lightning_ckpt_and_head(tmp_path):
     assert float(np.abs(expected).max()) > 1e-2
 
     tagger, meta = convert_checkpoint(str(path), finetuner=str(head_path))
-    assert type(tagger).__name__ == "MusicTagger" and meta["finetuner"]["parity"]["max_abs_diff"]["logits"] <= 1e-4
-    np.testing.assert_allclose(common.to_numpy(tagger.logits(audio)), tr.run(head, expected), atol=1e-4)
+    assert (
+        type(tagger).__name__ == "MusicTagger"
+        and meta["finetuner"]["parity"]["max_abs_diff"]["logits"] <= 1e-4
+    )
+    np.testing.assert_allclose(
+        common.to_numpy(tagger.logits(audio)), tr.run(head, expected), atol=1e-4
+    )
 
 
 def test_pemr_missing_key_is_named(tmp_path):
@@ -360,7 +424,9 @@ def test_pemr_missing_key_is_named(tmp_path):
     state.pop("model.encoder.layer2.bn.running_mean")
     path = tmp_path / "broken.ckpt"
     torch.save({"state_dict": state}, path)
-    with pytest.raises(ConversionError, match=r"missing keys: model\.encoder\.layer2\.bn\.running_mean"):
+    with pytest.raises(
+        ConversionError, match=r"missing keys: model\.encoder\.layer2\.bn\.running_mean"
+    ):
         convert_checkpoint(str(path))
 
 
@@ -403,4 +469,6 @@ def test_supervised_fc_and_dataparallel_prefix(tmp_path):
     assert meta["converted_from"]["stripped_prefix"] == "module."
     assert type(tagger).__name__ == "MusicTagger" and meta["finetuner"]["head"] == "linear"
     audio = _audio(tagger.input_samples)
-    np.testing.assert_allclose(common.to_numpy(tagger.logits(audio)), tr.run(encoder, audio[:, None, :]), atol=1e-4)
+    np.testing.assert_allclose(
+        common.to_numpy(tagger.logits(audio)), tr.run(encoder, audio[:, None, :]), atol=1e-4
+    )
