@@ -611,10 +611,11 @@ def build_pretrainer(
     negatives="global",
     **pemr_options,
 ):
-    """The pretrainer named ``model`` ("clmr" or "pemr"), uncompiled.
+    """The pretrainer named ``model`` ("clmr", "pemr" or "cpc"), uncompiled.
 
     ``pemr_options`` (model "pemr" only): mask_ratio, pred_weight, neg_weight, offdiag_weight,
-    transformer_layers, transformer_heads, mel_sample_rate.
+    transformer_layers, transformer_heads, mel_sample_rate; for model "cpc" they are the
+    ``CPC_OPTIONS`` (see ``build_cpc``).
     """
     from keras_clmr.models import CLMR, SampleCNN
 
@@ -650,7 +651,54 @@ def build_pretrainer(
             seed=seed,
             **options,
         )
-    raise ValueError(f"Unknown model {model!r}: use 'clmr' or 'pemr'.")
+    if model == "cpc":
+        return build_cpc(pemr_options, sample_rate=sample_rate, augment=augment, seed=seed)
+    raise ValueError(f"Unknown model {model!r}: use 'clmr', 'pemr' or 'cpc'.")
+
+
+CPC_OPTIONS = (
+    "prediction_steps",
+    "negative_samples",
+    "subsample_window",
+    "strides",
+    "filter_sizes",
+    "paddings",
+    "latent_dim",
+    "context_dim",
+    "input_samples",
+)
+
+
+def build_cpc(options, *, sample_rate=22050, augment="none", seed=None):
+    """The CPC pretrainer from ``options`` (``CPC_OPTIONS``; missing ones: the music defaults).
+
+    The original CPC applied no augmentation: ``augment`` is "none" unless asked otherwise.
+    ``subsample_window`` 0 or None turns the positive-window sub-sampling off.
+    """
+    from keras_clmr.models.cpc import CPC, CPCEncoder
+
+    unknown = sorted(set(options) - set(CPC_OPTIONS))
+    if unknown:
+        raise ValueError(f"Options {unknown} do not apply to --model=cpc.")
+    encoder_keys = ("strides", "filter_sizes", "paddings", "latent_dim", "context_dim")
+    encoder_kwargs = {k: options[k] for k in encoder_keys if options.get(k) is not None}
+    for key in ("strides", "filter_sizes", "paddings"):
+        if key in encoder_kwargs:
+            encoder_kwargs[key] = tuple(int(v) for v in encoder_kwargs[key])
+    if options.get("input_samples"):
+        encoder_kwargs["input_samples"] = int(options["input_samples"])
+    encoder = CPCEncoder(sample_rate=sample_rate, **encoder_kwargs)
+    model_kwargs = {
+        k: int(options[k]) for k in ("prediction_steps", "negative_samples") if options.get(k)
+    }
+    if "subsample_window" in options:
+        model_kwargs["subsample_window"] = options["subsample_window"] or None
+    return CPC(
+        encoder,
+        augmentation=build_augmentation(augment, sample_rate, seed),
+        seed=seed,
+        **model_kwargs,
+    )
 
 
 def build_augmentation(augment, sample_rate, seed, pitch_shift=True):

@@ -23,7 +23,11 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values=FLAGS):
     """Define this command's flags (when it runs, so importing the module defines nothing)."""
     flags.DEFINE_enum(
-        "model", "clmr", ["clmr", "pemr"], "Which pretrainer to train.", flag_values=flag_values
+        "model",
+        "clmr",
+        ["clmr", "pemr", "cpc"],
+        "Which pretrainer to train.",
+        flag_values=flag_values,
     )
     flags.DEFINE_string(
         "dataset",
@@ -52,7 +56,12 @@ def define_flags(flag_values=FLAGS):
         "Steps per epoch (default: clips // batch_size).",
         flag_values=flag_values,
     )
-    flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.", flag_values=flag_values)
+    flags.DEFINE_float(
+        "learning_rate",
+        3e-4,
+        "Adam learning rate (--model=cpc: 1.5e-4 unless given, the CPC author's default).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer(
         "projection_dim",
         None,
@@ -64,7 +73,8 @@ def define_flags(flag_values=FLAGS):
         "augment",
         "clmr",
         ["clmr", "crop", "none"],
-        "'clmr': CLMR's augmentation chain after the crops; 'crop'/'none': random crops only.",
+        "'clmr': CLMR's augmentation chain after the crops; 'crop'/'none': random crops only "
+        "(--model=cpc: 'none' unless given, as the original CPC).",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
@@ -83,6 +93,14 @@ def define_flags(flag_values=FLAGS):
         "segment_samples",
         None,
         "Source segment length (default: 2 x the crop).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "view_source",
+        "clip",
+        ["clip", "segment"],
+        "clip: each view is cropped independently from the whole clip (as CLMR/PEMR); "
+        "segment: both views are cropped from one --segment_samples source segment.",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(
@@ -166,6 +184,7 @@ def define_flags(flag_values=FLAGS):
         flag_values=flag_values,
     )
 
+    define_cpc_flags(flag_values)
     flags.DEFINE_enum(
         "distribution",
         "none",
@@ -226,6 +245,81 @@ def define_flags(flag_values=FLAGS):
     )
 
 
+def define_cpc_flags(flag_values):
+    """--model=cpc's flags; defaults of the CPC author's repository and CLMR's modules/cpc."""
+    flags.DEFINE_integer(
+        "prediction_steps",
+        12,
+        "CPC: future latents predicted (12: contrastive-predictive-coding; CLMR's "
+        "config_cpc.yaml: 20).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "negative_samples",
+        10,
+        "CPC: negatives per positive (10: contrastive-predictive-coding; config_cpc.yaml: 15).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "subsample_window",
+        81,
+        "CPC: positives from a random window of this many latents (0: all latents).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "cpc_strides",
+        None,
+        "CPC: conv strides (default 5,3,2,2,2,2,2, the music configuration).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "cpc_filter_sizes",
+        None,
+        "CPC: conv filter sizes (default 10,6,4,4,4,2,2).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "cpc_paddings", None, "CPC: conv paddings (default 2,2,2,2,1,1,1).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "cpc_latent_dim", 512, "CPC: channels of every conv block.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "cpc_context_dim", 256, "CPC: GRU state size (the embedding size).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "cpc_input_samples",
+        59049,
+        "CPC: window length in samples (59049 = CLMR's audio_length).",
+        flag_values=flag_values,
+    )
+
+
+def cpc_options(flag_values):
+    """The ``build_cpc`` options from the CPC flags."""
+    return {
+        "prediction_steps": flag_values.prediction_steps,
+        "negative_samples": flag_values.negative_samples,
+        "subsample_window": flag_values.subsample_window,
+        "strides": flag_values.cpc_strides,
+        "filter_sizes": flag_values.cpc_filter_sizes,
+        "paddings": flag_values.cpc_paddings,
+        "latent_dim": flag_values.cpc_latent_dim,
+        "context_dim": flag_values.cpc_context_dim,
+        "input_samples": flag_values.cpc_input_samples,
+    }
+
+
+def apply_cpc_defaults(flag_values):
+    """--model=cpc on a new run: lr 1.5e-4 and no augmentation unless the flags are given."""
+    if flag_values.model != "cpc" or flag_values.resume:
+        return
+    if not flag_values["learning_rate"].present:
+        flag_values.learning_rate = 1.5e-4
+    if not flag_values["augment"].present:
+        flag_values.augment = "none"
+
+
 def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
     """A dataset of source segments for ``fit`` and a one-line description of it."""
     from keras_clmr import audio
@@ -243,7 +337,11 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
                     "its manifest.json 'skipped'): prepare a folder with decodable audio."
                 )
             dataset = prepared.pretraining_dataset(
-                FLAGS.data_dir, segment_samples=segment_samples, batch_size=batch_size, seed=seed
+                FLAGS.data_dir,
+                segment_samples=segment_samples,
+                batch_size=batch_size,
+                seed=seed,
+                view_source=FLAGS.view_source,
             )
             if steps_per_epoch is None:
                 steps_per_epoch = max(1, int(count or 0) // batch_size) if count else None
@@ -284,9 +382,10 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
         clips = list(corpus.subset("train").audio)
         description = f"demo corpus ({len(clips)} training clips)"
     batch_size = min(batch_size, len(clips)) if steps_per_epoch is None else batch_size
-    data = SegmentBatches(
-        clips, segment_samples, batch_size, steps_per_epoch=steps_per_epoch, seed=seed
-    )
+    batches = SegmentBatches
+    if FLAGS.view_source == "clip":
+        from keras_clmr.data.views import ClipViewBatches as batches
+    data = batches(clips, segment_samples, batch_size, steps_per_epoch=steps_per_epoch, seed=seed)
     return data, len(data), description
 
 
@@ -339,6 +438,7 @@ def main(argv):
                 f"{FLAGS.output_dir} holds a run already ({state_path}): pass --resume to "
                 "continue it, or choose a new --output_dir."
             )
+    apply_cpc_defaults(FLAGS)
     check_architecture(FLAGS)
 
     try:
@@ -411,6 +511,8 @@ def main(argv):
         pemr_options = {}
         if FLAGS.model == "pemr":
             pemr_options = {name: getattr(FLAGS, name) for name in _PEMR_FLAGS}
+        if FLAGS.model == "cpc":
+            pemr_options = cpc_options(FLAGS)
         with dist.scope():
             model = build_pretrainer(
                 FLAGS.model,
@@ -428,6 +530,8 @@ def main(argv):
 
     crop = model.input_samples
     segment_samples = FLAGS.segment_samples or 2 * crop
+    if FLAGS.view_source == "clip":
+        segment_samples = crop  # each item is a view pair cropped from the whole clip
     if segment_samples < crop:
         raise app.UsageError(
             f"--segment_samples={segment_samples} is shorter than the {crop}-sample crop."
@@ -568,6 +672,15 @@ FIXED_SETTINGS = (
     "transformer_layers",
     "transformer_heads",
     "mel_sample_rate",
+    "prediction_steps",
+    "negative_samples",
+    "subsample_window",
+    "cpc_strides",
+    "cpc_filter_sizes",
+    "cpc_paddings",
+    "cpc_latent_dim",
+    "cpc_context_dim",
+    "cpc_input_samples",
 )
 OVERRIDABLE_SETTINGS = (
     "dataset",
@@ -588,8 +701,11 @@ def current_settings(flag_values):
     }
 
 
+_CPC_LIST_FLAGS = ("cpc_strides", "cpc_filter_sizes", "cpc_paddings")
+
+
 def _normal(name, value):
-    if name == "channels" and value is not None:
+    if name in ("channels",) + _CPC_LIST_FLAGS and value is not None:
         return [int(c) for c in value]
     return value
 
@@ -654,6 +770,9 @@ def check_architecture(flag_values):
                 f"--sample_rate={flag_values.sample_rate}: CLMR's SampleCNN has stride sets for "
                 f"{', '.join(map(str, rates))} Hz only."
             )
+    if flag_values.model == "cpc":
+        check_cpc_architecture(flag_values)
+        return
     expected, parts = {"clmr": (11, "stem, 9 blocks, final"), "pemr": (4, "4 FCN blocks")}[
         flag_values.model
     ]
@@ -662,6 +781,52 @@ def check_architecture(flag_values):
         raise app.UsageError(
             f"--channels={','.join(map(str, channels))} has {len(channels)} widths; "
             f"--model={flag_values.model} needs {expected} ({parts})."
+        )
+
+
+def check_cpc_architecture(flag_values):
+    """--model=cpc: no --channels; as many strides, filter sizes and paddings; a window long
+    enough for the prediction steps."""
+    from keras_clmr.models.cpc import (
+        MUSIC_FILTER_SIZES,
+        MUSIC_PADDINGS,
+        MUSIC_STRIDES,
+        conv_output_length,
+    )
+
+    if flag_values.channels is not None:
+        raise app.UsageError(
+            "--channels does not apply to --model=cpc: use --cpc_latent_dim (conv width) and "
+            "--cpc_context_dim (GRU size)."
+        )
+    lists = {}
+    for name, default in (
+        ("cpc_strides", MUSIC_STRIDES),
+        ("cpc_filter_sizes", MUSIC_FILTER_SIZES),
+        ("cpc_paddings", MUSIC_PADDINGS),
+    ):
+        value = flag_values[name].value
+        try:
+            lists[name] = tuple(int(v) for v in value) if value is not None else default
+        except ValueError:
+            raise app.UsageError(f"--{name}={','.join(value)}: give integers.") from None
+    if len({len(v) for v in lists.values()}) != 1:
+        counts = ", ".join(f"--{k} has {len(v)}" for k, v in lists.items())
+        raise app.UsageError(
+            f"CPC needs one stride, filter size and padding per conv block: {counts}."
+        )
+    for name in ("prediction_steps", "negative_samples", "cpc_latent_dim", "cpc_context_dim"):
+        if flag_values[name].value < 1:
+            raise app.UsageError(f"--{name}={flag_values[name].value}: must be >= 1.")
+    if flag_values.subsample_window < 0:
+        raise app.UsageError(f"--subsample_window={flag_values.subsample_window}: must be >= 0.")
+    latents = conv_output_length(flag_values.cpc_input_samples, *lists.values())
+    window = min(latents, flag_values.subsample_window or latents)
+    if window <= flag_values.prediction_steps:
+        raise app.UsageError(
+            f"--cpc_input_samples={flag_values.cpc_input_samples} gives {latents} latents "
+            f"(window {window}): too few to predict --prediction_steps="
+            f"{flag_values.prediction_steps} steps ahead; use a longer window or fewer steps."
         )
 
 
