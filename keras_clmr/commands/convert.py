@@ -26,7 +26,7 @@ import sys
 
 from absl import flags
 
-FORMATS = ["auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr"]
+FORMATS = ["auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr", "cpc"]
 
 
 def define_flags(flag_values=flags.FLAGS):

@@ -22,7 +22,7 @@ from keras_clmr.conversion.readers import (
     read_state_dict,
 )
 
-FORMATS = ("auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr")
+FORMATS = ("auto", "clmr-1.0", "clmr-2.0", "clmr-lightning", "clmr-finetuner", "pemr", "cpc")
 
 
 def read_checkpoint(path, max_bytes=DEFAULT_MAX_BYTES):
@@ -33,9 +33,10 @@ def read_checkpoint(path, max_bytes=DEFAULT_MAX_BYTES):
 def detect_format(state):
     """The checkpoint family of a numpy state dict (see ``FORMATS``)."""
     from keras_clmr.conversion.clmr import detect_clmr_format
+    from keras_clmr.conversion.cpc import detect_cpc_format
     from keras_clmr.conversion.pemr import detect_pemr_format
 
-    fmt = detect_pemr_format(state) or detect_clmr_format(state)
+    fmt = detect_cpc_format(state) or detect_pemr_format(state) or detect_clmr_format(state)
     if fmt is None:
         sample = ", ".join(sorted(state)[:8])
         raise ConversionError(
@@ -82,6 +83,15 @@ def convert_checkpoint(
             f"{info['file']} is a fine-tuner head only: convert the encoder checkpoint with "
             f"--source and pass this file as --finetuner."
         )
+    if fmt == "cpc":  # the original's modules/cpc layout (no CPC checkpoint was released)
+        from keras_clmr.conversion.cpc import convert_cpc_checkpoint
+
+        if finetuner is not None:
+            raise ConversionError("--finetuner applies to CLMR checkpoints, not to CPC.")
+        model, metadata = convert_cpc_checkpoint(
+            state, sample_rate=sample_rate, parity=parity, source=label
+        )
+        return model, {"converted_from": info, **metadata}
     if fmt == "pemr":
         model, metadata, reference = pemr.convert_pemr_with_reference(
             state, parity=parity, source=label

@@ -256,3 +256,75 @@ def cpc_parity(model, state, strides, paddings, batch=2, seed=0):
     if bad:
         raise ParityError(f"CPC: Keras and the numpy reference differ beyond tolerance: {bad}")
     return diffs
+
+
+REFERENCE_NAME = "keras_clmr.conversion.cpc.numpy_reference (float64 numpy, no torch)"
+
+
+def convert_cpc_checkpoint(state, sample_rate=None, parity=True, source="checkpoint", seed=0):
+    """``convert_checkpoint``'s CPC family: ``(CPC model, metadata)`` in the CLMR/PEMR layout.
+
+    The music configuration's strides and paddings (seven blocks; other layouts: call
+    ``convert_cpc`` with them). Parity: latents, GRU states and predictions against the float64
+    numpy reference under ``numpy_reference.parity_check`` (the same gate as CLMR/PEMR), with
+    parameter counts of the state dict minus the original's unused ``encoder.fc``.
+    """
+    from keras_clmr.conversion import numpy_reference as reference_lib
+    from keras_clmr.conversion.clmr import parity_audio, parity_figures
+
+    rate = int(sample_rate or 22050)
+    model, report = convert_cpc(state, sample_rate=rate, parity=False, source=source)
+    config = report.pop("config")
+    metadata = {
+        "source_format": "cpc",
+        "architecture": {
+            "family": "cpc",
+            "backbone": "CPCEncoder",
+            **config,
+            "sample_rate": rate,
+            "input_samples": model.encoder.input_samples,
+            "embedding_dim": model.encoder.embedding_dim,
+        },
+        "keys": report,
+    }
+    if not parity:
+        return model, metadata
+    numpy_state = {
+        k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+        for k, v in strip_prefixes(state).items()
+        if not k.startswith("encoder.fc.")
+    }
+    audio = parity_audio(model.encoder.input_samples, batch=2, seed=seed, sample_rate=rate)
+    want_z, want_c, want_wc = numpy_reference(
+        numpy_state, audio, config["strides"], config["paddings"]
+    )
+    latents = model.encoder.latents(audio)
+    context = model.encoder.context(latents)
+    got = {
+        "latents": to_numpy(latents),
+        "context": to_numpy(context),
+        "predictions": to_numpy(model.predictor(context)),
+    }
+    keras_params = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    ref_params, ref_stats = reference_lib.state_parameter_counts(numpy_state)
+    figures = reference_lib.parity_check(
+        got,
+        {"latents": want_z, "context": want_c, "predictions": want_wc},
+        (keras_params, 0),
+        (ref_params, ref_stats),
+        what="CPC conversion",
+    )
+    counts = {
+        "reference_parameters": ref_params,
+        "reference_unused_fc_parameters": int(
+            sum(np.size(v) for k, v in strip_prefixes(state).items() if k.startswith("encoder.fc."))
+        ),
+        "keras_parameters": keras_params,
+    }
+    metadata["parity"] = parity_figures(
+        figures,
+        REFERENCE_NAME,
+        f"2 clips x {model.encoder.input_samples} samples (tones + noise, seed {seed})",
+        counts,
+    )
+    return model, metadata
