@@ -46,6 +46,12 @@ CITATIONS = {
   eprint    = {2203.09129},
   archivePrefix = {arXiv}
 }""",
+    "cpc": """@article{oord2018cpc,
+  title   = {Representation Learning with Contrastive Predictive Coding},
+  author  = {van den Oord, Aaron and Li, Yazhe and Vinyals, Oriol},
+  journal = {arXiv preprint arXiv:1807.03748},
+  year    = {2018}
+}""",
     "musicnn": """@inproceedings{pons2019musicnn,
   title     = {musicnn: Pre-trained Convolutional Neural Networks for Music Audio Tagging},
   author    = {Pons, Jordi and Serra, Xavier},
@@ -112,6 +118,23 @@ ARCHITECTURES = {
             "Encoder only: the PEMR authors released no tagging head, and no published PEMR scores "
             "were verified.",
             "Input must be mono 22050 Hz audio in windows of 59049 samples.",
+        ),
+    },
+    "CPCEncoder": {
+        "family": "cpc",
+        "embedding_dim": 256,
+        "citations": ("cpc", "clmr"),
+        "what": (
+            "CPC (van den Oord et al. 2018) on raw waveforms as the CLMR thesis trained it: "
+            "strided Conv1D+ReLU blocks (music configuration: strides 5,3,2,2,2,2,2, 512 "
+            "channels) give latents z_t, a GRU gives context states c_t; the clip embedding is "
+            "c_t averaged over time, as the original's linear evaluation."
+        ),
+        "limitations": (
+            "Input must be mono audio at the model's sample rate, in windows of the model's "
+            "input length.",
+            "No CPC music weights were released by the CLMR authors: a CPC preset is trained or "
+            "converted locally; scores quoted from the thesis are the authors', not this model's.",
         ),
     },
     "Musicnn": {

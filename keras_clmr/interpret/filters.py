@@ -135,15 +135,42 @@ def _fcn_stages(encoder):
     return stages
 
 
+def _cpc_stages(encoder):
+    """CPC's strided Conv1d blocks: layer n is ``conv_{n-1}`` before its ReLU (no norm)."""
+    from keras import ops
+
+    stack = list(encoder.stack)
+    stages = []
+    for index, layer in enumerate(stack):
+        match = re.fullmatch(r"conv_(\d+)", layer.name)
+        if not match:
+            continue
+        prefix = stack[: index + 1]
+
+        def forward(waveform, prefix=prefix):
+            x = ops.expand_dims(waveform, -1)
+            for item in prefix:
+                x = item(x)
+            return x
+
+        number = int(match.group(1)) + 1
+        stages.append(_Stage(number, layer.name, int(layer.filters), forward))
+    return stages
+
+
 def _stages_of(encoder):
     from keras_clmr.models import FCN, SampleCNN
+    from keras_clmr.models.cpc import CPCEncoder
 
     if isinstance(encoder, SampleCNN):
         return _sample_cnn_stages(encoder)
     if isinstance(encoder, FCN):
         return _fcn_stages(encoder)
+    if isinstance(encoder, CPCEncoder):
+        return _cpc_stages(encoder)
     raise UnsupportedModelError(
-        f"filter_spectra supports SampleCNN (raw waveform) and FCN (log-mel) encoders, or a tagger/"
+        f"filter_spectra supports SampleCNN (raw waveform), CPCEncoder (raw waveform) and FCN "
+        f"(log-mel) encoders, or a tagger/"
         f"pretrainer wrapping one; got {type(encoder).__name__}. Musicnn's first layers are "
         "timbral/temporal filters of different shapes: not supported yet."
     )
@@ -256,6 +283,16 @@ def _optimise(stage, input_samples, steps, learning_rate, rms_limit, rng):
     return x, np.asarray(values, dtype=np.float64)
 
 
+def _default_samples(encoder, selected):
+    """729 samples for SampleCNN; for FCN, two frames at the deepest layer (>= 4 FFT sizes)."""
+    blocks = getattr(encoder, "blocks", None)
+    if blocks is None:
+        return 729
+    deepest = max(stage.number for stage in selected)
+    frames = 2 * int(np.prod([pool[1] for pool in encoder.pools[: deepest - 1]]))
+    return max(encoder.frontend.hop_length * frames, 4 * encoder.frontend.n_fft)
+
+
 def _minimum_samples(stage, input_samples):
     from keras import ops
 
@@ -273,11 +310,11 @@ def _minimum_samples(stage, input_samples):
 
 def filter_spectra(
     encoder,
-    layers=(1, 4, 6),
+    layers=None,
     steps=DEFAULT_STEPS,
     learning_rate=DEFAULT_LEARNING_RATE,
     seed=0,
-    input_samples=729,
+    input_samples=None,
     output=None,
     rms_limit=DEFAULT_RMS_LIMIT,
     model_name=None,
@@ -286,10 +323,13 @@ def filter_spectra(
 
     Args:
         encoder: a SampleCNN or FCN, a tagger/pretrainer wrapping one, or a preset name.
-        layers: layer numbers (1 = first convolution) or block names, e.g. ``(1, 4, 6)``.
+        layers: layer numbers (1 = first convolution) or block names; default ``(1, 4, 6)``
+            (the thesis' choice) for SampleCNN, every block for FCN.
         steps, learning_rate: gradient-ascent steps and step size (RMS of each normalised step).
         seed: seed of the random start waveforms (same seed, same result).
-        input_samples: waveform length (729 = the receptive field of SampleCNN's layer 6).
+        input_samples: waveform length; default 729 for SampleCNN (the receptive field of its
+            layer 6, as in the thesis), and for FCN the shortest input that leaves two frames
+            at the deepest requested layer (at least four FFT lengths).
         output: a PNG path: one panel per layer, filters sorted by peak, log frequency in Hz.
         rms_limit: RMS radius of the ball the waveform is kept in.
         model_name: title of the picture (default: the model's name).
@@ -301,6 +341,8 @@ def filter_spectra(
     encoder = _unwrap_encoder(encoder)
     name = model_name or getattr(encoder, "name", type(encoder).__name__)
     stages = _stages_of(encoder)
+    if layers is None:
+        layers = (1, 4, 6) if len(stages) >= 6 else tuple(s.number for s in stages)
     if isinstance(layers, (int, str)):
         layers = (layers,)
     selected = _select(stages, list(layers), name)
@@ -309,6 +351,8 @@ def filter_spectra(
             f"Need steps >= 0, learning_rate > 0, rms_limit > 0; got {steps}, {learning_rate}, "
             f"{rms_limit}."
         )
+    if input_samples is None:
+        input_samples = _default_samples(encoder, selected)
     input_samples = int(input_samples)
     sample_rate = int(getattr(encoder, "sample_rate", 22050))
     frequencies = np.fft.rfftfreq(input_samples, d=1.0 / sample_rate)
