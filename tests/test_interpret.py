@@ -126,8 +126,11 @@ def test_fcn_input_spectrum_method():
         n_fft=64,
         hop_length=32,
     )
-    result = filters_lib.filter_spectra(model, layers=(1, 2), steps=10, input_samples=1024)
-    assert [e.spectra.shape for e in result.layers] == [(4, 513), (4, 513)]
+    result = filters_lib.filter_spectra(model, steps=10)  # default layers: every FCN block
+    assert [e.layer for e in result.layers] == [1, 2]
+    # Default length: max(2 frames at layer 2 = 2 * 2 * 32, 4 * n_fft = 256) samples -> 129 bins.
+    assert [e.spectra.shape for e in result.layers] == [(4, 129), (4, 129)]
+    assert [e.waveforms.shape for e in result.layers] == [(4, 256), (4, 256)]
     assert all(np.all(np.isfinite(e.spectra)) for e in result.layers)
 
 
