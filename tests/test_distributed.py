@@ -2,7 +2,10 @@
 
 Each backend runs in a fresh subprocess: the logical device split must happen before
 TensorFlow/JAX initialise. TensorFlow: MirroredStrategy on 2 logical CPUs; JAX:
-keras.distribution.DataParallel on 4 (XLA_FLAGS host device count).
+keras.distribution.DataParallel on 2 (XLA_FLAGS host device count). Two replicas per backend,
+not more: XLA's CPU all-reduce waits for every host device at a rendezvous (40 s timeout), and
+4 host devices on a loaded 2-core machine missed it; 2 replicas still tell per-replica from
+global negatives (checked below).
 """
 
 import json
@@ -16,6 +19,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORKERS = os.path.join(REPO, "tests", "workers")
+# XLA's CPU collectives abort a rendezvous after 40 s by default; on a loaded machine a replica
+# thread may not be scheduled that soon. A slow step is not a wrong one: wait up to 10 minutes.
+XLA_PATIENT_COLLECTIVES = (
+    "--xla_cpu_collective_timeout_seconds=600 "
+    "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+)
 pytestmark = pytest.mark.large  # fresh interpreters, distributed training, kill/resume
 
 
@@ -37,15 +46,16 @@ def numpy_nt_xent(z_i, z_j, temperature=0.5):
 def run_worker(tmp_path, backend, replicas):
     script = os.path.join(WORKERS, "distributed_step.py")
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={replicas}", CUDA_VISIBLE_DEVICES="")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={replicas} {XLA_PATIENT_COLLECTIVES}",
+               CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, str(script), str(replicas), REPO], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=1800)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.parametrize("backend, replicas", [("tensorflow", 2), ("jax", 4)])
+@pytest.mark.parametrize("backend, replicas", [("tensorflow", 2), ("jax", 2)])
 def test_distributed_step_matches_single_device(tmp_path, backend, replicas):
     pytest.importorskip(backend)
     results = run_worker(tmp_path, backend, replicas)

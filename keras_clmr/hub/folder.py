@@ -7,6 +7,7 @@ checkpoint, evaluation, and the sha256 and size of every other file in the folde
 """
 
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 README_FILE = "README.md"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+# Documentation: its hash in metadata.json is informational (editing a card never breaks loading).
+INFORMATIONAL_FILES = (README_FILE,)
 
 
 class PresetIntegrityError(PresetError):
@@ -106,8 +109,12 @@ def save_preset(
     import keras_clmr
 
     preset_dir = os.path.abspath(os.fspath(preset_dir))
+    io.recover_folder(preset_dir)  # a previous save killed between its renames: restore it
     if os.path.exists(preset_dir) and not overwrite:
-        raise FileExistsError(f"{preset_dir} already exists; pass overwrite=True to replace it.")
+        raise io.OutputExistsError(
+            f"{preset_dir} already exists; choose a new folder or pass overwrite=True to "
+            "replace it."
+        )
     if not isinstance(model, keras.Model):
         raise TypeError(f"save_preset expects a keras.Model, got {type(model).__name__}.")
     if encoder_only is None:
@@ -171,6 +178,15 @@ def save_preset(
     return preset_dir
 
 
+def hash_files(folder, names):
+    """``{name: {"sha256", "size"}}`` for the given relative names (``/``-separated)."""
+    files = {}
+    for rel in sorted(names):
+        path = os.path.join(folder, *rel.split("/"))
+        files[rel] = {"sha256": io.sha256_file(path), "size": os.path.getsize(path)}
+    return files
+
+
 def hash_folder(folder):
     """``{relative path: {"sha256", "size"}}`` of every file but metadata.json and dot files."""
     files = {}
@@ -188,8 +204,42 @@ def hash_folder(folder):
 # ------------------------------------------------------------------------------- reading
 
 
+def check_folder_readable(preset_dir):
+    """Raise a clear error for a missing folder or a symlink loop (not "no such file")."""
+    try:
+        os.stat(preset_dir)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise PresetError(
+                f"{preset_dir}: a symlink loop (the link points back at itself); fix or remove "
+                "the link and pass the real folder."
+            ) from error
+        raise PresetError(f"{preset_dir}: no such preset folder.") from error
+    if not os.path.isdir(preset_dir):
+        raise PresetError(f"{preset_dir}: not a folder; pass a preset folder.")
+
+
+def check_file_name(preset_dir, rel):
+    """A metadata.json file name must stay inside the folder (no ``..``, no absolute path)."""
+    parts = rel.split("/") if isinstance(rel, str) else None
+    if (
+        not parts
+        or "\\" in rel
+        or rel.startswith("/")
+        or os.path.isabs(rel)
+        or any(part in ("", ".", "..") for part in parts)
+        or ":" in parts[0]
+    ):
+        raise PresetIntegrityError(
+            f"{preset_dir}/{METADATA_FILE} lists {rel!r}, a name outside the preset folder; "
+            "the metadata is damaged or hostile. Re-download or re-save the preset."
+        )
+    return rel
+
+
 def read_metadata(preset_dir):
     """The metadata.json of a preset folder (checked to have a ``files`` table)."""
+    check_folder_readable(preset_dir)
     path = os.path.join(preset_dir, METADATA_FILE)
     if not os.path.isfile(path):
         raise PresetMissingFileError(
@@ -208,11 +258,22 @@ def read_metadata(preset_dir):
             f"{path} has no 'files' table of sha256 sums; re-save the preset "
             "with keras_clmr.save_preset."
         )
+    for rel, entry in metadata["files"].items():
+        check_file_name(preset_dir, rel)
+        if not isinstance(entry, dict):
+            raise PresetIntegrityError(
+                f"{path}: the entry for {rel!r} is not {{sha256, size}}; re-save the preset."
+            )
     return metadata
 
 
-def verify_preset(preset_dir, metadata=None):
-    """Check every file listed in metadata.json (sha256 and size); raise on the first problem."""
+def verify_preset(preset_dir, metadata=None, skip=()):
+    """Check every file listed in metadata.json (sha256 and size); raise on the first problem.
+
+    Weights, config and exports must match; README.md (the card, documentation) may have been
+    edited: its hash is informational. ``skip``: names (or folder prefixes) not to check, for
+    a writer about to replace them.
+    """
     metadata = metadata or read_metadata(preset_dir)
     files = metadata["files"]
     missing = [f for f in REQUIRED_FILES if f not in files]
@@ -225,6 +286,11 @@ def verify_preset(preset_dir, metadata=None):
         "e.g. with `hf cache delete`, then load again online) or re-save the preset."
     )
     for rel, expected in files.items():
+        check_file_name(preset_dir, rel)
+        if rel in INFORMATIONAL_FILES or any(
+            rel == name or rel.startswith(name.rstrip("/") + "/") for name in skip
+        ):
+            continue
         path = os.path.join(preset_dir, *rel.split("/"))
         if not os.path.isfile(path):
             raise PresetMissingFileError(f"Preset {preset_dir} is missing {rel}. {fix}")
@@ -247,8 +313,7 @@ def load_preset(preset_dir, *, task=None, verify=True):
     requires a stored tagger; ``None`` returns what is stored.
     """
     preset_dir = os.fspath(preset_dir)
-    if not os.path.isdir(preset_dir):
-        raise PresetError(f"{preset_dir}: no such preset folder.")
+    check_folder_readable(preset_dir)
     if task not in (None, *TASKS):
         raise ValueError(f"task must be one of {TASKS} or None, got {task!r}.")
     metadata = verify_preset(preset_dir) if verify else read_metadata(preset_dir)
@@ -273,7 +338,7 @@ def load_preset(preset_dir, *, task=None, verify=True):
     config.pop("compile_config", None)
     model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     _ensure_built(model, metadata.get("input_samples") or model_attribute(model, "input_samples"))
-    model.load_weights(os.path.join(preset_dir, WEIGHTS_FILE))
+    load_weights_checked(model, os.path.join(preset_dir, WEIGHTS_FILE))
     model.preset_metadata = metadata
     if task == "embed" and is_tagger(model):
         backbone = encoder_of(model)
@@ -282,3 +347,68 @@ def load_preset(preset_dir, *, task=None, verify=True):
     if task == "tag" and not is_tagger(model):
         raise PresetError(f"Preset {preset_dir} does not hold a tagger; load it with task='embed'.")
     return model
+
+
+def _expected_weight_groups(layer, prefix=""):
+    """{h5 group: (layer name, [variable shapes])} in Keras' weights-file layout."""
+    from keras.src.utils.naming import to_snake_case
+
+    groups = {}
+    own = list(layer._trainable_variables) + list(layer._non_trainable_variables)
+    if own:
+        groups[f"{prefix}vars" if prefix else "vars"] = (
+            layer.name,
+            [tuple(v.shape) for v in own],
+        )
+    used = {}
+    for sub in getattr(layer, "_layers", None) or []:
+        base = to_snake_case(type(sub).__name__)
+        count = used.get(base, 0)
+        used[base] = count + 1
+        name = base if count == 0 else f"{base}_{count}"
+        groups.update(_expected_weight_groups(sub, f"{prefix}layers/{name}/"))
+    return groups
+
+
+def _weights_mismatch(model, path):
+    """Lines naming each layer whose stored weights differ in number or shape (best effort)."""
+    import h5py
+
+    problems = []
+    try:
+        expected = _expected_weight_groups(model)
+        with h5py.File(path, "r") as file:
+            for group, (layer_name, shapes) in sorted(expected.items()):
+                stored = file.get(group)
+                found = (
+                    [tuple(stored[str(i)].shape) for i in range(len(stored))]
+                    if stored is not None
+                    else []
+                )
+                if found != shapes:
+                    problems.append(
+                        f"layer {layer_name!r} expects weights of shapes {shapes}, "
+                        f"{WEIGHTS_FILE} holds {found or 'none'}"
+                    )
+    except Exception:  # the diagnostic is best effort; the caller reports the original error
+        return []
+    return problems
+
+
+def load_weights_checked(model, path):
+    """``model.load_weights(path)``; a file that does not fit the config names layer and shapes."""
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError) as error:
+        problems = _weights_mismatch(model, path)
+        if problems:
+            more = len(problems) - 3
+            shown = "; ".join(problems[:3]) + (f"; and {more} more" if more > 0 else "")
+            reason = f"does not fit config.json: {shown}. The weights and config come from " \
+                "different models"
+        else:
+            text = str(error).strip()
+            reason = f"could not be loaded into {type(model).__name__} (" + (
+                text.splitlines()[0] if text else type(error).__name__
+            ) + ")"
+        raise PresetIntegrityError(f"{path} {reason}; re-download or re-save the preset.") from error

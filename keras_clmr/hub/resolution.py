@@ -146,9 +146,14 @@ def resolve(name_or_handle, task=None, revision=None, cache_dir=None, progress=T
         raise PresetError(
             f"{name_or_handle}: only hf:// handles, registry names and local folders are supported."
         )
-    if os.path.isdir(name_or_handle):
-        return name_or_handle
-    if "/" in name_or_handle or os.sep in name_or_handle or name_or_handle.startswith((".", "~")):
+    # A bare name is a registry name even when a folder of that name is in the current
+    # directory; only a path (./x, /x, ~/x, a separator) is a folder.
+    is_path = (
+        "/" in name_or_handle or os.sep in name_or_handle or name_or_handle.startswith((".", "~"))
+    )
+    if is_path and os.path.isdir(os.path.expanduser(name_or_handle)):
+        return os.path.expanduser(name_or_handle)
+    if is_path:
         looks_like_repo = name_or_handle.count("/") == 1 and not name_or_handle.startswith(
             (".", "/", "~")
         )
@@ -158,7 +163,15 @@ def resolve(name_or_handle, task=None, revision=None, cache_dir=None, progress=T
             else ""
         )
         raise PresetError(f"{name_or_handle}: no such preset folder{hint}.")
-    preset = get_preset(name_or_handle)
+    try:
+        preset = get_preset(name_or_handle)
+    except PresetError as error:
+        if os.path.isdir(name_or_handle):
+            raise type(error)(
+                f"{error} A folder {name_or_handle!r} exists here: to load it, pass it as a "
+                f"path, ./{name_or_handle}."
+            ) from error
+        raise
     task = task or "embed"
     if task not in preset.tasks:
         raise PresetError(
