@@ -725,3 +725,35 @@ def test_per_tag_figure_sorted_bars_with_chance_and_prevalence(tmp_path):
         plt.close(figure)
     reports.per_tag_plot(results, str(tmp_path / "per_tag_auc.png"))
     assert (tmp_path / "per_tag_auc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_explain_command_line(tmp_path, capsys):
+    import keras_clmr
+    from keras_clmr.interpret import command
+
+    preset = tmp_path / "tiny-preset"
+    keras_clmr.save_preset(tiny_sample_cnn(), str(preset))
+    png = tmp_path / "spectra.png"
+    args = ["explain", "filters", "--model", str(preset), "--layers", "1,block_3", "--steps", "3"]
+    assert command.main([*args, "--output", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and capsys.readouterr().out.strip() == str(png)
+    assert command.main([*args, "--random-init", "-o", str(tmp_path / "random.png")]) == 0
+    assert command.main(["filters", "--model", str(preset), "--layers", "12", "-o", str(png)]) == 2
+    assert "no filter layer 12" in capsys.readouterr().err
+    root = tmp_path / "corpus"
+    _write_level_corpus(root)
+    out = tmp_path / "page"
+    listen = ["explain", "listen", str(root), "--model", str(preset), "--features", "2", "-o"]
+    assert command.main([*listen, str(out)]) == 0
+    assert json.loads((out / "listening.json").read_text())["features"] == [0, 1]
+    assert command.main(["map", str(root), "--model", str(preset), "-o", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "map.html").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (
+        command.main(["map", str(empty), "--model", str(preset), "-o", str(tmp_path / "m2")]) == 2
+    )
+    assert "No audio files" in capsys.readouterr().err
