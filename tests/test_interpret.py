@@ -751,6 +751,16 @@ def test_explain_command_line(tmp_path, capsys):
     assert json.loads((out / "listening.json").read_text())["features"] == [0, 1]
     assert command.main(["map", str(root), "--model", str(preset), "-o", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "map.html").exists()
+    from keras_clmr.models import MusicTagger
+
+    tagger = tmp_path / "tiny-tagger"
+    keras_clmr.save_preset(
+        MusicTagger(tiny_sample_cnn(), num_classes=4, tags=list("abcd")), str(tagger)
+    )
+    song = str(root / "indomain" / "indomain_0.wav")
+    taggram_png = tmp_path / "taggram.png"
+    taggram_args = ["taggram", song, "--model", str(tagger), "--top-n", "2", "-o", str(taggram_png)]
+    assert command.main(taggram_args) == 0 and taggram_png.read_bytes()[:4] == b"\x89PNG"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (
