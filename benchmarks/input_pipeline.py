@@ -6,9 +6,12 @@
 2. Decode-only speed of ``keras_clmr.audio.load`` in this process (one core).
 3. ``keras_clmr.data.prepare`` with 1 and with ``--workers`` processes: audio hours per
    wall minute and x real time per worker.
-4. ``pretraining_dataset`` from the local shards: segments/s at batch 96 for segments of
-   59049 samples and of 2 x 59049 (the pretrainer's default source segment, from which it
-   crops a pair of 59049-sample views), with 1 and 4 segments per clip read.
+4. ``pretraining_dataset`` from the local shards at batch 96: view pairs/s with the default
+   settings (whole-clip views: two independent 59049-sample crops per clip, only their byte
+   ranges decoded), and segments/s in segment mode for segments of 59049 samples and of
+   2 x 59049 (from which the pretrainer crops a pair of views), with 1 and 4 items per clip.
+
+``--pipeline_only`` skips the decode and preparation timings (the shards are still written).
 
 Figures are wall-clock on whatever machine runs this; compare ratios from the same run. The
 CPU-time figures (this process's threads + finished worker processes) depend less on other
@@ -90,7 +93,8 @@ def _decode_speed(source):
     return {"files": len(paths), "x_real_time_one_core": round(seconds / wall, 1)}
 
 
-def _pipeline_speed(prepared, segment_samples, batch_size, batches, warmup, segments_per_clip=1):
+def _pipeline_speed(prepared, segment_samples, batch_size, batches, warmup, segments_per_clip=1,
+                    view_source="segment"):
     from keras_clmr.data import pipeline
 
     dataset = pipeline.pretraining_dataset(
@@ -99,6 +103,7 @@ def _pipeline_speed(prepared, segment_samples, batch_size, batches, warmup, segm
         batch_size=batch_size,
         seed=0,
         segments_per_clip=segments_per_clip,
+        view_source=view_source,
     )
     iterator = iter(dataset)
     for _ in range(warmup):
@@ -108,7 +113,20 @@ def _pipeline_speed(prepared, segment_samples, batch_size, batches, warmup, segm
         batch = next(iterator)
     batch.numpy()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    items = batches * batch_size
+    if view_source == "clip":
+        return {
+            "view_source": "clip",
+            "view_samples": segment_samples,
+            "pairs_per_clip": segments_per_clip,
+            "batch_size": batch_size,
+            "batches": batches,
+            "view_pairs_per_second": round(items / wall, 1),
+            "cpu_seconds_per_1000_pairs": round(cpu / items * 1000, 3),
+            "view_pairs_per_cpu_second": round(items / cpu, 1),
+        }
     return {
+        "view_source": "segment",
         "segment_samples": segment_samples,
         "segments_per_clip": segments_per_clip,
         "batch_size": batch_size,
@@ -132,6 +150,10 @@ def main():
     )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument(
+        "--pipeline_only", action="store_true", help="Skip the decode and preparation timings."
+    )
+    parser.add_argument("--output", default=None, help="Also write the JSON to this file.")
+    parser.add_argument(
         "--workdir", default=None, help="Where to write files (default: a temp dir, removed)."
     )
     args = parser.parse_args()
@@ -147,13 +169,21 @@ def main():
                 f"{args.clips} mp3 clips, {args.seconds} s, 16 kHz mono (MTAT-like) "
                 "-> 22050 Hz int16"
             ),
-            "decode_only": _decode_speed(source),
         }
         prepared = os.path.join(workdir, "prepared")
-        result["prepare"] = [
-            _prepare_speed(source, prepared, w, clips_per_shard=4)
-            for w in sorted({1, args.workers})
-        ]
+        if args.pipeline_only:
+            if not os.path.isdir(prepared):
+                _prepare_speed(source, prepared, args.workers, clips_per_shard=4)
+        else:
+            result["decode_only"] = _decode_speed(source)
+            result["prepare"] = [
+                _prepare_speed(source, prepared, w, clips_per_shard=4)
+                for w in sorted({1, args.workers})
+            ]
+        # The default: whole-clip view pairs, one pair per clip read.
+        result["pretraining_default"] = _pipeline_speed(
+            prepared, 59049, 96, args.batches, args.warmup, 1, view_source="clip"
+        )
         result["pretraining"] = [
             _pipeline_speed(prepared, s, 96, args.batches, args.warmup, k)
             for s in (59049, 118098)
@@ -161,6 +191,10 @@ def main():
         ]
         result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result, indent=1))
+        if args.output:
+            from keras_clmr.io import atomic_write_json
+
+            atomic_write_json(args.output, result)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -2,9 +2,10 @@
 
 Any ``tf.io.gfile`` path works (local, ``gs://``, ...). Three views of the same shards:
 
-- ``pretraining_dataset``: random source segments [B, S] for the contrastive pretrainers
-  (which crop their two views from each segment). Clips shorter than S are skipped (as
-  CLMR's ContrastiveDataset does) or zero-padded with ``short_clips="pad"``.
+- ``pretraining_dataset``: view pairs [B, 2, S] cropped independently from each whole clip
+  (default, as CLMR does), or random source segments [B, S] (``view_source="segment"``) for
+  the contrastive pretrainers. Clips shorter than S are skipped (as CLMR's
+  ContrastiveDataset does) or zero-padded with ``short_clips="pad"``.
 - ``evaluation_dataset``: every non-overlapping chunk of every clip, in clip order, with
   the clip's index and label vector, so an evaluator can average predictions per clip.
 - ``supervised_dataset``: one random crop per clip per epoch with its multi-hot/one-hot label.
@@ -165,23 +166,59 @@ def _options(tf, deterministic):
     return options
 
 
+VIEW_SOURCES = ("clip", "segment")
+
+
+def short_clip_counts(data_dir, split, view_samples):
+    """How many clips of ``split`` are shorter than ``view_samples`` (skipped in whole-clip
+    mode unless padded) and how many are exactly that long (their two views are identical)."""
+    lengths = clip_table(data_dir, split)["num_samples"]
+    return {"clips": int(len(lengths)), "shorter": int(np.sum(lengths < view_samples)),
+            "exactly_one_view": int(np.sum(lengths == view_samples)),
+            "longest": int(lengths.max()) if len(lengths) else 0}
+
+
+def _report_short_clips(data_dir, split, samples, short_clips, view_source):
+    """Log (once per dataset) the clips that are skipped, padded or give identical views."""
+    import logging
+
+    counts = short_clip_counts(data_dir, split, samples)
+    what = "view" if view_source == "clip" else "source segment"
+    if counts["shorter"]:
+        action = "skipped" if short_clips == "skip" else "zero-padded"
+        logging.warning("%s: %d of %d %r clips are shorter than one %d-sample %s and are %s.",
+                        data_dir, counts["shorter"], counts["clips"], split, samples, what, action)
+    if view_source == "clip" and counts["exactly_one_view"]:
+        logging.warning("%s: %d %r clips are exactly one %d-sample view long: both of their views "
+                        "are the whole clip (identical before augmentation).", data_dir,
+                        counts["exactly_one_view"], split, samples)
+    return counts
+
+
 def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", shuffle_buffer=512, seed=None,
                         deterministic=False, repeat=True, short_clips="skip", segments_per_clip=1,
-                        input_context=None, cycle_length=None):
-    """Batches of random source segments, float32 [batch_size, segment_samples] (x only).
+                        input_context=None, cycle_length=None, view_source="clip"):
+    """Batches for the contrastive pretrainers (x only).
 
-    Each clip gives one segment at a uniformly random start per pass; passes over the
-    shards repeat forever when ``repeat`` (file order reshuffled each pass). Clips shorter
-    than ``segment_samples`` are skipped (``short_clips="skip"``, CLMR's behaviour) or
-    zero-padded at the end (``"pad"``). Batches are full (drop_remainder). With ``seed`` and
-    ``deterministic=True`` the stream is reproducible. ``input_context`` (from
-    ``tf.distribute``'s ``distribute_datasets_from_function``) shards the files per input
-    pipeline; otherwise tf.distribute auto-shards the dataset across workers.
+    ``view_source="clip"`` (default, as CLMR and PEMR do): view pairs, float32
+    [batch_size, 2, segment_samples]: each clip gives two views at independent uniformly
+    random starts anywhere in the whole clip (any length). Only the two views' byte ranges
+    are decoded from the record. ``view_source="segment"``: one random source segment per
+    clip, float32 [batch_size, segment_samples], from which the pretrainer crops both views
+    (so they start at most segment_samples - crop apart).
 
-    Streaming is bound by reading whole clips (MTAT: 1.3 MB each). ``segments_per_clip=k``
-    takes k independent segments from each clip read, k times the segments/s, at the cost
-    of CLMR's one-item-per-clip sampling: siblings can meet in a batch (as false negatives
-    in NT-Xent) with probability about batch_size / shuffle_buffer per pair.
+    Passes over the shards repeat forever when ``repeat`` (file order reshuffled each pass).
+    Clips shorter than ``segment_samples`` are skipped (``short_clips="skip"``, CLMR's
+    behaviour; counted in a warning) or zero-padded at the end (``"pad"``); a clip exactly
+    one view long gives two identical views (warned once). Batches are full
+    (drop_remainder). With ``seed`` and ``deterministic=True`` the stream is reproducible.
+    ``input_context`` (from ``tf.distribute``'s ``distribute_datasets_from_function``)
+    shards the files per input pipeline; otherwise tf.distribute auto-shards the dataset.
+
+    Streaming is bound by reading whole records (MTAT: 1.3 MB each). ``segments_per_clip=k``
+    takes k independent items (pairs or segments) from each clip read, k times the items/s,
+    at the cost of CLMR's one-item-per-clip sampling: siblings can meet in a batch (as false
+    negatives in NT-Xent) with probability about batch_size / shuffle_buffer per pair.
     """
     tf = _tf()
     segments_per_clip = int(segments_per_clip)
@@ -189,32 +226,38 @@ def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", sh
         raise ValueError(f"segments_per_clip must be >= 1, got {segments_per_clip}.")
     if short_clips not in ("skip", "pad"):
         raise ValueError(f"short_clips must be 'skip' or 'pad', got {short_clips!r}.")
+    if view_source not in VIEW_SOURCES:
+        raise ValueError(f"view_source must be one of {VIEW_SOURCES}, got {view_source!r}.")
     segment_samples, batch_size = int(segment_samples), int(batch_size)
     if segment_samples < 1 or batch_size < 1:
         raise ValueError("segment_samples and batch_size must be >= 1.")
     manifest = load_manifest(data_dir)
     files = shard_files(data_dir, split, manifest)
-    if short_clips == "skip":
-        lengths = clip_table(data_dir, split)["num_samples"]
-        if not np.any(lengths >= segment_samples):
-            # Otherwise the filter below would wait forever on a repeated stream.
-            raise ValueError(f"{data_dir}: no {split!r} clip has {segment_samples} samples (the longest has "
-                             f"{int(lengths.max())}); use shorter segments or short_clips='pad'.")
+    counts = _report_short_clips(data_dir, split, segment_samples, short_clips, view_source)
+    if short_clips == "skip" and counts["shorter"] == counts["clips"]:
+        # Otherwise the filter below would wait forever on a repeated stream.
+        raise ValueError(f"{data_dir}: no {split!r} clip has {segment_samples} samples (the longest has "
+                         f"{counts['longest']}); use shorter segments or short_clips='pad'.")
     records = _records(tf, files, shuffle_files=True, repeat=repeat, seed=seed, deterministic=deterministic,
                        input_context=input_context, cycle_length=cycle_length)
     parsed = records.map(lambda r: _parse(r, with_labels=False), num_parallel_calls=AUTOTUNE,
                          deterministic=deterministic)
     if short_clips == "skip":
         parsed = parsed.filter(lambda p: p["num_samples"] >= segment_samples)
+    per_item = 2 if view_source == "clip" else 1
 
-    def segment(p, seed_pair):
+    def items(p, seed_pair):
         audio, num_samples = p["audio"], p["num_samples"]
         if short_clips == "pad":
             audio, num_samples = _pad_bytes(tf, audio, num_samples, segment_samples, segment_samples)
-        count = None if segments_per_clip == 1 else segments_per_clip
-        return _random_crop(tf, audio, num_samples, segment_samples, seed_pair, count)
+        count = segments_per_clip * per_item
+        crops = _random_crop(tf, audio, num_samples, segment_samples, seed_pair, None if count == 1 else count)
+        if view_source == "clip":
+            crops = tf.reshape(crops, [segments_per_clip, 2, segment_samples])
+            return crops[0] if segments_per_clip == 1 else crops
+        return crops
 
-    dataset = _with_seeds(tf, parsed, seed).map(segment, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = _with_seeds(tf, parsed, seed).map(items, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if segments_per_clip > 1:
         dataset = dataset.unbatch()
     if shuffle_buffer and shuffle_buffer > 1:

@@ -33,9 +33,11 @@ def build_projector(input_dim, hidden_dim, projection_dim, name="projector"):
 
 
 class Pretrainer(keras.Model):
-    """Contrastive pretrainer over an encoder: input source segments [B, S], S >= the
-    encoder's ``input_samples``; two independent random crops per segment, each through
-    ``augmentation`` when training. Subclasses add their heads and ``call``/``compute_loss``.
+    """Contrastive pretrainer over an encoder. Input either view pairs [B, 2, S] (whole-clip
+    mode: the data already cropped each example's two views independently from its clip, as
+    CLMR does; S >= the encoder's ``input_samples``) or source segments [B, S] (segment mode:
+    two independent random crops per segment). Each view goes through ``augmentation`` when
+    training. Subclasses add their heads and ``call``/``compute_loss``.
 
     Args:
         encoder: the backbone being trained (default: ``default_encoder()``).
@@ -66,8 +68,19 @@ class Pretrainer(keras.Model):
                     f"Backbone such as SampleCNN), got {type(encoder).__name__}."
                 )
 
+    @staticmethod
+    def source_shape(input_shape):
+        """The [B, S] shape each view is cropped from: [B, S] itself, or one slot of [B, 2, S]."""
+        if len(input_shape) == 3:
+            if input_shape[1] is not None and input_shape[1] != 2:
+                raise ValueError(
+                    f"View pairs must have shape [batch, 2, samples], got {tuple(input_shape)}."
+                )
+            return (input_shape[0], input_shape[2])
+        return tuple(input_shape)
+
     def build(self, input_shape):
-        self.crop._check(input_shape)
+        self.crop._check(self.source_shape(input_shape))
         view_shape = (input_shape[0], self.input_samples)
         if self.augmentation is not None and not self.augmentation.built:
             self.augmentation.build(view_shape)
@@ -76,9 +89,16 @@ class Pretrainer(keras.Model):
         self.built = True
 
     def views(self, source, training=None):
-        """The two (augmented) audio views [B, n] of a batch of source segments."""
-        view_1 = self.crop(source, training=training)
-        view_2 = self.crop(source, training=training)
+        """The two (augmented) audio views [B, n] of view pairs [B, 2, S] or segments [B, S]."""
+        if len(source.shape) == 3:
+            self.crop._check(self.source_shape(source.shape))
+            view_1, view_2 = source[:, 0], source[:, 1]
+            if view_1.shape[1] != self.input_samples:  # longer views: crop them to the encoder
+                view_1 = self.crop(view_1, training=training)
+                view_2 = self.crop(view_2, training=training)
+        else:
+            view_1 = self.crop(source, training=training)
+            view_2 = self.crop(source, training=training)
         if self.augmentation is not None and training:
             view_1 = self.augmentation(view_1, training=True)
             view_2 = self.augmentation(view_2, training=True)
