@@ -214,6 +214,37 @@ def test_compute_loss_is_code_objective_on_batch_normalised_projections():
     np.testing.assert_allclose(float(to_np(model.compute_loss(y_pred=out))), expected, rtol=1e-5)
 
 
+def np_official_criterion(raw_anchor, raw_positive, raw_negative, lambd1=5e-3, lambd2=5e-3):
+    """The official criterion on raw projections, float64: BTLoss's own BatchNorm1d in train mode
+    (affine 1 / 0, never optimised: it is not in Adam(model.parameters())), then the BT terms."""
+    normalised = [np_batchnorm(np.asarray(z, np.float64)) for z in (raw_anchor, raw_positive, raw_negative)]
+    return np_bt_loss(*normalised, len(raw_anchor), lambd1=lambd1, lambd2=lambd2)
+
+
+@pytest.mark.multibackend
+def test_loss_batchnorm_keeps_unit_scale_zero_offset_and_is_the_official_criterion():
+    model = tiny_pemr(pred_weight=0.5)
+    x = source(8)
+    model(x[:8])
+    assert not model.loss_bn.trainable_weights  # gamma and beta are never optimised
+    mean_before = to_np(model.loss_bn.moving_mean).copy()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
+    model.fit(x, batch_size=8, epochs=1, verbose=0)
+    np.testing.assert_array_equal(to_np(model.loss_bn.gamma), 1.0)
+    np.testing.assert_array_equal(to_np(model.loss_bn.beta), 0.0)
+    assert np.abs(to_np(model.loss_bn.moving_mean) - mean_before).max() > 0  # statistics still move
+    # The loss on the same inputs: raw projections -> the official criterion in numpy.
+    views = model.masked_views(x, training=True)
+    raw = [model.projector(model.encoder.embed_spectrogram(views[key], training=True))
+           for key in ("anchor", "positive", "negative")]
+    y_pred = {"projections": keras.ops.stack([model.loss_bn(z, training=True) for z in raw], axis=1),
+              "pred_loss": views["pred_loss"]}
+    loss_pos, loss_neg = np_official_criterion(*(to_np(z) for z in raw))
+    expected = loss_pos + loss_neg + 0.5 * to_np(views["pred_loss"]).astype(np.float64).mean()
+    got = float(to_np(model.compute_loss(y_pred=y_pred)))
+    np.testing.assert_allclose(got, expected, rtol=2e-5)
+
+
 # ------------------------------------------------------------------------- training and saving
 
 @pytest.mark.multibackend

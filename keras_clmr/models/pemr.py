@@ -342,6 +342,11 @@ class PEMR(Pretrainer):
             self.generator.build((input_shape[0], self.num_frames, self.encoder.n_mels))
         if not self.loss_bn.built:
             self.loss_bn.build((input_shape[0], self.projection_dim))
+        # The official criterion's BatchNorm is outside the model that Adam optimises: its
+        # scale and offset stay at 1 and 0 for the whole run (a learnable offset would add
+        # beta^2 to the diagonal term); only its statistics move.
+        for weight in (self.loss_bn.gamma, self.loss_bn.beta):
+            weight.trainable = False
         self.built = True
 
     def masked_views(self, source, training=None):
