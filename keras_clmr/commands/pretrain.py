@@ -230,6 +230,13 @@ def define_flags(flag_values=FLAGS):
         "decay 1e-6, warm-up then cosine decay; --learning_rate overrides the peak when given).",
         flag_values=flag_values,
     )
+    flags.DEFINE_bool(
+        "lars_exclude_bias_and_norm",
+        False,
+        "LARS: exclude BatchNorm and biases from weight decay and the trust ratio (SimCLR's "
+        "TensorFlow LARS); the default applies both to every variable, as CLMR 2.0 did.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer(
         "warmup_epochs",
         10,
@@ -556,6 +563,7 @@ def main(argv):
                     epochs=FLAGS.epochs,
                     warmup_epochs=FLAGS.warmup_epochs,
                     learning_rate=learning_rate,
+                    lars_exclude_bias_and_norm=FLAGS.lars_exclude_bias_and_norm,
                 ),
                 jit_compile=jit_compile,
             )
