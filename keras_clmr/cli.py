@@ -8,6 +8,7 @@
 ``embed``, ``tag`` and ``list`` take GNU-style options (``--top-k 5``); the others take absl
 flags (``--flag=value``), like their ``python -m training.* / export.*`` front ends. Only the
 chosen subcommand's module is imported, so the list answers without loading Keras.
+TensorFlow's start-up log lines are hidden; ``--verbose`` (any subcommand) shows them.
 """
 
 import sys
@@ -46,6 +47,14 @@ def main(argv=None):
             f"{', '.join(COMMANDS)}.\nusage: {PROG} <subcommand> [flags]  ({PROG} --help)\n"
         )
         return 2
+    # TensorFlow's start-up lines are hidden unless asked for: --verbose (any subcommand), or
+    # evaluate/supervised's --verbose=N (Keras fit verbosity) with N > 0.
+    verbose = any(arg == "--verbose" or arg in ("--verbose=1", "--verbose=2") for arg in args)
+    args = [arg for arg in args if arg != "--verbose"]
+    if name != "list" and not any(arg in HELP_ARGS for arg in args):
+        from keras_clmr.commands._quiet import quiet_start
+
+        quiet_start(verbose)
     if name in ARGPARSE_COMMANDS:
         from keras_clmr.commands import infer
 

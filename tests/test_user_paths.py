@@ -285,3 +285,56 @@ def test_embed_layer_of_musicnn():
     np.testing.assert_allclose(
         default.embeddings, np.asarray(features["penultimate"]), rtol=1e-4, atol=1e-5
     )
+
+
+def test_startup_noise_is_recognised_and_nothing_else():
+    from keras_clmr.commands._quiet import is_noise
+
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796039151.289959    7415 cudart_stub.cc:31] Could not find cuda drivers on "
+        "your machine, GPU will not be used.",
+        "E0000 00:00:1796039304.407330    8207 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow "
+        "with the appropriate compiler flags.",
+    ]
+    assert all(is_noise(line) for line in noise)
+    for line in (
+        "error: cannot load model 'x'",
+        "Traceback (most recent call last):",
+        "E0000 00:00:1.0  1 some_other_op.cc:12] a real error",
+    ):
+        assert not is_noise(line)
+
+
+def test_probe_training_writes_tensorboard_and_no_ran_out_of_data(tmp_path):
+    import warnings
+
+    import tensorflow as tf
+
+    from keras_clmr.evaluation.fitting import quiet_fit
+    from keras_clmr.evaluation.probe import fit_head
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(32, 8)).astype("float32"), (rng.random((32, 3)) > 0.5).astype("float32")
+    logs = tmp_path / "tb"
+    fit_head(
+        x, y, x[:8], y[:8], epochs=2, batch_size=8, tensorboard_dir=str(logs), jit_compile=False
+    )
+    events = [f for _, _, files in os.walk(logs) for f in files if "tfevents" in f]
+    assert events, "no TensorBoard event file written"
+    # A finite dataset of unknown length (as filtered TFRecords are) ends epochs quietly.
+    import keras
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    model.compile("sgd", "mse")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(data, epochs=2, verbose=0)  # the warning quiet_fit hides is there
+    assert [w for w in caught if "ran out of data" in str(w.message)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_fit(model, data, epochs=2, verbose=0)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]

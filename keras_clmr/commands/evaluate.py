@@ -135,6 +135,12 @@ def define_flags(flag_values=FLAGS):
         flag_values=flag_values,
     )
     flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "tensorboard_dir",
+        None,
+        "Write TensorBoard logs of the training (loss, val_loss, learning rate) here.",
+        flag_values=flag_values,
+    )
 
 
 def run(checkpoint, output_dir, random_baseline=False):
@@ -197,6 +203,7 @@ def run(checkpoint, output_dir, random_baseline=False):
             jit_compile="auto" if FLAGS.jit_compile else False,
             run_eagerly=FLAGS.run_eagerly,
             verbose=FLAGS.verbose,
+        tensorboard_dir=FLAGS.tensorboard_dir,
         )
         results["dataset"] = description
         target = (

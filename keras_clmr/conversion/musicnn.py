@@ -13,6 +13,7 @@ variables are replaced by constants holding the checkpoint values, and it runs u
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -427,6 +428,8 @@ def build_preset(preset_name, preset_dir, task="tag", overwrite=False):
     if preset_name not in PRESET_INFO:
         raise ConversionError(f"Unknown musicnn preset {preset_name!r}; choose one of {sorted(PRESET_INFO)}.")
     wheel_model, description, *_ = PRESET_INFO[preset_name]
+    print(f"keras_clmr: first use of {preset_name}: converting the musicnn 0.1.0 wheel's {wheel_model} to a "
+          "Keras preset in the keras_clmr cache (once; about 30 s and 2 GB on a CPU) ...", file=sys.stderr, flush=True)
     tagger, metadata = convert_musicnn(wheel_model)
     if metadata["architecture"].get("vgg_pools") and wheel_model == "MSD_vgg":
         description += (" Its max-pool sizes are read from the checkpoint's saved training graph: musicnn "

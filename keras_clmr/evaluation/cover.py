@@ -9,6 +9,7 @@ import numpy as np
 from keras_clmr import metrics as metrics_lib
 from keras_clmr.evaluation.data import ClipSet, demo_splits
 from keras_clmr.evaluation.features import clip_embeddings
+from keras_clmr.inference.progress import iterate
 
 
 def cover_song_eval(encoder, clipset, batch_size=64, top_k=10):
@@ -50,5 +51,8 @@ def load_cover_csv(path, sample_rate=22050):
         )
     key = next(k for k in ("group", "version_group", "work") if k in rows[0])
     base = os.path.dirname(os.path.abspath(path))
-    clips = [audio.load(os.path.join(base, r["path"]), sample_rate=sample_rate) for r in rows]
+    clips = [
+        audio.load(os.path.join(base, r["path"]), sample_rate=sample_rate)
+        for r in iterate(rows, desc="decoding", unit="file")
+    ]
     return ClipSet(clips, None, [r["path"] for r in rows], [r[key] for r in rows])

@@ -9,6 +9,7 @@ import numpy as np
 
 from keras_clmr.batching import pad_rows, predict_batched
 from keras_clmr.evaluation.data import ClipSet, random_crops
+from keras_clmr.inference.progress import progress_bar
 from keras_clmr.models.tagger import map_chunks
 
 
@@ -17,7 +18,14 @@ def embed_crops(encoder, split, crops_per_clip=1, seed=0, batch_size=64):
     n = int(encoder.input_samples)
     if isinstance(split, ClipSet):
         audio, owner = random_crops(split.clips, n, crops_per_clip, seed)
-        return predict_batched(encoder, audio, batch_size), split.labels[owner], owner
+        bar = progress_bar(len(audio), progress=None, desc="probe features", unit="crop")
+        try:
+            predict = _counted(
+                lambda x: keras.ops.convert_to_numpy(encoder.predict_on_batch(x)), bar
+            )
+            return predict_batched(predict, audio, batch_size), split.labels[owner], owner
+        finally:
+            bar.close()
     from keras_clmr.data import pipeline
 
     features, labels = [], []
@@ -37,22 +45,47 @@ def embed_crops(encoder, split, crops_per_clip=1, seed=0, batch_size=64):
     return np.concatenate(features), np.concatenate(labels), owner
 
 
-def chunk_outputs(predict_batch, split, chunk_samples, batch_size=64):
-    """Apply ``predict_batch`` to every non-overlapping chunk of every clip: list of [k_i, ...]."""
+def _counted(predict_batch, bar):
+    """``predict_batch`` that advances ``bar`` by the rows of each batch."""
+
+    def predict(x):
+        out = predict_batch(x)
+        total = getattr(bar, "total", None)  # the last batch is padded: count real rows only
+        bar.update(len(x) if total is None else max(0, min(len(x), total - bar.n)))
+        return out
+
+    return predict
+
+
+def chunk_outputs(predict_batch, split, chunk_samples, batch_size=64, progress=None):
+    """Apply ``predict_batch`` to every non-overlapping chunk of every clip: list of [k_i, ...].
+
+    ``progress``: a bar over the chunks on stderr (None: only on a terminal; True; False).
+    """
     if isinstance(split, ClipSet):
-        return map_chunks(predict_batch, split.clips, chunk_samples, batch_size)
+        total = sum(len(clip) // int(chunk_samples) for clip in split.clips)
+        bar = progress_bar(total, progress=progress, desc="chunks", unit="chunk")
+        try:
+            return map_chunks(_counted(predict_batch, bar), split.clips, chunk_samples, batch_size)
+        finally:
+            bar.close()
     from keras_clmr.data import pipeline
 
     per_clip = [[] for _ in range(len(split))]
     dataset = pipeline.evaluation_dataset(
         split.data_dir, split.split, chunk_samples=chunk_samples, batch_size=batch_size
     )
-    for batch in dataset.as_numpy_iterator():
-        audio = batch["audio"]
-        n = audio.shape[0]
-        result = np.asarray(predict_batch(pad_rows(audio, batch_size)))[:n]
-        for row, index in zip(result, batch["clip_index"]):
-            per_clip[int(index)].append(row)
+    bar = progress_bar(None, progress=progress, desc="chunks", unit="chunk")
+    try:
+        for batch in dataset.as_numpy_iterator():
+            audio = batch["audio"]
+            n = audio.shape[0]
+            result = np.asarray(predict_batch(pad_rows(audio, batch_size)))[:n]
+            for row, index in zip(result, batch["clip_index"]):
+                per_clip[int(index)].append(row)
+            bar.update(n)
+    finally:
+        bar.close()
     return [np.stack(rows) for rows in per_clip]
 
 

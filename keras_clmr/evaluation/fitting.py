@@ -5,6 +5,8 @@ best is the usual reading of early stopping and never worse on validation).
 """
 
 import datetime
+import os
+import warnings
 
 import keras
 import numpy as np
@@ -19,8 +21,10 @@ def loss(multi_label):
     return keras.losses.CategoricalCrossentropy(from_logits=True)
 
 
-def callbacks(patience, lr_patience, lr_factor):
-    return [
+def callbacks(patience, lr_patience, lr_factor, tensorboard_dir=None):
+    """Plateau LR schedule and early stopping; TensorBoard logs (loss, val_loss, learning
+    rate) in ``tensorboard_dir`` when given."""
+    chosen = [
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=lr_factor, patience=lr_patience, verbose=0
         ),
@@ -28,6 +32,18 @@ def callbacks(patience, lr_patience, lr_factor):
             monitor="val_loss", patience=patience, restore_best_weights=True
         ),
     ]
+    if tensorboard_dir:
+        os.makedirs(tensorboard_dir, exist_ok=True)
+        chosen.append(keras.callbacks.TensorBoard(os.fspath(tensorboard_dir)))
+    return chosen
+
+
+def quiet_fit(model, *args, **kwargs):
+    """``model.fit`` without Keras' "Your input ran out of data" warning: a finite dataset of
+    unknown length (filtered TFRecords) ends each epoch that way, by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        return model.fit(*args, **kwargs)
 
 
 def history_summary(history):
@@ -57,6 +73,7 @@ def fit_end_to_end(
     jit_compile="auto",
     run_eagerly=False,
     verbose=0,
+    tensorboard_dir=None,
 ):
     """Train a MusicTagger end to end on random crops (fine-tuning, supervised); the history."""
     indices = np.arange(len(train)) if train_indices is None else np.asarray(train_indices)
@@ -69,12 +86,13 @@ def fit_end_to_end(
     )
     data = train_data(train, tagger.input_samples, batch_size, seed, indices)
     validation = valid_data(valid, tagger.input_samples, batch_size, seed + 1)
-    history = view.fit(
+    history = quiet_fit(
+        view,
         data,
         validation_data=validation,
         epochs=int(epochs),
         verbose=verbose,
-        callbacks=callbacks(patience, lr_patience, lr_factor),
+        callbacks=callbacks(patience, lr_patience, lr_factor, tensorboard_dir),
         validation_batch_size=batch_size,
     )
     return history_summary(history)

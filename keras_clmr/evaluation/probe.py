@@ -19,6 +19,7 @@ from keras_clmr.evaluation.fitting import (
     fit_end_to_end,
     history_summary,
     loss,
+    quiet_fit,
     stamp,
 )
 from keras_clmr.models.tagger import MusicTagger, build_head
@@ -54,6 +55,7 @@ def fit_head(
     jit_compile="auto",
     run_eagerly=False,
     verbose=0,
+    tensorboard_dir=None,
 ):
     """Train a probe head on static features (CLMR's linear evaluation): (head, history)."""
     keras.utils.set_random_seed(int(seed))
@@ -64,7 +66,8 @@ def fit_head(
         jit_compile=jit_compile,
         run_eagerly=run_eagerly,
     )
-    history = model.fit(
+    history = quiet_fit(
+        model,
         train_x,
         train_y,
         validation_data=(valid_x, valid_y),
@@ -72,7 +75,7 @@ def fit_head(
         batch_size=int(batch_size),
         shuffle=True,
         verbose=verbose,
-        callbacks=callbacks(patience, lr_patience, lr_factor),
+        callbacks=callbacks(patience, lr_patience, lr_factor, tensorboard_dir),
     )
     return model, history_summary(history)
 
@@ -101,10 +104,12 @@ def train_probe(
     jit_compile="auto",
     run_eagerly=False,
     verbose=0,
+    tensorboard_dir=None,
 ):
     """Linear/MLP probe (frozen encoder) or fine-tuning. Returns (MusicTagger, results dict).
 
-    ``train``/``valid``/``test`` are ClipSets or PreparedSplits. The results dict holds
+    ``train``/``valid``/``test`` are ClipSets or PreparedSplits; ``tensorboard_dir``: where
+    TensorBoard logs of the head's (or fine-tuning's) training go. The results dict holds
     ``metrics``, ``per_tag``, ``protocol``, ``data``, ``history`` and ``encoder``.
     """
     num_classes = int(np.asarray(train.labels).shape[1])
@@ -149,6 +154,7 @@ def train_probe(
             jit_compile=jit_compile,
             run_eagerly=run_eagerly,
             verbose=verbose,
+            tensorboard_dir=tensorboard_dir,
         )
         tagger.head.set_weights(head_model.get_weights())
         scores = frozen_clip_scores(encoder, head_model, test, multi_label, extraction_batch_size)
@@ -170,6 +176,7 @@ def train_probe(
             jit_compile=jit_compile,
             run_eagerly=run_eagerly,
             verbose=verbose,
+            tensorboard_dir=tensorboard_dir,
         )
         scores = predict_clips(tagger, test, extraction_batch_size)
     summary, per_tag = evaluate_scores(scores, np.asarray(test.labels), multi_label, tags)

@@ -49,8 +49,11 @@ def train_supervised(
     jit_compile="auto",
     run_eagerly=False,
     verbose=0,
+    tensorboard_dir=None,
 ):
-    """CLMR's supervised baseline: ``encoder`` (fresh SampleCNN) + linear head, end to end."""
+    """CLMR's supervised baseline: ``encoder`` (fresh SampleCNN) + linear head, end to end.
+
+    ``tensorboard_dir``: where TensorBoard logs of the training go (loss, val_loss, lr)."""
     num_classes = int(np.asarray(train.labels).shape[1])
     tags = list(tags) if tags is not None else [f"tag_{j}" for j in range(num_classes)]
     indices = label_fraction_indices(len(train), label_fraction, seed)
@@ -83,6 +86,7 @@ def train_supervised(
         jit_compile=jit_compile,
         run_eagerly=run_eagerly,
         verbose=verbose,
+        tensorboard_dir=tensorboard_dir,
     )
     scores = predict_clips(tagger, test, extraction_batch_size)
     summary, per_tag = evaluate_scores(scores, np.asarray(test.labels), multi_label, tags)
