@@ -5,9 +5,9 @@
     keras-clmr pretrain --model=clmr --dataset=demo --epochs=5
     keras-clmr tag song.mp3 --model clmr-mtat
 
-``embed``, ``tag`` and ``list`` take GNU-style options (``--top-k 5``); the others take absl
-flags (``--flag=value``), like their ``python -m training.* / export.*`` front ends. Only the
-chosen subcommand's module is imported, so the list answers without loading Keras.
+``embed``, ``tag``, ``list`` and ``explain`` take GNU-style options (``--top-k 5``); the others
+take absl flags (``--flag=value``), like their ``python -m training.* / export.*`` front ends.
+Only the chosen subcommand's module is imported, so the list answers without loading Keras.
 TensorFlow's start-up log lines are hidden; ``--verbose`` (any subcommand) shows them.
 """
 
@@ -59,6 +59,10 @@ def main(argv=None):
         from keras_clmr.commands import infer
 
         return infer.main(args)
+    if name == "explain":  # argparse, with the pictures in keras_clmr.interpret
+        from keras_clmr.commands import explain
+
+        return explain.main(args)
     from keras_clmr.commands import run
 
     return run(name, [f"{PROG} {name}", *args[1:]])

@@ -20,6 +20,7 @@ EXPECTED = (
     "publish",
     "embed",
     "tag",
+    "explain",
 )
 
 
@@ -42,6 +43,7 @@ def test_every_subcommand_answers_help_outside_the_repository(tmp_path):
     assert "--batch_size" in report["commands"]["pretrain"]["out"]
     assert "--format" in report["commands"]["export"]["out"]
     assert "--top-k" in report["commands"]["tag"]["out"]
+    assert "filters" in report["commands"]["explain"]["out"]
     assert report["heavy_imports"] == []
 
 

@@ -28,6 +28,7 @@ COMMANDS = {
     "embed": Command("infer", "embeddings [T, D] per audio file, with window start times"),
     "tag": Command("infer", "tag probabilities per window and per file, with the top-k tags"),
     "list": Command("infer", "list the registered presets"),
+    "explain": Command("explain", "filter spectra, listening page, taggram, 2-D map of a model"),
 }
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
 
