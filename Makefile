@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-tf test-jax test-torch test-large lint venv bench clean
+.PHONY: chromium demo test test-tf test-jax test-torch test-large lint venv bench clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps musicnn==0.1.0
 	-cd export/examples/onnxruntime-node && npm ci --ignore-scripts --no-audit --no-fund
+	@$(MAKE) -s chromium
 	touch $(STAMP)
+
+# Debian's Chromium for the browser tests of the interpret pages (tests/test_interpret.py fails
+# without it when CI=true). Installed as root; otherwise it says what to run.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium; } || \
+	  echo "Chromium not installed (apt-get needs root): sudo apt-get install -y chromium;" \
+	    "the browser tests skip without it (and fail when CI=true)."
 
 demo: $(STAMP)
 	$(PY) -m training.demo
