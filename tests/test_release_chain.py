@@ -567,3 +567,30 @@ def test_full_size_clmr_mtat_first_use(server, online, monkeypatch):
     assert parity["parameter_counts"]["reference_parameters"] == 2_368_512 + 327_680
     audio = _music(59049, batch=2, seed=11)
     _assert_close_to(tr.run(reference.encoder, audio[:, None, :]), _embedding(model, audio))
+
+
+def test_pinned_hub_commit_comes_before_the_release(server, online, monkeypatch, tmp_path):
+    """A registry entry that pins a Hub commit loads that snapshot (offline HF cache) and never
+    asks the release server; without the pin the same handle is not followed."""
+    from conftest import tiny_sample_cnn
+
+    folder = hub.save_preset(tiny_sample_cnn(), tmp_path / "tiny")
+    commit = "1234567890abcdef1234567890abcdef12345678"
+    hf_cache = tmp_path / "hf"
+    hub.populate_local_cache(
+        str(folder), "test-org/pinned", cache_dir=str(hf_cache), revision=commit
+    )
+    _, _, files = clmr_2_0_files()
+    preset = _point(monkeypatch, server, "clmr-mtat", {"embed": files["embed"]})
+    server.behaviour["/clmr-mtat/clmr_checkpoint_10000.zip"] = "404"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pinned = dataclasses.replace(
+        preset, handles={"embed": "hf://test-org/pinned"}, revision={"embed": commit}
+    )
+    monkeypatch.setitem(presets._REGISTRY, "clmr-mtat", pinned)
+    model = hub.load_pretrained("clmr-mtat", cache_dir=str(hf_cache), progress=False)
+    assert model.input_samples == tiny_sample_cnn().input_samples and server.count() == 0
+    unpinned = dataclasses.replace(pinned, revision={})
+    monkeypatch.setitem(presets._REGISTRY, "clmr-mtat", unpinned)
+    with pytest.raises(hub.ReleaseNotCachedError):
+        hub.load_pretrained("clmr-mtat", cache_dir=str(hf_cache), progress=False)
