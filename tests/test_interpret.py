@@ -727,6 +727,50 @@ def test_per_tag_figure_sorted_bars_with_chance_and_prevalence(tmp_path):
     assert (tmp_path / "per_tag_auc.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_training_curves_png_from_the_probe_history(tmp_path):
+    from keras_clmr.evaluation import reports
+
+    history = {
+        "epochs_run": 3,
+        "best_epoch": 2,
+        "best_val_loss": 0.5,
+        "train_loss": [0.9, 0.6, 0.4],
+        "val_loss": [0.8, 0.5, 0.55],
+    }
+    figure = reports.training_curves_figure(history)
+    try:
+        (axis,) = figure.axes
+        curves = {line.get_label(): line for line in axis.get_lines()}
+        assert list(curves["train_loss"].get_xdata()) == [1, 2, 3]
+        assert list(curves["val_loss"].get_ydata()) == pytest.approx([0.8, 0.5, 0.55])
+        assert set(curves["best epoch (2)"].get_xdata()) == {2}
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    rows = [{"tag": "rock", "roc_auc": 0.7, "pr_auc": 0.3, "test_positives": 2}]
+    results = {
+        "per_tag": rows,
+        "task": "linear",
+        "data": {"n_test_clips": 10, "label_fraction": 1.0},
+        "metrics": {"roc_auc_tag": 0.7},
+        "protocol": {},
+        "encoder": {"class_name": "SampleCNN"},
+        "history": history,
+    }
+    paths = reports.write_results(str(tmp_path / "with"), results)
+    assert open(paths["training_curves.png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # No per-epoch history (e.g. a results file without one): no curves file, nothing half-written.
+    results["history"] = {"epochs_run": 0, "train_loss": [], "val_loss": []}
+    paths = reports.write_results(str(tmp_path / "without"), results)
+    assert "training_curves.png" not in paths
+    assert sorted(os.listdir(tmp_path / "without")) == sorted(
+        os.path.basename(p) for p in paths.values()
+    )
+    with pytest.raises(ValueError, match="no per-epoch series"):
+        reports.training_curves_figure(results["history"])
+
+
 # ----------------------------------------------------------------------------- command line
 
 

@@ -1,4 +1,5 @@
-"""Result files and tables: results.json, per-tag CSV and plot, Markdown tables, the tagger.
+"""Result files and tables: results.json, per-tag CSV and plot, training curves, Markdown tables,
+the tagger.
 
 Every file is written atomically through ``keras_clmr.io``.
 """
@@ -11,7 +12,14 @@ import numpy as np
 
 from keras_clmr import io
 
-RESULT_FILES = ("results.json", "per_tag.csv", "per_tag_auc.png", "results.md", "tagger.keras")
+RESULT_FILES = (
+    "results.json",
+    "per_tag.csv",
+    "per_tag_auc.png",
+    "training_curves.png",
+    "results.md",
+    "tagger.keras",
+)
 
 
 def _percent(value):
@@ -143,16 +151,77 @@ def per_tag_plot(results, path, title=None):
     io.atomic_write_bytes(path, buffer.getvalue())
 
 
+def _curves(history):
+    """The per-epoch series of a probe's history (``train_loss``, ``val_loss``, ...), by name."""
+    series = {}
+    for key, values in (history or {}).items():
+        if isinstance(values, (list, tuple)) and values:
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                series[key] = [float(v) for v in values]
+    return series
+
+
+def training_curves_figure(history, title=None):
+    """Loss (train and validation) per epoch, the best validation epoch marked, and any other
+    per-epoch series of the history in a second panel. Returns the figure (caller closes it)."""
+    from keras_clmr._optional import require
+
+    matplotlib = require("matplotlib", purpose="training-curve plots")
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    series = _curves(history)
+    if not series:
+        raise ValueError("The history has no per-epoch series to plot (train_loss, val_loss).")
+    losses = {k: v for k, v in series.items() if k.endswith("loss")}
+    others = {k: v for k, v in series.items() if k not in losses}
+    panels = [p for p in (losses, others) if p]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(7.0, 3.2 * len(panels)), squeeze=False)
+    for axis, panel in zip(axes[:, 0], panels):
+        for key, values in panel.items():
+            axis.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=key)
+        axis.set_xlabel("epoch")
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    loss_axis = axes[0, 0]
+    loss_axis.set_ylabel("loss")
+    best = (history or {}).get("best_epoch")
+    if best and losses:
+        loss_axis.axvline(best, color="grey", linestyle=":", label=f"best epoch ({best})")
+        loss_axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    loss_axis.set_title(title or "Training curves")
+    figure.tight_layout()
+    return figure
+
+
+def training_curves_plot(history, path, title=None):
+    """Write :func:`training_curves_figure` as a PNG, atomically."""
+    import matplotlib.pyplot as plt
+
+    figure = training_curves_figure(history, title)
+    buffer = text_io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    io.atomic_write_bytes(path, buffer.getvalue())
+
+
 def write_results(output_dir, results, tagger=None, name=None):
-    """Write results.json, per_tag.csv, per_tag_auc.png, results.md and (with a tagger)
-    tagger.keras into ``output_dir``; every file atomically. Returns the paths written."""
+    """Write results.json, per_tag.csv, per_tag_auc.png, training_curves.png (when the results
+    hold a per-epoch history), results.md and (with a tagger) tagger.keras into ``output_dir``;
+    every file atomically. Returns the paths written."""
     os.makedirs(output_dir, exist_ok=True)
     paths = {name_: os.path.join(output_dir, name_) for name_ in RESULT_FILES}
     if tagger is None:
         del paths["tagger.keras"]
+    if not _curves(results.get("history")):
+        del paths["training_curves.png"]
     io.atomic_write_json(paths["results.json"], results, sort_keys=True)
     io.atomic_write_text(paths["per_tag.csv"], per_tag_csv(results))
     per_tag_plot(results, paths["per_tag_auc.png"])
+    if "training_curves.png" in paths:
+        title = f"Training curves ({results.get('task', 'probe')})"
+        training_curves_plot(results["history"], paths["training_curves.png"], title)
     title = name or results["encoder"].get("class_name", "model")
     io.atomic_write_text(paths["results.md"], markdown_table([(title, results)]))
     if tagger is not None:
