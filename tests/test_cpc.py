@@ -424,3 +424,17 @@ def test_gru_gate_reordering_against_torch_step():
     with torch.no_grad():
         want = gru(torch.from_numpy(x))[0].numpy()
     _parity(keras.ops.convert_to_numpy(layer(x)), want)
+
+
+def test_view_pairs_use_the_first_view():
+    model = tiny_cpc(subsample_window=None)
+    pairs = np.stack([tones(2, 512, seed=1), tones(2, 512, seed=2)], axis=1)  # [B, 2, S]
+    from_pairs = model(pairs, training=False)
+    from_first = model(pairs[:, 0], training=False)
+    for name in ("latents", "targets", "predictions"):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(from_pairs[name]),
+            keras.ops.convert_to_numpy(from_first[name]),
+        )
+    other = keras.ops.convert_to_numpy(model(pairs[:, 1], training=False)["latents"])
+    assert np.max(np.abs(other - keras.ops.convert_to_numpy(from_pairs["latents"]))) > 1e-3

@@ -17,7 +17,7 @@ class Command(NamedTuple):
 
 COMMANDS = {
     "prepare": Command("prepare", "decode a dataset once into TFRecord shards + manifest"),
-    "pretrain": Command("pretrain", "self-supervised pretraining (CLMR or PEMR), resumable"),
+    "pretrain": Command("pretrain", "self-supervised pretraining (CLMR, PEMR or CPC), resumable"),
     "evaluate": Command("evaluate", "linear / MLP probe or fine-tuning of an encoder (tagging)"),
     "supervised": Command("supervised", "CLMR's supervised SampleCNN baseline"),
     "cover": Command("cover", "cover-song identification with an encoder (MAP, MR1, P@10)"),

@@ -3,6 +3,7 @@
     keras-clmr pretrain --model=clmr --dataset=demo --epochs=5 --output_dir=runs/demo
     keras-clmr pretrain --model=clmr --data_dir=/data/audio --batch_size=48
     keras-clmr pretrain --model=pemr --data_dir=/data/audio --batch_size=48 --mask_ratio=0.1
+    keras-clmr pretrain --model=cpc --data_dir=/data/audio --prediction_steps=12
     keras-clmr pretrain ... --resume        # continue from the last epoch checkpoint
 
 (``python -m training.pretrain`` takes the same flags.)

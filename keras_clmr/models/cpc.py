@@ -193,7 +193,8 @@ class CPCEncoder(Backbone):
 class CPC(Pretrainer):
     """The CPC pretrainer: CPCEncoder + bias-free predictors, trained with InfoNCE.
 
-    Input: source segments [B, S], S >= ``encoder.input_samples``; one window per segment is
+    Input: source segments [B, S], S >= ``encoder.input_samples`` (or view pairs [B, 2, S],
+    of which the first view is used); one window per segment is
     cropped (uniformly at random in training, the centre otherwise), as the original's data
     loader did; it applied no augmentation (``augmentation`` defaults to None). ``call``
     returns a dict: ``latents`` z of the whole window [B, T, C], ``targets`` z of the
@@ -274,6 +275,8 @@ class CPC(Pretrainer):
         return start, self.subsample_window
 
     def call(self, source, training=None):
+        if len(source.shape) == 3:  # view pairs [B, 2, S] (whole-clip data): CPC needs one
+            source = source[:, 0]  # window per clip, and the first view is a random crop of it
         audio = self.crop(source, training=training)
         if self.augmentation is not None and training:
             audio = self.augmentation(audio, training=True)
