@@ -3,6 +3,11 @@
     python -m benchmarks.train_step                       # all backends, CLMR, 48 pairs
     python -m benchmarks.train_step --backends=tensorflow --steps=3 --reference
     python -m benchmarks.train_step --model=pemr --jit=on --steps=2   # PEMR, 48 pairs
+    python -m benchmarks.train_step --models=clmr,cpc --backends=tensorflow --jit=off
+
+With --models, each model runs in the same invocation, one after the other (side by side on
+the same, possibly busy, machine). CPC encodes one window per example, so its "views" are
+the examples (--batch), not 2 x --batch as for the contrastive pairs of CLMR/PEMR.
 
 Each configuration runs in its own subprocess (the Keras backend is fixed per process):
 one warm-up step (it includes compilation) and --steps timed steps; the figure is the
@@ -37,12 +42,29 @@ def cpu_times():
     return sum(fields), fields[3] + fields[4]
 
 
+def peak_rss_gb():
+    """This process's peak resident memory (VmHWM), GB; None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as file:
+            for line in file:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e9, 2)
+    except OSError:
+        pass
+    return None
+
+
 def build_model(model_name, augment):
     """The full-size pretrainer the ``pretrain`` command builds (PEMR: its chain without pitch
     shift)."""
     from keras_clmr.pretraining import build_pretrainer
 
     return build_pretrainer(model_name, sample_rate=22050, augment=augment, seed=0)
+
+
+def views_per_example(model_name):
+    """Encoder windows per batch example: 2 for the contrastive pairs, 1 for CPC."""
+    return 1 if model_name == "cpc" else 2
 
 
 def worker(args):
@@ -69,18 +91,20 @@ def worker(args):
     busy = (total1 - total0) - (idle1 - idle0)
     own = (own1.user + own1.system) - (own0.user + own0.system)
     step = statistics.median(times)
+    views = views_per_example(args.model) * args.batch
     return {
         "model": args.model,
         "backend": keras.backend.backend(),
         "jit_compile": args.jit_compile,
         "augment": args.augment,
         "pairs": args.batch,
-        "views": 2 * args.batch,
+        "views": views,
         "step_s": round(step, 3),
-        "views_per_s": round(2 * args.batch / step, 3),
+        "views_per_s": round(views / step, 3),
         "step_s_all": [round(t, 3) for t in times],
         "warmup_s": round(warmup, 1),
         "loss": float(np.asarray(loss).reshape(-1)[0]),
+        "peak_rss_gb": peak_rss_gb(),
         # share of the machine used by other processes while timing (0..1): > 0.05 is contended
         "others_cpu_share": round(
             max(0.0, busy / 100.0 - own) / max(1e-9, sum(times)) / os.cpu_count(), 3
@@ -190,7 +214,10 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backends", default="tensorflow,jax,torch")
-    parser.add_argument("--model", default="clmr", choices=["clmr", "pemr"])
+    parser.add_argument("--model", default="clmr", choices=["clmr", "pemr", "cpc"])
+    parser.add_argument(
+        "--models", default=None, help="models timed in one run, e.g. clmr,cpc (default: --model)"
+    )
     parser.add_argument("--augment", default="crop", choices=["crop", "clmr"])
     parser.add_argument("--batch", type=int, default=48, help="pairs per step (views = 2 x batch)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
@@ -258,18 +285,20 @@ def main():
         return
 
     results = []
-    for backend in args.backends.split(","):
-        jits = {"both": [True, False], "on": [True], "off": [False]}[args.jit]
-        if backend == "torch":
-            jits = [False]  # XLA is a TensorFlow/JAX option
-        for jit in jits:
-            results.append(
-                run_config(backend, args.model, jit, args.augment, args.batch, args.steps)
-            )
-            print(json.dumps(results[-1]), file=sys.stderr)
+    models = args.models.split(",") if args.models else [args.model]
+    for model in models:
+        for backend in args.backends.split(","):
+            jits = {"both": [True, False], "on": [True], "off": [False]}[args.jit]
+            if backend == "torch":
+                jits = [False]  # XLA is a TensorFlow/JAX option
+            for jit in jits:
+                results.append(
+                    run_config(backend, model, jit, args.augment, args.batch, args.steps)
+                )
+                print(json.dumps(results[-1]), file=sys.stderr)
     summary = {
         "benchmark": "train_step",
-        "model": args.model,
+        "model": ",".join(models),
         "augment": args.augment,
         "pairs": args.batch,
         "results": results,

@@ -22,6 +22,58 @@ STRIDES_BY_SAMPLE_RATE = {
 DEFAULT_CHANNELS = (128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512)
 
 
+class BatchNormalization(layers.BatchNormalization):
+    """Keras' BatchNormalization; on TensorFlow in training it runs one fused kernel.
+
+    Why: Keras' composite BatchNorm (moments, then scale and shift) keeps full-size temporaries
+    alive in the gradient graph; at 48 pairs every SampleCNN block-1 tensor is ~0.5 GB, and the
+    fused kernel (FusedBatchNormV3) needs none of them. Same maths (biased batch variance for
+    the output and the moving variance), same weights and names (the class name stays
+    ``BatchNormalization`` so saved weight paths are unchanged). Other backends, inference,
+    masks, renorm and synchronized statistics use Keras' own path.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        fusable = (
+            keras.backend.backend() == "tensorflow"
+            and training
+            and self.trainable
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and self.scale
+            and self.center
+            and len(inputs.shape) == 3
+            and self.axis in (-1, 2)
+        )
+        if not fusable:
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = tf.cast(inputs, "float32")
+        y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=tf.expand_dims(x, 1),  # [B, 1, T, C]: NHWC
+            scale=tf.cast(self.gamma, "float32"),
+            offset=tf.cast(self.beta, "float32"),
+            mean=tf.zeros([0], "float32"),
+            variance=tf.zeros([0], "float32"),
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=True,
+        )
+        count = tf.cast(tf.shape(x)[0] * tf.shape(x)[1], "float32")
+        variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
+        self.moving_mean.assign(
+            tf.cast(self.moving_mean, "float32") * self.momentum + mean * (1.0 - self.momentum)
+        )
+        self.moving_variance.assign(
+            tf.cast(self.moving_variance, "float32") * self.momentum
+            + variance * (1.0 - self.momentum)
+        )
+        return tf.cast(tf.squeeze(y, 1), self.compute_dtype)
+
+
 def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
     return [
         layers.Conv1D(
@@ -33,7 +85,7 @@ def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
             kernel_initializer=torch_default_kernel_initializer(),
             bias_initializer=torch_default_bias_initializer(kernel_size * in_channels),
         ),
-        layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn"),
+        BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn"),
         layers.ReLU(name=f"{name}_relu"),
     ]
 
