@@ -1,15 +1,37 @@
 """Audio decoding (soundfile, with the ffmpeg CLI as a fallback), downmix and resampling (soxr)."""
 
+import errno
 import os
+import re
 import shutil
+import struct
 import subprocess
+import warnings
 
 import numpy as np
 
 DEFAULT_SAMPLE_RATE = 22050
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".m4a", ".au")
+AUDIO_EXTENSIONS = (
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aiff",
+    ".aif",
+    ".m4a",
+    ".au",
+)
 # Formats libsndfile (>= 1.1) reads itself: a failure on these means bad data, not a missing codec.
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
+# Sample rates keras_clmr reads or resamples to: below 1 kHz is not music audio (a 1 Hz header
+# would be upsampled 22050x in memory), above 384 kHz no recording format goes.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+# Decoded audio larger than this (float32 samples x channels) is refused before decoding.
+MAX_DECODED_BYTES = 4 << 30
+_POINTER = re.compile(r"\[[^\]]*@ 0x[0-9a-fA-F]+\]\s*|0x[0-9a-fA-F]{6,}")
 
 
 class AudioError(Exception):
@@ -37,6 +59,73 @@ class UnsupportedFormatError(AudioError):
     """soundfile cannot read this format and ffmpeg is not installed."""
 
 
+class UnsupportedSampleRateError(AudioError):
+    """A file whose sample rate is outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]."""
+
+
+class AudioTooLargeError(AudioError):
+    """A file that would decode to more than MAX_DECODED_BYTES."""
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file shorter than its header says (a cut download or copy); what is there is used."""
+
+
+def check_sample_rate(sample_rate, what="sample_rate"):
+    """``sample_rate`` as an int in [1 kHz, 384 kHz], else ValueError naming value and range."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.number)):
+        raise ValueError(f"{what} must be a number of Hz, got {sample_rate!r}.")
+    if (
+        not np.isfinite(sample_rate)
+        or int(sample_rate) != sample_rate
+        or not (MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE)
+    ):
+        raise ValueError(
+            f"{what} must be a whole number of Hz between {MIN_SAMPLE_RATE} and "
+            f"{MAX_SAMPLE_RATE}, got {sample_rate!r}."
+        )
+    return int(sample_rate)
+
+
+def summarize_tool_error(text, limit=200):
+    """One deterministic line from a tool's stderr: the last message, without pointers."""
+    lines = [_POINTER.sub("", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return "no message"
+    line = lines[-1]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _check_wav_length(path):
+    """Warn when a RIFF/WAVE file's data chunk claims more bytes than the file holds."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as file:
+            header = file.read(12)
+            if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+                return
+            while True:
+                chunk = file.read(8)
+                if len(chunk) < 8:
+                    return
+                chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if chunk_id == b"data":
+                    available = size - file.tell()
+                    if chunk_size != 0xFFFFFFFF and chunk_size > available:
+                        warnings.warn(
+                            f"{path}: truncated: the header announces {chunk_size} bytes of "
+                            f"audio, the file holds {available}; the rest is missing "
+                            "(re-copy or re-download the file).",
+                            TruncatedAudioWarning,
+                            stacklevel=3,
+                        )
+                    return
+                file.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
+    except OSError:
+        return
+
+
 def _describe(path_or_file):
     if isinstance(path_or_file, (str, os.PathLike)):
         return os.fspath(path_or_file)
@@ -57,11 +146,32 @@ def _decode_ffmpeg(path, sample_rate, mono):
     if not rate:
         raise UnsupportedFormatError(path, "ffmpeg cannot tell its sample rate; pass sample_rate=")
     channels = 1 if mono else (_ffprobe_value(path, "channels") or 1)
-    command = [ffmpeg, "-nostdin", "-v", "error", "-i", path, "-vn", "-f", "f32le", "-acodec", "pcm_f32le",
-               "-ar", str(rate), "-ac", str(channels), "-"]
+    # -protocol_whitelist file: a playlist (HLS .m3u8 named .mp3) cannot pull in other files
+    # or URLs; the input is read as the local file it claims to be.
+    command = [
+        ffmpeg,
+        "-nostdin",
+        "-v",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        "-i",
+        path,
+        "-vn",
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-ar",
+        str(rate),
+        "-ac",
+        str(channels),
+        "-",
+    ]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:
-        raise CorruptAudioError(path, f"ffmpeg could not decode it: {result.stderr.decode(errors='replace').strip()}")
+        reason = summarize_tool_error(result.stderr.decode(errors="replace"))
+        raise CorruptAudioError(path, f"ffmpeg could not decode it: {reason}")
     data = np.frombuffer(result.stdout, dtype=np.float32)
     data = data[: len(data) // channels * channels].reshape(-1, channels)
     return data, int(rate)
@@ -71,8 +181,24 @@ def _ffprobe_value(path, entry):
     ffprobe = shutil.which("ffprobe")
     if not ffprobe:
         return None
-    out = subprocess.run([ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries",
-                          f"stream={entry}", "-of", "csv=p=0", path], capture_output=True, check=False)
+    out = subprocess.run(
+        [
+            ffprobe,
+            "-v",
+            "error",
+            "-protocol_whitelist",
+            "file",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            f"stream={entry}",
+            "-of",
+            "csv=p=0",
+            path,
+        ],
+        capture_output=True,
+        check=False,
+    )
     try:
         return max(1, int(out.stdout.decode().strip().splitlines()[0]))
     except (ValueError, IndexError):
@@ -100,13 +226,22 @@ def load(path_or_file, sample_rate=DEFAULT_SAMPLE_RATE, mono=True):
     """
     name = _describe(path_or_file)
     is_path = isinstance(path_or_file, (str, os.PathLike))
+    if sample_rate is not None:
+        sample_rate = check_sample_rate(sample_rate)
     if is_path:
-        if not os.path.exists(path_or_file):
-            raise AudioFileNotFoundError(name, "no such file; check the path")
+        try:
+            os.stat(path_or_file)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise AudioError(
+                    name, "a symlink loop (the link points back at itself); fix or remove it"
+                ) from error
+            raise AudioFileNotFoundError(name, "no such file; check the path") from error
         if os.path.isdir(path_or_file):
             raise AudioError(name, "is a directory, not an audio file")
         if os.path.getsize(path_or_file) == 0:
             raise EmptyAudioError(name, "the file is empty (0 bytes)")
+        _check_header(os.fspath(path_or_file), name)
     try:
         data, rate = _decode_soundfile(path_or_file)
     except Exception as error:  # soundfile raises LibsndfileError / RuntimeError / TypeError
@@ -115,12 +250,22 @@ def load(path_or_file, sample_rate=DEFAULT_SAMPLE_RATE, mono=True):
         if shutil.which("ffmpeg") is None:
             if os.fspath(path_or_file).lower().endswith(SOUNDFILE_EXTENSIONS):
                 raise CorruptAudioError(
-                    name, f"could not be decoded ({error}); the file looks corrupt or truncated "
-                          "(if it plays elsewhere, install ffmpeg so it can be decoded that way)") from error
+                    name,
+                    f"could not be decoded ({error}); the file looks corrupt or truncated "
+                    "(if it plays elsewhere, install ffmpeg so it can be decoded that way)",
+                ) from error
             raise UnsupportedFormatError(
-                name, f"soundfile cannot decode it ({error}) and ffmpeg is not installed; "
-                      "install ffmpeg or convert the file to wav/flac") from error
+                name,
+                f"soundfile cannot decode it ({error}) and ffmpeg is not installed; "
+                "install ffmpeg or convert the file to wav/flac",
+            ) from error
         data, rate = _decode_ffmpeg(os.fspath(path_or_file), sample_rate, mono)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise UnsupportedSampleRateError(
+            name,
+            f"its sample rate is {rate} Hz, outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz; "
+            "it is not music audio or its header is damaged",
+        )
     if data.size == 0:
         raise EmptyAudioError(name, "decodes to zero samples")
     if not np.all(np.isfinite(data)):
@@ -132,6 +277,30 @@ def load(path_or_file, sample_rate=DEFAULT_SAMPLE_RATE, mono=True):
     if sample_rate is not None and rate != sample_rate:
         data = resample(data, rate, sample_rate)
     return np.clip(data, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _check_header(path, name):
+    """Refuse a too-low/high sample rate or a too-large decode from the header, before decoding."""
+    import soundfile
+
+    _check_wav_length(path)
+    try:
+        info = soundfile.info(path)
+    except Exception:  # not a soundfile format: ffmpeg decides later
+        return
+    if info.samplerate and not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise UnsupportedSampleRateError(
+            name,
+            f"its sample rate is {info.samplerate} Hz, outside {MIN_SAMPLE_RATE}-"
+            f"{MAX_SAMPLE_RATE} Hz; it is not music audio or its header is damaged",
+        )
+    decoded = max(info.frames, 0) * max(info.channels, 1) * 4
+    if decoded > MAX_DECODED_BYTES:
+        raise AudioTooLargeError(
+            name,
+            f"it would decode to {decoded / 2**30:.1f} GiB, more than "
+            f"{MAX_DECODED_BYTES / 2**30:.0f} GiB; split the file or decode it in blocks",
+        )
 
 
 def list_audio_files(directory):

@@ -64,7 +64,7 @@ def test_exact_calls(tmp_path, fake_api):
             repo_type="model",
             folder_path=str(folder),
             commit_message="first upload",
-            ignore_patterns=[".*"],
+            allow_patterns=sorted(result["files"]),
         ),
     ]
     assert result["commit_url"] == "https://huggingface.co/org/tiny/commit/abc123"

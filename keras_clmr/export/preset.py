@@ -27,32 +27,70 @@ from keras_clmr.export.signature import (
 from keras_clmr.models import encoder_of, is_tagger
 
 
-def update_metadata(preset_dir, **fields):
-    """Set top-level ``fields`` in ``metadata.json`` and re-hash every file (atomically)."""
+# The files keras_clmr writes into a preset folder (hashed when present).
+TOOL_FILES = (hub.CONFIG_FILE, hub.WEIGHTS_FILE, hub.README_FILE, "model.json", ONNX_FILE)
+
+
+def update_metadata(preset_dir, *, add=(), remove=(), **fields):
+    """Set top-level ``fields`` in ``metadata.json`` and re-hash the files it lists (atomically).
+
+    Only files the tool wrote are listed: those already in metadata.json, the files keras_clmr
+    writes (``TOOL_FILES``, ``saved_model/``), and ``add`` (relative names), minus ``remove``
+    names or folder prefixes. A stray file in the folder (notes, secrets) is never adopted.
+    """
     metadata = hub.read_metadata(preset_dir)
     metadata.update(io.to_jsonable(fields))
-    metadata["files"] = hub.hash_folder(preset_dir)
+    known = [name for name in TOOL_FILES if os.path.isfile(os.path.join(preset_dir, name))]
+    saved_model = os.path.join(preset_dir, SAVEDMODEL_DIR)
+    if os.path.isdir(saved_model):
+        known += [f"{SAVEDMODEL_DIR}/{rel}" for rel in hub.hash_folder(saved_model)]
+    listed = [rel for rel in [*metadata["files"], *known] if not _under_any(rel, remove)]
+    listed = [rel for rel in listed if os.path.isfile(os.path.join(preset_dir, *rel.split("/")))]
+    metadata["files"] = hub.hash_files(preset_dir, sorted(set(listed) | set(add)))
     io.atomic_write_json(os.path.join(preset_dir, hub.METADATA_FILE), metadata)
     return metadata
 
 
-def load_model(name_or_handle, task=None):
-    """(model, preset folder) for a registry name, an hf:// handle or a preset folder."""
+def _under_any(rel, names):
+    return any(rel == name or rel.startswith(name.rstrip("/") + "/") for name in names)
+
+
+def load_model(name_or_handle, task=None, skip=()):
+    """(model, preset folder) for a registry name, an hf:// handle or a preset folder.
+
+    ``skip``: listed files not verified (exports about to be rewritten, so that a re-export
+    repairs a preset whose export was damaged).
+    """
     folder = hub.resolve(name_or_handle, task=task)
+    if skip:
+        hub.verify_preset(folder, skip=skip)
+        return hub.load_preset(folder, task=task, verify=False), folder
     return hub.load_preset(folder, task=task), folder
 
 
-def _copy_preset(source, target):
-    """Copy preset folder ``source`` to ``target`` (atomically, following HF-cache symlinks)."""
-    with io.atomic_folder(target, overwrite=True) as temporary:
-        shutil.copytree(
-            source,
-            temporary,
-            symlinks=False,
-            ignore=shutil.ignore_patterns(".*"),
-            dirs_exist_ok=True,
-        )
-    return target
+def _own_entries(folder):
+    """Top-level names metadata.json of ``folder`` lists (a preset this tool wrote), else ()."""
+    try:
+        metadata = hub.read_metadata(folder)
+    except hub.PresetError:
+        return ()
+    return {rel.split("/")[0] for rel in metadata["files"]} | {hub.METADATA_FILE}
+
+
+def _is_temporary(name):
+    return io._TEMP_PATTERN.match(name) is not None
+
+
+def _stage_preset(source, staging, listed, strays):
+    """Copy the listed files (and, in place, the user's own ``strays``) of ``source``."""
+    for rel in [*listed, hub.METADATA_FILE, *strays]:
+        origin = os.path.join(source, *rel.split("/"))
+        target = os.path.join(staging, *rel.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.isdir(origin) and not os.path.islink(origin):
+            shutil.copytree(origin, target, symlinks=True)
+        else:
+            shutil.copy2(origin, target, follow_symlinks=rel not in strays)
 
 
 def parse_formats(formats):
@@ -66,12 +104,6 @@ def parse_formats(formats):
             f"Unknown export format(s) {unknown or formats}; choose from {FORMATS} or 'all'."
         )
     return formats
-
-
-def _hash_tree(folder):
-    return {
-        f"{os.path.basename(folder)}/{rel}": entry for rel, entry in hub.hash_folder(folder).items()
-    }
 
 
 def _model_attribute(model, name):
@@ -95,7 +127,9 @@ def _export_savedmodel_checked(model, output, batches, atol):
         info = write_savedmodel(model, staged)
         info["parity"] = checked_parity("savedmodel", model, staged, batches=batches, atol=atol)
     info["folder"] = SAVEDMODEL_DIR
-    info["files"] = _hash_tree(target)
+    info["files"] = {
+        f"{SAVEDMODEL_DIR}/{rel}": entry for rel, entry in hub.hash_folder(target).items()
+    }
     return info
 
 
@@ -110,6 +144,7 @@ def export_preset(
     atol=PARITY_ATOL,
     batches=PARITY_BATCHES,
     record=True,
+    overwrite=False,
 ):
     """Export a preset (registry name, hf:// handle, folder) or a keras.Model, parity-checked.
 
@@ -120,14 +155,21 @@ def export_preset(
             registry name or hf:// handle needs ``output``, the cache is never modified).
         formats: "savedmodel", "onnx", "all" or a list.
         task: "embed" or "tag" when resolving a registry name (default: what is stored).
-        record: add ``exports`` (settings, parity figures) to ``metadata.json`` and re-hash
-            the files, when ``output`` is a preset folder.
+        record: add ``exports`` (settings, parity figures) to ``metadata.json`` and hash
+            the new files, when ``output`` is a preset folder.
+        overwrite: replace an ``output`` folder holding files this tool did not write
+            (refused otherwise, :class:`keras_clmr.io.OutputExistsError`).
 
-    Returns a JSON-able summary with, per format, the file, parity figures, sha256 and size.
-    An export that fails its parity check raises ``ParityError`` and leaves nothing behind.
+    The output folder is written whole or not at all (staged next to it, swapped in by
+    rename): a kill never leaves a preset failing its sha256 check, and a re-run repairs an
+    export damaged before. metadata.json lists only the files the tool wrote; files of the
+    user's in an in-place export stay in the folder, unlisted. Returns a JSON-able summary
+    with, per format, the file, parity figures, sha256 and size. An export that fails its
+    parity check raises ``ParityError`` and leaves the folder as it was.
     """
     require_tensorflow()
     formats = parse_formats(formats)
+    replaced = [ONNX_FILE if fmt == "onnx" else SAVEDMODEL_DIR for fmt in formats]
     source_dir = None
     if not isinstance(model, keras.Model):
         handle = os.fspath(model)
@@ -139,14 +181,26 @@ def export_preset(
                     "never modified)."
                 )
             output = handle
-        model, source_dir = load_model(handle, task=task)
+        model, source_dir = load_model(handle, task=task, skip=replaced)
     elif output is None:
         raise ExportError("Exporting a keras.Model needs an output folder.")
     output = os.path.abspath(os.fspath(output))
-    if source_dir is not None and os.path.abspath(source_dir) != output:
-        _copy_preset(source_dir, output)
-    os.makedirs(output, exist_ok=True)
-    is_preset = os.path.isfile(os.path.join(output, hub.METADATA_FILE))
+    io.recover_folder(output)
+    own = _own_entries(output) if os.path.isdir(output) else ()
+    in_place = source_dir is not None and os.path.abspath(source_dir) == output
+    if source_dir is None and own:
+        source_dir = output  # a keras.Model exported into its own preset folder
+        in_place = True
+    strays = []
+    if in_place:
+        strays = sorted(
+            name for name in os.listdir(output) if name not in own and not _is_temporary(name)
+        )
+    listed = []
+    if source_dir is not None:
+        listed = [
+            rel for rel in hub.read_metadata(source_dir)["files"] if not _under_any(rel, replaced)
+        ]
     summary = {
         "output": output,
         "model": type(model).__name__,
@@ -155,18 +209,27 @@ def export_preset(
         "sample_rate": _model_attribute(model, "sample_rate"),
         "exports": {},
     }
-    for fmt in formats:
-        if fmt == "onnx":
-            info = _export_onnx_checked(model, output, opset, optimize, batches, atol)
-        else:
-            info = _export_savedmodel_checked(model, output, batches, atol)
-        summary["exports"][fmt] = info
-    if record and is_preset:
-        metadata = hub.read_metadata(output)
-        exports = dict(metadata.get("exports") or {})
-        exports.update(summary["exports"])
-        update_metadata(output, exports=exports)
-        summary["metadata"] = os.path.join(output, hub.METADATA_FILE)
+    # The user's files are refused, not replaced, unless overwrite (own_files: an in-place
+    # export, or an earlier output of this tool, may be replaced).
+    own_files = None if overwrite else set(own) | set(strays)
+    with io.atomic_folder(output, overwrite=overwrite, own_files=own_files) as staging:
+        if source_dir is not None:
+            _stage_preset(source_dir, staging, listed, strays)
+        for fmt in formats:
+            if fmt == "onnx":
+                info = _export_onnx_checked(model, staging, opset, optimize, batches, atol)
+            else:
+                info = _export_savedmodel_checked(model, staging, batches, atol)
+            summary["exports"][fmt] = info
+        if record and source_dir is not None:
+            metadata = hub.read_metadata(staging)
+            exports = dict(metadata.get("exports") or {})
+            exports.update(summary["exports"])
+            written = [ONNX_FILE] if "onnx" in formats else []
+            if "savedmodel" in formats:
+                written += list(summary["exports"]["savedmodel"]["files"])
+            update_metadata(staging, add=written, remove=replaced, exports=exports)
+            summary["metadata"] = os.path.join(output, hub.METADATA_FILE)
     return summary
 
 

@@ -45,13 +45,16 @@ def validate_repo_id(repo_id):
     return repo_id
 
 
-def _uploaded_files(folder):
+_GLOB_CHARACTERS = set("*?[]")
+
+
+def _folder_files(folder):
+    """Every file under ``folder``, dot files and nested ones included (nothing is skipped)."""
     files = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs.sort()
         for name in sorted(names):
-            if not name.startswith("."):
-                files.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
+            files.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
     return files
 
 
@@ -84,14 +87,20 @@ def validate_folder(preset_dir):
     except (hub.PresetError, json.JSONDecodeError) as error:
         raise PublishError(f"{preset_dir} fails validation: {error}") from error
     listed = set(metadata["files"]) | {hub.METADATA_FILE}
-    files = _uploaded_files(preset_dir)
-    unlisted = [rel for rel in files if rel not in listed]
+    present = _folder_files(preset_dir)
+    unlisted = [rel for rel in present if rel not in listed]
     if unlisted:
         raise PublishError(
-            f"{preset_dir} holds files metadata.json does not hash: "
-            f"{unlisted[:5]}{' ...' if len(unlisted) > 5 else ''}. "
-            "Remove them, or re-hash with keras_clmr.export.update_metadata(folder) if they belong "
-            "to the preset."
+            f"{preset_dir} holds files metadata.json does not list, which would not be "
+            f"published: {', '.join(unlisted[:10])}{' ...' if len(unlisted) > 10 else ''}. "
+            "Move them out of the folder (publishing uploads exactly the files keras_clmr "
+            "wrote and hashed)."
+        )
+    files = sorted(listed)
+    odd = [rel for rel in files if _GLOB_CHARACTERS & set(rel)]
+    if odd:
+        raise PublishError(
+            f"{preset_dir}: file names with glob characters cannot be published: {odd}."
         )
     if hub.README_FILE not in metadata["files"]:
         raise PublishError(
@@ -245,7 +254,8 @@ def publish(
             repo_type="model",
             folder_path=result["preset_dir"],
             commit_message=result["commit_message"],
-            ignore_patterns=[".*"],
+            # Exactly the validated list (plain names, no glob characters): nothing else goes.
+            allow_patterns=list(result["files"]),
         ),
         what=f"upload_folder({repo_id})",
         attempts=attempts,

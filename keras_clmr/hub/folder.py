@@ -206,6 +206,8 @@ def hash_folder(folder):
 
 def check_folder_readable(preset_dir):
     """Raise a clear error for a missing folder or a symlink loop (not "no such file")."""
+    if not os.path.lexists(preset_dir):
+        io.recover_folder(preset_dir)  # a save killed between its two renames: the old copy
     try:
         os.stat(preset_dir)
     except OSError as error:
@@ -404,11 +406,17 @@ def load_weights_checked(model, path):
         if problems:
             more = len(problems) - 3
             shown = "; ".join(problems[:3]) + (f"; and {more} more" if more > 0 else "")
-            reason = f"does not fit config.json: {shown}. The weights and config come from " \
+            reason = (
+                f"does not fit config.json: {shown}. The weights and config come from "
                 "different models"
+            )
         else:
             text = str(error).strip()
-            reason = f"could not be loaded into {type(model).__name__} (" + (
-                text.splitlines()[0] if text else type(error).__name__
-            ) + ")"
-        raise PresetIntegrityError(f"{path} {reason}; re-download or re-save the preset.") from error
+            reason = (
+                f"could not be loaded into {type(model).__name__} ("
+                + (text.splitlines()[0] if text else type(error).__name__)
+                + ")"
+            )
+        raise PresetIntegrityError(
+            f"{path} {reason}; re-download or re-save the preset."
+        ) from error
