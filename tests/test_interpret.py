@@ -771,6 +771,24 @@ def test_training_curves_png_from_the_probe_history(tmp_path):
         reports.training_curves_figure(results["history"])
 
 
+def test_demo_interpret_stage_writes_every_picture(tmp_path):
+    from keras_clmr.data.demo import TAGS
+    from keras_clmr.models import MusicTagger
+    from training.demo import interpret_pictures
+
+    tagger = MusicTagger(tiny_sample_cnn(), num_classes=len(TAGS), tags=list(TAGS))
+    output = tmp_path / "interpret"
+    paths = interpret_pictures(tagger, output, n_clips=4, seconds=0.5, steps=3, features=2)
+    assert set(paths) == {"filters", "filters_random_init", "taggram", "map", "listening"}
+    for key in ("filters", "filters_random_init", "taggram", "map"):
+        assert open(paths[key], "rb").read(4) == b"\x89PNG", key
+    assert (output / "map" / "map.html").exists()
+    page = json.loads((output / "listening" / "listening.json").read_text())
+    assert page["features"] == [0, 1] and os.path.basename(paths["listening"]) == "index.html"
+    # Again into the same folder (a second `make demo`): the pages are replaced, not refused.
+    assert interpret_pictures(tagger, output, n_clips=4, seconds=0.5, steps=3, features=2) == paths
+
+
 # ----------------------------------------------------------------------------- command line
 
 
