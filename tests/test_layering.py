@@ -39,6 +39,7 @@ LAYERS = {
     "keras_clmr.hub": 3,
     "keras_clmr.conversion": 4,
     "keras_clmr.inference": 4,
+    "keras_clmr.hear": 4,
     "keras_clmr.evaluation": 4,
     "keras_clmr.export": 4,
     "keras_clmr.interpret": 4,
