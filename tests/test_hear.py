@@ -4,12 +4,12 @@ encoder run directly on the same windows."""
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_sample_cnn
+from hearvalidator import validate
 
 from keras_clmr import hear
 from keras_clmr.hub import save_preset
 
-from hearvalidator import validate
+from conftest import tiny_sample_cnn
 
 
 @pytest.fixture
