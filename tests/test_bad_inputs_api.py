@@ -430,6 +430,37 @@ def test_hls_playlist_named_mp3_is_not_followed(tmp_path):
     assert "\n" not in str(error.value) and "0x" not in str(error.value)
 
 
+@pytest.mark.parametrize("layout", ["release zip", "torch zip"])
+def test_zip_bomb_is_refused_before_reading(tmp_path, layout):
+    """A small zip that unpacks to 64 MiB (the 2 GiB case scaled by max_bytes) is refused from
+    its directory, without inflating it: peak Python memory stays far below the payload."""
+    import tracemalloc
+    import zipfile
+
+    from keras_clmr.conversion import readers
+
+    path = tmp_path / "release.zip"
+    member_name = "model.pt" if layout == "release zip" else "archive/data/0"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        if layout == "torch zip":
+            archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        with archive.open(member_name, "w", force_zip64=True) as member:
+            block = bytes(1 << 20)
+            for _ in range(64):
+                member.write(block)
+    assert path.stat().st_size < 1 << 20
+    before = sorted(os.listdir(tmp_path))
+    tracemalloc.start()
+    try:
+        with pytest.raises(readers.CheckpointSizeError, match="Raise max_bytes"):
+            readers.read_state_dict(str(path), max_bytes=16 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+    assert sorted(os.listdir(tmp_path)) == before
+
+
 # ------------------------------------------------------------------------------- publish
 
 

@@ -26,7 +26,6 @@ from keras_clmr.export.signature import (
 )
 from keras_clmr.models import encoder_of, is_tagger
 
-
 # The files keras_clmr writes into a preset folder (hashed when present).
 TOOL_FILES = (hub.CONFIG_FILE, hub.WEIGHTS_FILE, hub.README_FILE, "model.json", ONNX_FILE)
 
