@@ -18,11 +18,12 @@ from keras_clmr.layers.augmentations.random_apply import AugmentationChain, Rand
 class FilterDelayReverb(AudioAugmentation):
     """``RandomApply(filter, p_filter)``, ``RandomApply(delay, p_delay)`` and
     ``RandomApply(reverb, p_reverb)`` in one pass: the three are linear and time-invariant,
-    so the delay runs first in the time domain (static shifts) and the per-example high/low-pass
-    kernel and reverb response are applied together in ONE batched FFT convolution (4 FFTs
-    instead of 6 for the two layers on their own).
+    so the per-example high/low-pass kernel, delay kernel and reverb response are applied
+    together in ONE batched FFT convolution (the delay as its analytic spectrum, plus a short
+    FFT that removes the filtered edge before the clip start).
 
-    Same draws and maths as the separate layers up to edge effects (docs/fidelity.md).
+    Same draws, maths and order as the separate layers (filter, delay, reverb), up to float32
+    FFT rounding (measured in tests/test_augmentations.py; docs/fidelity.md).
     """
 
     def __init__(
@@ -75,12 +76,14 @@ class FilterDelayReverb(AudioAugmentation):
     def transform(self, audio, filter_on, delay_on, reverb_on, filter, delay, reverb):
         length = _static_length(audio, "FilterDelayReverb")
         half = self.filter.max_half_size
-        x = ops.where(ops.reshape(delay_on, (-1, 1)), self.delay.transform(audio, **delay), audio)
+        x = audio
         padded = ops.concatenate(
             [ops.repeat(x[:, :1], half, axis=1), x, ops.repeat(x[:, -1:], half, axis=1)], axis=1
         )
         total = length + 2 * half
-        fft_length = _fft_size(int(math.ceil(1.05 * total)))
+        # Room for the delayed copy past the end, so that it does not wrap around.
+        longest_delay = max([o for o in self.delay.offsets if o < length], default=0)
+        fft_length = _fft_size(int(math.ceil(1.05 * (total + longest_delay))))
         log_window = math.log(1.0 / self.reverb.epsilon) / fft_length
         window = np.exp(-log_window * np.arange(total, dtype=np.float64))
         identity = np.zeros(2 * half + 1, np.float32)
@@ -90,23 +93,50 @@ class FilterDelayReverb(AudioAugmentation):
         kernel = ops.where(ops.reshape(filter["highpass"], (-1, 1)), identity - low, low)
         kernel = ops.where(ops.reshape(filter_on, (-1, 1)), kernel, identity)
         kernel = kernel * ops.convert_to_tensor(window[: 2 * half + 1].astype("float32"))[None, :]
-        wet = self.reverb.impulse_response(total, log_window=log_window, **reverb)
-        first = ops.convert_to_tensor(np.eye(1, total, dtype=np.float32))  # the dry impulse
+        padded = padded * ops.convert_to_tensor(window.astype("float32"))[None, :]
+        # The original filters first; the delay and the reverb then see the filtered clip with
+        # zeros before its start. The filter output before the start (positions < 2 * half of
+        # the linear convolution: the filtered replicated edge) is computed with a short FFT and
+        # removed before the delay and reverb act, so the order is the original's exactly.
+        head_fft = _fft_size(4 * half + 1)
+        head = ops.irfft(_complex_product(ops.rfft(padded[:, : 2 * half], head_fft),
+                                          ops.rfft(kernel, head_fft)), head_fft)[:, : 2 * half]
+        # The clip-length response, as the Reverb layer builds it (its noise depends on the length).
+        wet = self.reverb.impulse_response(length, log_window=log_window, **reverb)
+        first = ops.convert_to_tensor(np.eye(1, length, dtype=np.float32))  # the dry impulse
         response = first + ops.where(ops.reshape(reverb_on, (-1, 1)), wet, 0.0)
-        xr, xi = ops.rfft(
-            padded * ops.convert_to_tensor(window.astype("float32"))[None, :], fft_length
+        filtered = _complex_difference(
+            _complex_product(ops.rfft(padded, fft_length), ops.rfft(kernel, fft_length)),
+            ops.rfft(head, fft_length),
         )
-        kr, ki = ops.rfft(kernel, fft_length)
-        rr, ri = ops.rfft(response, fft_length)
-        hr, hi = kr * rr - ki * ri, kr * ri + ki * rr
-        y = ops.irfft((xr * hr - xi * hi, xr * hi + xi * hr), fft_length)[
-            :, 2 * half : 2 * half + length
-        ]
+        spectrum = _complex_product(filtered, ops.rfft(response, fft_length))
+        spectrum = _complex_product(spectrum, self._delay_spectrum(delay, delay_on, fft_length,
+                                                                   log_window, length))
+        y = ops.irfft(spectrum, fft_length)[:, 2 * half : 2 * half + length]
         unwindow = np.exp(log_window * (np.arange(length, dtype=np.float64) + 2 * half)).astype(
             "float32"
         )
         y = y * ops.convert_to_tensor(unwindow)[None, :]
         return ops.where(ops.reshape(reverb_on, (-1, 1)), ops.clip(y, -1.0, 1.0), y)
+
+    def _delay_spectrum(self, delay, delay_on, fft_length, log_window, length):
+        """The windowed delay kernel's spectrum, (delta + volume * delta_d) / 2 per example (an
+        offset >= the clip length delays nothing past its end, as the Delay layer)."""
+        offsets = np.array(self.delay.offsets, np.float64)
+        gains = 0.5 * self.delay.volume_factor * np.exp(-log_window * offsets) * (offsets < length)
+        choice = ops.cast(delay["choice"], "int32")
+        offset = ops.take(ops.convert_to_tensor(offsets.astype("float32")), choice)[:, None]
+        gain = ops.take(ops.convert_to_tensor(gains.astype("float32")), choice)[:, None]
+        gain = ops.where(ops.reshape(delay_on, (-1, 1)), gain, 0.0)
+        half_gain = ops.where(ops.reshape(delay_on, (-1, 1)), 0.5, 1.0)
+        frequencies = np.arange(fft_length // 2 + 1, dtype=np.float64)
+        # Phase 2 pi f d / N reduced exactly in integers, so float32 keeps it accurate.
+        phase = ops.cast(
+            ops.mod(ops.cast(offset, "int32") * ops.convert_to_tensor(frequencies.astype("int32"))[None, :],
+                    fft_length),
+            "float32",
+        ) * (2.0 * math.pi / fft_length)
+        return half_gain + gain * ops.cos(phase), -gain * ops.sin(phase)
 
     def get_config(self):
         config = super().get_config()
@@ -119,6 +149,14 @@ class FilterDelayReverb(AudioAugmentation):
             p_reverb=self.p_reverb,
         )
         return config
+
+
+def _complex_product(a, b):
+    return a[0] * b[0] - a[1] * b[1], a[0] * b[1] + a[1] * b[0]
+
+
+def _complex_difference(a, b):
+    return a[0] - b[0], a[1] - b[1]
 
 
 CLMR_PROBABILITIES = {
@@ -141,9 +179,10 @@ def clmr_augmentation(sample_rate=22050, seed=None, pitch_shift=True, fused=True
     ``seed`` every transform and every coin gets its own derived seed, so a run is
     reproducible; ``None`` seeds from Keras' global seed generator.
 
-    ``fused=False`` keeps the original order exactly; ``fused=True`` (default, ~1/3 less FFT
-    work) runs filter, delay and reverb in one ``FilterDelayReverb`` pass and the pitch shift
-    last (a deviation, see docs/fidelity.md); probabilities and draws are unchanged.
+    ``fused=False`` keeps the original order exactly; ``fused=True`` (default, less FFT work)
+    runs filter, delay and reverb in one ``FilterDelayReverb`` pass (same order and result to
+    float32 rounding) and the pitch shift after it (a deviation, see docs/fidelity.md);
+    probabilities and draws are unchanged.
     """
 
     def sub_seed(i):
