@@ -81,13 +81,14 @@ def define_flags(flag_values=FLAGS):
 
 def run_from_flags():
     from keras_clmr import export
+    from keras_clmr.export import card as model_card
     from keras_clmr.export import sources
     from keras_clmr.presets import PresetError
 
     if not FLAGS.model:
         raise app.UsageError(f"--model is required: {sources.ACCEPTED}.")
     try:
-        summary = sources.publishable_folder(
+        summary = model_card.publishable_folder(
             FLAGS.model,
             FLAGS.output,
             FLAGS.format,

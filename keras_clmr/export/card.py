@@ -1,8 +1,11 @@
 """Writing model cards: a preset folder's README.md + model.json, and the registry's cards.
 
 Rendering is ``keras_clmr.cards`` (pure); this module reads the folder, loads results.json
-files, writes atomically (``keras_clmr.io``) and re-hashes the folder's metadata.json so it
-stays a valid preset for ``keras_clmr.export.publish``.
+files (refusing those of another head), writes atomically (``keras_clmr.io``) and re-hashes
+the folder's metadata.json so it stays a valid preset for ``keras_clmr.export.publish``.
+``publishable_folder`` is the whole path of ``keras-clmr export``: any model the user has
+(``keras_clmr.export.sources``) -> preset, exports, card and model.json, built aside and
+swapped in whole.
 """
 
 import json
@@ -144,3 +147,53 @@ def write_registry_cards(output_dir="model_cards"):
         _write(folder, card, model_json(info))
         written.append(folder)
     return written
+
+
+def publishable_folder(
+    argument, output=None, formats="all", *, task=None, card=True, overwrite=False, **export_options
+):
+    """Preset + exports + card + model.json from any accepted argument, all or nothing.
+
+    ``output`` defaults to the folder itself for a local preset (exports added in place).
+    Everything is built in a temporary folder next to ``output`` that replaces it only when
+    every step (save, export with parity, card) succeeded. Returns the export summary with
+    ``source`` (the kind) and ``card`` added.
+    """
+    import shutil
+
+    from keras_clmr.export.preset import export_preset
+    from keras_clmr.export.sources import SourceError, as_preset_folder, identify, save_as_preset
+
+    source = identify(argument)
+    if output is None:
+        if source.kind != "preset":
+            raise SourceError(
+                f"{argument} is not a local preset folder: pass --output, the folder to write "
+                "(the Hugging Face and keras_clmr caches are never modified)."
+            )
+        output = argument
+    output = os.path.abspath(os.fspath(output))
+    in_place = source.kind == "preset" and os.path.abspath(argument) == output
+    # An earlier output (a preset folder) or the preset itself is replaced; anything else only
+    # with overwrite.
+    replace = overwrite or in_place or os.path.isfile(os.path.join(output, "metadata.json"))
+    with io.atomic_folder(output, overwrite=replace) as staging:
+        if source.kind in ("keras_file", "run"):
+            save_as_preset(source, staging, task=task, overwrite=True)
+        else:
+            folder, _ = as_preset_folder(argument, task=task)
+            shutil.copytree(
+                folder,
+                staging,
+                symlinks=False,
+                ignore=shutil.ignore_patterns(".*"),
+                dirs_exist_ok=True,
+            )
+        summary = export_preset(staging, staging, formats, task=task, **export_options)
+        if card:
+            write_card(staging)
+    summary["output"] = output
+    summary["metadata"] = os.path.join(output, "metadata.json")
+    summary["source"] = source.kind
+    summary["card"] = os.path.join(output, CARD_FILE) if card else None
+    return summary

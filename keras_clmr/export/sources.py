@@ -4,9 +4,8 @@
 turns any of them into a preset folder (a local preset is used as it is, a registry name or
 hf:// handle resolves to its cached folder, a ``.keras`` file or a pretraining run folder is
 saved with ``save_preset``: the encoder, with the run's recipe from ``state.json`` in the
-metadata). ``publishable_folder`` is the whole path of ``keras-clmr export``: preset, exports,
-card and ``model.json`` staged in a temporary folder that replaces the output only when
-complete.
+metadata). ``keras_clmr.export.card.publishable_folder`` is the whole path of
+``keras-clmr export`` from any of them.
 """
 
 import dataclasses
@@ -147,54 +146,3 @@ def as_preset_folder(argument, output=None, *, task=None, overwrite=False):
             "--output, the preset folder to write (e.g. --output=exports/my-model)."
         )
     return save_as_preset(source, output, task=task, overwrite=overwrite), source
-
-
-def publishable_folder(
-    argument, output=None, formats="all", *, task=None, card=True, overwrite=False, **export_options
-):
-    """Preset + exports + card + model.json from any accepted argument, all or nothing.
-
-    ``output`` defaults to the folder itself for a local preset (exports added in place).
-    Everything is built in a temporary folder next to ``output`` that replaces it only when
-    every step (save, export with parity, card) succeeded. Returns the export summary with
-    ``source`` (the kind) and ``card`` added.
-    """
-    import shutil
-
-    from keras_clmr import io
-    from keras_clmr.export import card as model_card
-    from keras_clmr.export.preset import export_preset
-
-    source = identify(argument)
-    if output is None:
-        if source.kind != "preset":
-            raise SourceError(
-                f"{argument} is not a local preset folder: pass --output, the folder to write "
-                "(the Hugging Face and keras_clmr caches are never modified)."
-            )
-        output = argument
-    output = os.path.abspath(os.fspath(output))
-    in_place = source.kind == "preset" and os.path.abspath(argument) == output
-    # An earlier output (a preset folder) or the preset itself is replaced; anything else only
-    # with overwrite.
-    replace = overwrite or in_place or os.path.isfile(os.path.join(output, "metadata.json"))
-    with io.atomic_folder(output, overwrite=replace) as staging:
-        if source.kind in ("keras_file", "run"):
-            save_as_preset(source, staging, task=task, overwrite=True)
-        else:
-            folder, _ = as_preset_folder(argument, task=task)
-            shutil.copytree(
-                folder,
-                staging,
-                symlinks=False,
-                ignore=shutil.ignore_patterns(".*"),
-                dirs_exist_ok=True,
-            )
-        summary = export_preset(staging, staging, formats, task=task, **export_options)
-        if card:
-            model_card.write_card(staging)
-    summary["output"] = output
-    summary["metadata"] = os.path.join(output, "metadata.json")
-    summary["source"] = source.kind
-    summary["card"] = os.path.join(output, model_card.CARD_FILE) if card else None
-    return summary
