@@ -181,6 +181,7 @@ def test_parity_failure_keeps_nothing(tmp_path, monkeypatch):
         "model.weights.h5",
     ]
     assert (preset / "metadata.json").read_text() == before
+    assert sorted(os.listdir(tmp_path)) == ["preset"]  # no staging folder left behind
 
 
 def test_bad_requests(tmp_path):

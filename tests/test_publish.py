@@ -127,7 +127,7 @@ def test_refuses_invalid_folders_before_any_call(tmp_path, fake_api):
         publish.publish(tampered, "org/tiny")
     extra = _preset(tmp_path, "extra")
     (extra / "notes.txt").write_text("not hashed")
-    with pytest.raises(publish.PublishError, match="does not hash"):
+    with pytest.raises(publish.PublishError, match="does not list.*notes.txt.*Move them out"):
         publish.publish(extra, "org/tiny")
     bad_yaml = _preset(tmp_path, "bad_yaml")
     (bad_yaml / "README.md").write_text("---\nlicense: [unclosed\n---\n# card\n")
