@@ -338,3 +338,18 @@ def test_probe_training_writes_tensorboard_and_no_ran_out_of_data(tmp_path):
         warnings.simplefilter("always")
         quiet_fit(model, data, epochs=2, verbose=0)
     assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+def test_registry_names_default_to_the_encoder(monkeypatch, tmp_path):
+    """load_pretrained("musicnn-mtt") gives the encoder, as documented; task="tag" the tagger."""
+    from keras_clmr.hub import resolution
+
+    asked = []
+    monkeypatch.setattr(resolution, "resolve", lambda name, task=None, **kw: str(tmp_path))
+    monkeypatch.setattr(
+        resolution, "load_preset", lambda folder, task=None, verify=True: asked.append(task)
+    )
+    resolution.load_pretrained("musicnn-mtt")
+    resolution.load_pretrained("musicnn-mtt", task="tag")
+    resolution.load_pretrained(str(tmp_path))  # a folder: what is stored
+    assert asked == ["embed", "tag", None]

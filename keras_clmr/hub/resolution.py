@@ -21,7 +21,7 @@ import tempfile
 from keras_clmr.hub import release
 from keras_clmr.hub.folder import PresetIntegrityError, load_preset, verify_preset
 from keras_clmr.hub.hf_cache import snapshot
-from keras_clmr.presets import PresetError, get_preset
+from keras_clmr.presets import PresetError, get_preset, preset_names
 
 
 def keras_clmr_cache_dir():
@@ -220,6 +220,9 @@ def load_pretrained(
     classes deserialize. ``cache_dir`` is the Hugging Face cache for hf:// handles. Offline
     (``HF_HUB_OFFLINE=1`` / ``KERAS_CLMR_OFFLINE=1``) nothing is downloaded.
     """
+    name = os.fspath(name_or_handle)
+    if task is None and name in preset_names() and not os.path.isdir(name):
+        task = "embed"  # as documented: a registry name gives its encoder unless task="tag"
     folder = resolve(
         name_or_handle, task=task, revision=revision, cache_dir=cache_dir, progress=progress
     )
