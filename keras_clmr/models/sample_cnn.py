@@ -33,12 +33,12 @@ class BatchNormalization(layers.BatchNormalization):
     masks, renorm and synchronized statistics use Keras' own path.
     """
 
-    def fusable(self, inputs, training):
-        """Whether the fused TensorFlow training kernel applies to this call."""
-        return (
+    def call(self, inputs, training=None, mask=None):
+        fusable = (
             keras.backend.backend() == "tensorflow"
-            and bool(training)
+            and training
             and self.trainable
+            and mask is None
             and not self.synchronized
             and not self.renorm
             and self.scale
@@ -46,9 +46,8 @@ class BatchNormalization(layers.BatchNormalization):
             and len(inputs.shape) == 3
             and self.axis in (-1, 2)
         )
-
-    def fused_normalize(self, inputs):
-        """(output, batch mean, biased batch variance) from FusedBatchNormV3 (TensorFlow)."""
+        if not fusable:
+            return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
         x = tf.cast(inputs, "float32")
@@ -65,54 +64,14 @@ class BatchNormalization(layers.BatchNormalization):
         )
         count = tf.cast(tf.shape(x)[0] * tf.shape(x)[1], "float32")
         variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
-        return tf.cast(tf.squeeze(y, 1), self.compute_dtype), mean, variance
-
-    def update_moving_statistics(self, mean, variance):
         self.moving_mean.assign(
-            ops.cast(self.moving_mean, "float32") * self.momentum + mean * (1.0 - self.momentum)
+            tf.cast(self.moving_mean, "float32") * self.momentum + mean * (1.0 - self.momentum)
         )
         self.moving_variance.assign(
-            ops.cast(self.moving_variance, "float32") * self.momentum
+            tf.cast(self.moving_variance, "float32") * self.momentum
             + variance * (1.0 - self.momentum)
         )
-
-    def call(self, inputs, training=None, mask=None):
-        if mask is not None or not self.fusable(inputs, training):
-            return super().call(inputs, training=training, mask=mask)
-        outputs, mean, variance = self.fused_normalize(inputs)
-        self.update_moving_statistics(mean, variance)
-        return outputs
-
-
-def _recomputed_conv_bn(conv, norm, x):
-    """conv -> BatchNorm (training, TensorFlow) whose backward recomputes the conv output.
-
-    Why: the stem output is the largest tensor of the step (128 x 19683 floats per view,
-    ~0.5 GB per 48 views); keeping it for the BatchNorm gradient costs more memory than
-    recomputing the stem conv (0.4 % of the encoder's FLOPs) costs time. Only the input
-    audio is kept. Same values and gradients as the plain path.
-    """
-    import tensorflow as tf
-
-    def forward(audio):
-        return norm.fused_normalize(conv(audio))
-
-    @tf.custom_gradient
-    def stem(audio):
-        outputs, mean, variance = forward(audio)
-
-        def backward(grad_outputs, grad_mean, grad_variance, variables=None):
-            with tf.GradientTape() as tape:
-                tape.watch(audio)
-                recomputed, _, _ = forward(audio)
-            grads = tape.gradient(recomputed, [audio, *variables], output_gradients=grad_outputs)
-            return grads[0], grads[1:]
-
-        return (outputs, tf.stop_gradient(mean), tf.stop_gradient(variance)), backward
-
-    outputs, mean, variance = stem(x)
-    norm.update_moving_statistics(mean, variance)
-    return outputs
+        return tf.cast(tf.squeeze(y, 1), self.compute_dtype)
 
 
 def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
@@ -235,11 +194,7 @@ class SampleCNN(Backbone):
     def call(self, audio, training=None):
         self._check_shape(audio.shape)
         x = audio if len(audio.shape) == 3 else ops.expand_dims(audio, -1)
-        stack = self.stack
-        if isinstance(stack[1], BatchNormalization) and stack[1].fusable(x, training):
-            x = _recomputed_conv_bn(stack[0], stack[1], x)
-            stack = stack[2:]
-        for layer in stack:
+        for layer in self.stack:
             x = (
                 layer(x, training=training)
                 if isinstance(layer, layers.BatchNormalization)
