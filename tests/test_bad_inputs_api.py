@@ -650,3 +650,12 @@ def test_kill_during_in_place_export(fresh, tmp_path, kill_at):
     hub.verify_preset(fresh)
     assert (fresh / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["kill_worker.py", "tiny"]
+
+
+@pytest.mark.parametrize("rate", [0, -22050, 500, 400_000, float("nan")])
+def test_embed_refuses_an_impossible_sample_rate(fresh, rate):
+    import keras_clmr
+
+    audio = np.zeros(4000, np.float32)
+    with pytest.raises(ValueError, match="sample_rate must be a whole number of Hz"):
+        keras_clmr.embed(audio, model=str(fresh), sample_rate=rate)

@@ -191,6 +191,8 @@ def _prepare(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if sample_rate is not None:
+        audio_lib.check_sample_rate(sample_rate)
     model, net = resolve_model(model, task)
     window = _attribute(model, "input_samples")
     rate = int(_attribute(model, "sample_rate", audio_lib.DEFAULT_SAMPLE_RATE))
