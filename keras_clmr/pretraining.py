@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_clmr import io
+from keras_clmr.data.views import SegmentBatches  # noqa: F401  (re-exported: resume, tests)
 
 CHECKPOINT_PATTERN = "epoch-{epoch:05d}.keras"
 STEP_CHECKPOINT_PATTERN = "step-{step:010d}.keras"
@@ -174,60 +175,6 @@ def restore_seed_states(model, states):
         generator.state.assign(
             np.asarray(state, dtype=generator.state.dtype).reshape(generator.state.shape)
         )
-
-
-class SegmentBatches(keras.utils.PyDataset):
-    """Batches of random source segments [batch_size, segment_samples] from in-memory clips.
-
-    Epoch ``e``, batch ``i`` is a pure function of (seed, e, i), so a resumed run sees the
-    same data order it would have seen. Each epoch visits the clips in a new random order;
-    each segment starts at a uniform random offset within its clip.
-    """
-
-    def __init__(self, clips, segment_samples, batch_size, steps_per_epoch=None, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self.clips = [np.asarray(c, dtype=np.float32) for c in clips]
-        self.segment_samples = int(segment_samples)
-        self.batch_size = int(batch_size)
-        if not self.clips:
-            raise ValueError("No clips to pretrain on.")
-        short = [i for i, c in enumerate(self.clips) if len(c) < self.segment_samples]
-        if short:
-            raise ValueError(
-                f"{len(short)} clips are shorter than the {self.segment_samples}-sample source "
-                "segment "
-                f"(e.g. clip {short[0]} has {len(self.clips[short[0]])} samples): drop them or "
-                "shorten "
-                f"--segment_samples."
-            )
-        self.steps = int(steps_per_epoch or max(1, len(self.clips) // self.batch_size))
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def __len__(self):
-        return self.steps
-
-    def __getitem__(self, index):
-        return self.batch_at(self.epoch, index)
-
-    def batch_at(self, epoch, index):
-        """Batch ``index`` of epoch ``epoch`` (a pure function of seed, epoch and index)."""
-        rng = np.random.default_rng([self.seed, epoch, index])
-        order = np.random.default_rng([self.seed, epoch]).permutation(
-            np.resize(
-                np.arange(len(self.clips)), max(len(self.clips), self.batch_size * self.steps)
-            )
-        )
-        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
-        batch = np.empty((self.batch_size, self.segment_samples), np.float32)
-        for row, clip_index in enumerate(chosen):
-            clip = self.clips[clip_index]
-            start = rng.integers(0, len(clip) - self.segment_samples + 1)
-            batch[row] = clip[start : start + self.segment_samples]
-        return batch
-
-    def on_epoch_end(self):
-        self.epoch += 1
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
