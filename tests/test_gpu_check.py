@@ -5,6 +5,7 @@ import pytest
 from conftest import BACKEND
 
 
+@pytest.mark.large
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="gpu_check runs on TensorFlow")
 def test_smoke_report_on_cpu():
     from benchmarks import gpu_check
