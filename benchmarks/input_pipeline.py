@@ -93,8 +93,15 @@ def _decode_speed(source):
     return {"files": len(paths), "x_real_time_one_core": round(seconds / wall, 1)}
 
 
-def _pipeline_speed(prepared, segment_samples, batch_size, batches, warmup, segments_per_clip=1,
-                    view_source="segment"):
+def _pipeline_speed(
+    prepared,
+    segment_samples,
+    batch_size,
+    batches,
+    warmup,
+    segments_per_clip=1,
+    view_source="segment",
+):
     from keras_clmr.data import pipeline
 
     dataset = pipeline.pretraining_dataset(

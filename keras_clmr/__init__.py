@@ -1,9 +1,9 @@
 """keras_clmr: a Keras 3 model zoo for self-supervised music representations (CLMR, PEMR).
 
-    import keras_clmr
-    model = keras_clmr.load_pretrained("clmr-mtat")          # a Keras model
-    result = keras_clmr.embed("song.mp3", model=model)        # embeddings [T, D] + start times
-    tags = keras_clmr.tag("song.mp3", model="musicnn-mtt")    # per-window and clip-level tags
+import keras_clmr
+model = keras_clmr.load_pretrained("clmr-mtat")          # a Keras model
+result = keras_clmr.embed("song.mp3", model=model)        # embeddings [T, D] + start times
+tags = keras_clmr.tag("song.mp3", model="musicnn-mtt")    # per-window and clip-level tags
 """
 
 __version__ = "0.1.0"
@@ -44,6 +44,20 @@ def __dir__():
 
 
 __all__ = [
-    "AudioError", "CLMR", "FCN", "MusicTagger", "PEMR", "SampleCNN", "embed", "layers", "list_presets",
-    "load_preset", "load_pretrained", "losses", "metrics", "models", "save_preset", "tag",
+    "AudioError",
+    "CLMR",
+    "FCN",
+    "MusicTagger",
+    "PEMR",
+    "SampleCNN",
+    "embed",
+    "layers",
+    "list_presets",
+    "load_preset",
+    "load_pretrained",
+    "losses",
+    "metrics",
+    "models",
+    "save_preset",
+    "tag",
 ]

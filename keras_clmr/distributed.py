@@ -40,18 +40,22 @@ def split_logical_cpus(count):
 
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * count
+            )
         except RuntimeError as error:
             raise DistributionError(
                 f"Cannot split the CPU into {count} logical devices: TensorFlow is already initialised "
-                f"({error}). Call split_logical_cpus before any TensorFlow op, in a fresh process.") from error
+                f"({error}). Call split_logical_cpus before any TensorFlow op, in a fresh process."
+            ) from error
     elif backend == "jax":
         import jax
 
         if len(jax.devices()) < count:
             raise DistributionError(
                 f"JAX sees {len(jax.devices())} devices, {count} wanted: start the process with "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={count}.")
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={count}."
+            )
     else:
         raise DistributionError(f"No logical device split on the {backend} backend.")
 
@@ -61,8 +65,16 @@ class Distribution:
     replicas, whether this process writes checkpoints (``is_chief``) and this worker's index.
     """
 
-    def __init__(self, name, strategy=None, distribution=None, num_replicas=1, is_chief=True,
-                 worker_index=0, num_workers=1):
+    def __init__(
+        self,
+        name,
+        strategy=None,
+        distribution=None,
+        num_replicas=1,
+        is_chief=True,
+        worker_index=0,
+        num_workers=1,
+    ):
         self.name = name
         self.strategy = strategy
         self.distribution = distribution
@@ -78,8 +90,10 @@ class Distribution:
         return contextlib.nullcontext()
 
     def __repr__(self):
-        return (f"Distribution({self.name!r}, replicas={self.num_replicas}, workers={self.num_workers}, "
-                f"chief={self.is_chief})")
+        return (
+            f"Distribution({self.name!r}, replicas={self.num_replicas}, workers={self.num_workers}, "
+            f"chief={self.is_chief})"
+        )
 
 
 def _tf_config():
@@ -87,16 +101,19 @@ def _tf_config():
     if not raw:
         raise DistributionError(
             "--distribution=multi_worker needs the TF_CONFIG environment variable, e.g. "
-            "TF_CONFIG='{\"cluster\": {\"worker\": [\"host0:12345\", \"host1:12345\"]}, "
-            "\"task\": {\"type\": \"worker\", \"index\": 0}}' on the first host (index 1 on the second).")
+            'TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}\' on the first host (index 1 on the second).'
+        )
     try:
         config = json.loads(raw)
         workers = list(config["cluster"]["worker"])
         task = config["task"]
         return workers, task["type"], int(task["index"])
     except (ValueError, KeyError, TypeError) as error:
-        raise DistributionError(f"TF_CONFIG is not valid ({error}): it needs cluster.worker (a list of host:port) "
-                                f"and task.type/task.index.") from error
+        raise DistributionError(
+            f"TF_CONFIG is not valid ({error}): it needs cluster.worker (a list of host:port) "
+            f"and task.type/task.index."
+        ) from error
 
 
 def setup_distribution(name="none", devices=None, tpu=None):
@@ -107,19 +124,23 @@ def setup_distribution(name="none", devices=None, tpu=None):
     the one the environment provides).
     """
     if name not in DISTRIBUTIONS:
-        raise DistributionError(f"Unknown distribution {name!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
+        raise DistributionError(
+            f"Unknown distribution {name!r}; choose one of {', '.join(DISTRIBUTIONS)}."
+        )
     backend = keras.backend.backend()
     if name == "none":
         return Distribution("none")
     if name in TF_DISTRIBUTIONS and backend != "tensorflow":
         raise DistributionError(
             f"--distribution={name} uses tf.distribute and needs KERAS_BACKEND=tensorflow "
-            f"(this process runs {backend}); on JAX use --distribution=data_parallel.")
+            f"(this process runs {backend}); on JAX use --distribution=data_parallel."
+        )
     if name == "data_parallel" and backend != "jax":
         raise DistributionError(
             f"--distribution=data_parallel uses keras.distribution, which released Keras supports on JAX "
             f"only (this process runs {backend}); use KERAS_BACKEND=jax, or --distribution=mirrored on "
-            f"TensorFlow.")
+            f"TensorFlow."
+        )
 
     if name == "data_parallel":
         import jax
@@ -127,9 +148,14 @@ def setup_distribution(name="none", devices=None, tpu=None):
         devices = devices or keras.distribution.list_devices()
         distribution = keras.distribution.DataParallel(devices=devices)
         keras.distribution.set_distribution(distribution)
-        return Distribution(name, distribution=distribution, num_replicas=len(devices),
-                            is_chief=jax.process_index() == 0, worker_index=jax.process_index(),
-                            num_workers=jax.process_count())
+        return Distribution(
+            name,
+            distribution=distribution,
+            num_replicas=len(devices),
+            is_chief=jax.process_index() == 0,
+            worker_index=jax.process_index(),
+            num_workers=jax.process_count(),
+        )
 
     import tensorflow as tf
 
@@ -144,8 +170,14 @@ def setup_distribution(name="none", devices=None, tpu=None):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         # The first worker is the chief unless TF_CONFIG names a separate chief task.
         is_chief = task_type == "chief" or (task_type == "worker" and index == 0)
-        return Distribution(name, strategy=strategy, num_replicas=strategy.num_replicas_in_sync,
-                            is_chief=is_chief, worker_index=index, num_workers=len(workers))
+        return Distribution(
+            name,
+            strategy=strategy,
+            num_replicas=strategy.num_replicas_in_sync,
+            is_chief=is_chief,
+            worker_index=index,
+            num_workers=len(workers),
+        )
     # tpu
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
     tf.config.experimental_connect_to_cluster(resolver)

@@ -31,11 +31,15 @@ def nt_xent(z_i, z_j, temperature=0.5, negatives="global", groups=1):
     if negatives not in ("global", "local"):
         raise ValueError(f"negatives must be 'global' or 'local', got {negatives!r}.")
     if z_i.shape[0] is not None and z_j.shape[0] is not None and z_i.shape[0] != z_j.shape[0]:
-        raise ValueError(f"nt_xent needs two equally sized batches, got {z_i.shape} and {z_j.shape}.")
+        raise ValueError(
+            f"nt_xent needs two equally sized batches, got {z_i.shape} and {z_j.shape}."
+        )
     groups = int(groups)
     if groups < 1 or (z_i.shape[0] is not None and z_i.shape[0] % groups):
-        raise ValueError(f"nt_xent: groups={groups} must divide the batch of {z_i.shape[0]} pairs "
-                         f"(use a batch size divisible by the number of replicas).")
+        raise ValueError(
+            f"nt_xent: groups={groups} must divide the batch of {z_i.shape[0]} pairs "
+            f"(use a batch size divisible by the number of replicas)."
+        )
     dtype = "float64" if ops.dtype(z_i) == "float64" else "float32"
     z_i, z_j = ops.cast(z_i, dtype), ops.cast(z_j, dtype)
     if groups > 1:
@@ -95,8 +99,9 @@ def _grouped_nt_xent(z_i, z_j, temperature, groups, dtype):
     self_mask = ops.cast(ops.equal(index[:, None], index[None, :]), dtype)
     logits = logits - self_mask[None] * 1e9
     positive_index = (index + n) % n2
-    positives = ops.take_along_axis(logits, ops.broadcast_to(positive_index[None, :, None], (groups, n2, 1)),
-                                    axis=2)[..., 0]
+    positives = ops.take_along_axis(
+        logits, ops.broadcast_to(positive_index[None, :, None], (groups, n2, 1)), axis=2
+    )[..., 0]
     return ops.mean(ops.logsumexp(logits, axis=2) - positives)
 
 

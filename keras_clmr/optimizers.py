@@ -37,8 +37,19 @@ class LARS(keras.optimizers.Optimizer):
     trust is 1 where either norm is 0. ``exclude_names`` also applies in the default mode.
     """
 
-    def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay=1e-6, eta=1e-3, nesterov=False,
-                 exclude_names=(), epsilon=0.0, exclude_bias_and_norm=False, name="lars", **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=1e-6,
+        eta=1e-3,
+        nesterov=False,
+        exclude_names=(),
+        epsilon=0.0,
+        exclude_bias_and_norm=False,
+        name="lars",
+        **kwargs,
+    ):
         kwargs.pop("weight_decay", None)
         super().__init__(learning_rate=learning_rate, name=name, weight_decay=None, **kwargs)
         if not 0.0 <= momentum < 1.0:
@@ -78,7 +89,9 @@ class LARS(keras.optimizers.Optimizer):
             g_norm = ops.sqrt(ops.sum(ops.square(gradient)))
             g_positive = ops.greater(g_norm, 0)
             safe_g_norm = ops.where(g_positive, g_norm, 1.0)
-            ratio = ops.cast(self.eta, dtype) * w_norm / (safe_g_norm + ops.cast(self.epsilon, dtype))
+            ratio = (
+                ops.cast(self.eta, dtype) * w_norm / (safe_g_norm + ops.cast(self.epsilon, dtype))
+            )
             if self.exclude_bias_and_norm:  # TensorFlow SimCLR: trust 1 where either norm is 0
                 g_positive = ops.logical_and(g_positive, ops.greater(w_norm, 0))
             trust = ops.where(g_positive, ratio, 1.0)
@@ -93,9 +106,15 @@ class LARS(keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(momentum=self.momentum, weight_decay=self.lars_weight_decay, eta=self.eta,
-                      nesterov=self.nesterov, exclude_names=list(self.exclude_names), epsilon=self.epsilon,
-                      exclude_bias_and_norm=self.exclude_bias_and_norm)
+        config.update(
+            momentum=self.momentum,
+            weight_decay=self.lars_weight_decay,
+            eta=self.eta,
+            nesterov=self.nesterov,
+            exclude_names=list(self.exclude_names),
+            epsilon=self.epsilon,
+            exclude_bias_and_norm=self.exclude_bias_and_norm,
+        )
         return config
 
 
@@ -107,10 +126,24 @@ class TorchAdam(keras.optimizers.Adam):
     ``weight_decay`` is decoupled, AdamW-style). CLMR master, CLMR's linear evaluation and
     PEMR all use torch's Adam."""
 
-    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=TORCH_ADAM_EPSILON,
-                 torch_weight_decay=0.0, name="torch_adam", **kwargs):
-        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                         name=name, **kwargs)
+    def __init__(
+        self,
+        learning_rate=1e-3,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=TORCH_ADAM_EPSILON,
+        torch_weight_decay=0.0,
+        name="torch_adam",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            name=name,
+            **kwargs,
+        )
         self.torch_weight_decay = float(torch_weight_decay)
 
     def update_step(self, gradient, variable, learning_rate):
@@ -145,16 +178,28 @@ def warmup_cosine(peak, total_steps, warmup_steps, alpha=0.0):
     ``alpha * peak`` at ``total_steps`` (per step; the original decayed per epoch)."""
     total_steps, warmup_steps = int(total_steps), int(warmup_steps)
     if total_steps < 1 or not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"Need 0 <= warmup steps ({warmup_steps}) < total steps ({total_steps}); "
-                         f"lower --warmup_epochs or train longer.")
+        raise ValueError(
+            f"Need 0 <= warmup steps ({warmup_steps}) < total steps ({total_steps}); "
+            f"lower --warmup_epochs or train longer."
+        )
     if warmup_steps == 0:
         return keras.optimizers.schedules.CosineDecay(peak, total_steps, alpha=alpha)
-    return keras.optimizers.schedules.CosineDecay(0.0, total_steps - warmup_steps, alpha=alpha,
-                                                  warmup_target=peak, warmup_steps=warmup_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total_steps - warmup_steps, alpha=alpha, warmup_target=peak, warmup_steps=warmup_steps
+    )
 
 
-def build_optimizer(name, *, batch_size, steps_per_epoch, epochs, warmup_epochs=10, learning_rate=None,
-                    weight_decay=1e-6, lars_exclude_bias_and_norm=False):
+def build_optimizer(
+    name,
+    *,
+    batch_size,
+    steps_per_epoch,
+    epochs,
+    warmup_epochs=10,
+    learning_rate=None,
+    weight_decay=1e-6,
+    lars_exclude_bias_and_norm=False,
+):
     """'adam': torch's Adam (``learning_rate`` or 3e-4, epsilon 1e-8), as CLMR
     master and PEMR (no schedule). 'lars': CLMR 2.0's LARS (every variable decayed and
     adapted unless ``lars_exclude_bias_and_norm``) with peak lr ``learning_rate`` or
@@ -165,6 +210,7 @@ def build_optimizer(name, *, batch_size, steps_per_epoch, epochs, warmup_epochs=
     if name == "lars":
         peak = learning_rate or lars_peak_learning_rate(batch_size)
         schedule = warmup_cosine(peak, steps_per_epoch * epochs, steps_per_epoch * warmup_epochs)
-        return LARS(schedule, weight_decay=weight_decay,
-                    exclude_bias_and_norm=lars_exclude_bias_and_norm)
+        return LARS(
+            schedule, weight_decay=weight_decay, exclude_bias_and_norm=lars_exclude_bias_and_norm
+        )
     raise ValueError(f"Unknown optimizer {name!r}: use 'adam' or 'lars'.")

@@ -37,12 +37,15 @@ def test_int16_round_trip_is_bit_exact_for_every_value():
     assert audio.to_int16(np.array([-1.5]))[0] == -32768
 
 
-@pytest.mark.parametrize("ext,fmt,subtype,rate", [
-    ("flac", "FLAC", "PCM_16", 44100),
-    ("ogg", "OGG", "VORBIS", 32000),
-    ("mp3", "MP3", "MPEG_LAYER_III", 16000),
-    ("opus", "OGG", "OPUS", 48000),
-])
+@pytest.mark.parametrize(
+    "ext,fmt,subtype,rate",
+    [
+        ("flac", "FLAC", "PCM_16", 44100),
+        ("ogg", "OGG", "VORBIS", 32000),
+        ("mp3", "MP3", "MPEG_LAYER_III", 16000),
+        ("opus", "OGG", "OPUS", 48000),
+    ],
+)
 def test_compressed_stereo_files_decode_to_mono_22050(tmp_path, ext, fmt, subtype, rate):
     path = tmp_path / f"tone.{ext}"
     soundfile.write(path, _sine(440.0, 1.0, rate, channels=2), rate, format=fmt, subtype=subtype)
@@ -147,7 +150,7 @@ def test_duration_from_header(tmp_path):
     assert audio.duration(bad) is None
 
 
-FAKE_FFMPEG = '''#!{python}
+FAKE_FFMPEG = """#!{python}
 import sys
 import numpy as np
 
@@ -162,12 +165,12 @@ frames[:, 0] = 0.25
 if channels > 1:
     frames[:, 1] = -0.75
 sys.stdout.buffer.write(frames.tobytes())
-'''
+"""
 
-FAKE_FFPROBE = '''#!{python}
+FAKE_FFPROBE = """#!{python}
 import sys
 print("2" if "stream=channels" in sys.argv else "44100")
-'''
+"""
 
 
 @pytest.fixture
@@ -197,5 +200,7 @@ def test_ffmpeg_fallback_for_formats_soundfile_cannot_read(tmp_path, fake_ffmpeg
 def test_ffmpeg_failure_is_a_corrupt_audio_error(tmp_path, fake_ffmpeg):
     path = tmp_path / "bad.m4a"
     path.write_bytes(b"not audio at all" * 10)
-    with pytest.raises(audio.CorruptAudioError, match="bad.m4a.*ffmpeg could not decode it: Invalid data"):
+    with pytest.raises(
+        audio.CorruptAudioError, match="bad.m4a.*ffmpeg could not decode it: Invalid data"
+    ):
         audio.load(path)

@@ -69,7 +69,9 @@ def test_fit_under_jit_compile():
     encoder = tiny_sample_cnn()
     model = CLMR(encoder, projection_dim=8, seed=0)
     model.compile(optimizer="adam", jit_compile=True)
-    history = model.fit(toy_sources(8, encoder.input_samples + 100), batch_size=4, epochs=1, verbose=0)
+    history = model.fit(
+        toy_sources(8, encoder.input_samples + 100), batch_size=4, epochs=1, verbose=0
+    )
     assert np.isfinite(history.history["loss"][0])
 
 

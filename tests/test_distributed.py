@@ -45,14 +45,24 @@ def numpy_nt_xent(z_i, z_j, temperature=0.5):
 
 def run_worker(tmp_path, backend, replicas):
     script = os.path.join(WORKERS, "distributed_step.py")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={replicas} {XLA_PATIENT_COLLECTIVES}",
-               CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, str(script), str(replicas), REPO], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=1800)
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={replicas} {XLA_PATIENT_COLLECTIVES}",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), str(replicas), REPO],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.mark.parametrize("backend, replicas", [("tensorflow", 2), ("jax", 2)])
@@ -81,8 +91,6 @@ def test_distributed_step_matches_single_device(tmp_path, backend, replicas):
     assert abs(results["global"]["loss"] - results["local"]["loss"]) > 1e-2
 
 
-
-
 def test_kill_and_resume_continues_from_the_saved_step(tmp_path):
     """Mirrored strategy on 2 logical CPUs, LARS, step checkpoints every 3 steps of 4-step
     epochs: SIGKILL at step 7 (last checkpoint: step 6), resume, and the finished run equals an
@@ -90,19 +98,33 @@ def test_kill_and_resume_continues_from_the_saved_step(tmp_path):
     pytest.importorskip("tensorflow")
     script = os.path.join(WORKERS, "distributed_resume.py")
     out = str(tmp_path / "run")
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    killed = subprocess.run([sys.executable, str(script), "kill", out, REPO], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""
+    )
+    killed = subprocess.run(
+        [sys.executable, str(script), "kill", out, REPO],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     with open(os.path.join(out, "state.json")) as file:
         state = json.load(file)
     assert (state["step"], state["epoch"], state["step_in_epoch"]) == (6, 1, 2)
     assert not [n for n in os.listdir(out) if n.startswith(".")], "a temporary file was left behind"
-    resumed = subprocess.run([sys.executable, str(script), "resume", out, REPO], env=env, cwd=REPO,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, str(script), "resume", out, REPO],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [line for line in resumed.stdout.splitlines() if line.startswith("RESULT ")]
     assert resumed.returncode == 0 and lines, resumed.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert result["position"] == [1, 2]
     assert result["iterations"] == 8
     assert "epoch-00002.keras" in result["files"] and "step-0000000006.keras" in result["files"]

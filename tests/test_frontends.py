@@ -11,6 +11,7 @@ from keras_clmr.layers.frontends import LogMelSpectrogram
 
 def reference_filterbank(n_freqs, n_mels, sample_rate):
     """torchaudio melscale_fbanks(norm=None, mel_scale="htk"), written filter by filter."""
+
     def to_mel(f):
         return 2595.0 * math.log10(1.0 + f / 700.0)
 
@@ -37,7 +38,7 @@ def reference_log_mel(audio, n_fft=256, hop=128, n_mels=128, sample_rate=16000):
     x = np.pad(audio, ((0, 0), (pad, pad)), mode="reflect")
     n_frames = 1 + (x.shape[1] - n_fft) // hop
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
-    frames = np.stack([x[:, t * hop:t * hop + n_fft] for t in range(n_frames)], axis=1) * window
+    frames = np.stack([x[:, t * hop : t * hop + n_fft] for t in range(n_frames)], axis=1) * window
     power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
     mel = power @ reference_filterbank(n_fft // 2 + 1, n_mels, sample_rate)
     return np.transpose(10.0 * np.log10(np.maximum(mel, 1e-10)), (0, 2, 1))
@@ -75,7 +76,9 @@ def test_tone_lands_in_the_right_mel_bin():
     assert np.abs(out - ref).max() <= 0.5
 
 
-@pytest.mark.skipif(keras.backend.backend() == "jax", reason="JAX runs float32 unless x64 is enabled")
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax", reason="JAX runs float32 unless x64 is enabled"
+)
 def test_float64_computation_is_exact_to_the_definition():
     sr = 22050
     t = np.arange(4000) / sr
@@ -109,5 +112,7 @@ def test_config_round_trip():
     layer = LogMelSpectrogram(n_fft=128, hop_length=64, n_mels=32, sample_rate=22050, f_min=30.0)
     clone = LogMelSpectrogram.from_config(layer.get_config())
     audio = np.random.default_rng(3).standard_normal((1, 1000)).astype("float32")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(audio)), keras.ops.convert_to_numpy(clone(audio)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(audio)), keras.ops.convert_to_numpy(clone(audio))
+    )
     assert clone.get_config() == layer.get_config()

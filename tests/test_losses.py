@@ -33,8 +33,15 @@ def test_matches_float64_reference(dtype, rtol, n, d, temperature):
     rng = np.random.default_rng(n * d)
     z_i = rng.standard_normal((n, d)).astype(dtype)
     z_j = (z_i + 0.5 * rng.standard_normal((n, d))).astype(dtype)
-    got = float(keras.ops.convert_to_numpy(nt_xent(keras.ops.convert_to_tensor(z_i, dtype),
-                                                   keras.ops.convert_to_tensor(z_j, dtype), temperature)))
+    got = float(
+        keras.ops.convert_to_numpy(
+            nt_xent(
+                keras.ops.convert_to_tensor(z_i, dtype),
+                keras.ops.convert_to_tensor(z_j, dtype),
+                temperature,
+            )
+        )
+    )
     want = simclr_nt_xent_reference(z_i, z_j, temperature)
     assert abs(got - want) / abs(want) <= rtol
 

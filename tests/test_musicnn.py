@@ -20,15 +20,20 @@ from keras_clmr.models.musicnn import (
 )
 
 HAVE_WHEEL = importlib.util.find_spec("musicnn") is not None
-needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="the musicnn wheel is not installed "
-                                 "(pip install --no-deps musicnn==0.1.0); it holds the weights")
+needs_wheel = pytest.mark.skipif(
+    not HAVE_WHEEL,
+    reason="the musicnn wheel is not installed "
+    "(pip install --no-deps musicnn==0.1.0); it holds the weights",
+)
 
 
 def _tone_signal():
     sr, n = 16000, 8000
     t = np.arange(n) / sr
-    return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3000 * t) * np.linspace(0, 1, n)).astype(
-        np.float32)
+    return (
+        0.3 * np.sin(2 * np.pi * 440 * t)
+        + 0.1 * np.sin(2 * np.pi * 3000 * t) * np.linspace(0, 1, n)
+    ).astype(np.float32)
 
 
 def test_filterbank_matches_librosa():
@@ -37,9 +42,11 @@ def test_filterbank_matches_librosa():
     assert fb.shape == (96, 257)
     np.testing.assert_allclose(fb.sum(), 3.071913957595825, rtol=1e-6)
     assert fb.argmax(axis=1)[[0, 10, 50, 95]].tolist() == [1, 11, 59, 248]
-    np.testing.assert_allclose(fb.max(axis=1)[[0, 10, 50, 95]],
-                               [0.03199922293424606, 0.030413499101996422, 0.01307774055749178,
-                                0.0039845602586865425], rtol=1e-5)
+    np.testing.assert_allclose(
+        fb.max(axis=1)[[0, 10, 50, 95]],
+        [0.03199922293424606, 0.030413499101996422, 0.01307774055749178, 0.0039845602586865425],
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.multibackend
@@ -50,8 +57,13 @@ def test_logmel_matches_librosa_and_numpy_reference():
     exact = keras.ops.convert_to_numpy(MusicnnLogMel(float16_rounding=False)(audio[None]))[0]
     assert exact.shape == (32, 96)
     # Frozen from librosa 0.11.0: log10(1 + 10000 * melspectrogram(..., pad_mode="reflect")).
-    for (frame, band), value in {(0, 5): 3.767293, (0, 20): 3.4366, (10, 20): 0.013958, (31, 70): 1.248469,
-                                 (31, 0): 3.459409}.items():
+    for (frame, band), value in {
+        (0, 5): 3.767293,
+        (0, 20): 3.4366,
+        (10, 20): 0.013958,
+        (31, 70): 1.248469,
+        (31, 0): 3.459409,
+    }.items():
         assert abs(exact[frame, band] - value) < 1e-3, (frame, band, exact[frame, band], value)
     # With musicnn's float16 rounding of the mel power, against the float64 numpy reference.
     rounded = keras.ops.convert_to_numpy(MusicnnLogMel()(audio[None]))[0]
@@ -76,8 +88,11 @@ def test_architectures_shapes_and_round_trip(tmp_path):
     path = str(tmp_path / "tagger.keras")
     tagger.save(path)
     restored = keras.saving.load_model(path)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(audio)),
-                               keras.ops.convert_to_numpy(tagger(audio)), atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(restored(audio)),
+        keras.ops.convert_to_numpy(tagger(audio)),
+        atol=1e-6,
+    )
 
 
 @needs_wheel
@@ -122,7 +137,9 @@ def test_conversion_parity_with_original_graph(name, request):
         assert value_keras.shape == value.shape, key
         scale = max(1.0, float(np.abs(value).max()))
         assert float(np.abs(value_keras - value).max()) <= 1e-5 * scale, key
-    assert len(tagger.tags) == 50 and tagger.tags[0] == ("guitar" if name.startswith("MTT") else "rock")
+    assert len(tagger.tags) == 50 and tagger.tags[0] == (
+        "guitar" if name.startswith("MTT") else "rock"
+    )
 
 
 @needs_wheel

@@ -22,13 +22,28 @@ to_np = keras.ops.convert_to_numpy
 
 def tiny_fcn():
     """The FCN structure on a short input: 992 samples -> 16 mels x 32 frames -> 8 x 1 x 2 = 16-d."""
-    return FCN(channels=(4, 8, 8, 8), pools=((2, 2), (2, 2), (2, 2), (2, 2)), input_samples=992,
-               n_fft=64, hop_length=32, n_mels=16)
+    return FCN(
+        channels=(4, 8, 8, 8),
+        pools=((2, 2), (2, 2), (2, 2), (2, 2)),
+        input_samples=992,
+        n_fft=64,
+        hop_length=32,
+        n_mels=16,
+    )
 
 
 def tiny_pemr(**kwargs):
-    config = dict(projection_dim=8, hidden_dim=16, num_layers=2, num_heads=2, key_dim=8, ffn_dim=16,
-                  pred_hidden_dim=16, mask_ratio=0.25, seed=3)  # 32 frames, K = 8
+    config = dict(
+        projection_dim=8,
+        hidden_dim=16,
+        num_layers=2,
+        num_heads=2,
+        key_dim=8,
+        ffn_dim=16,
+        pred_hidden_dim=16,
+        mask_ratio=0.25,
+        seed=3,
+    )  # 32 frames, K = 8
     config.update(kwargs)
     return PEMR(tiny_fcn(), **config)
 
@@ -39,11 +54,17 @@ def source(batch=4, samples=1200, seed=0):
 
 # ----------------------------------------------------------------------------------------- FCN
 
+
 def test_fcn_full_size_shapes_and_parameter_count():
     fcn = FCN()
     out = fcn(source(2, 59049))
     assert out.shape == (2, 512) and fcn.embedding_dim == 512
-    assert (fcn.input_samples, fcn.sample_rate, fcn.num_frames, fcn.n_mels) == (59049, 22050, 462, 128)
+    assert (fcn.input_samples, fcn.sample_rate, fcn.num_frames, fcn.n_mels) == (
+        59049,
+        22050,
+        462,
+        128,
+    )
     trainable = sum(int(np.prod(w.shape)) for w in fcn.trainable_weights)
     running = sum(int(np.prod(w.shape)) for w in fcn.non_trainable_weights)
     # Original: convs 369,664 + BN affine 898 = 370,562 parameters, + 898 BN running stats.
@@ -53,14 +74,24 @@ def test_fcn_full_size_shapes_and_parameter_count():
 
 
 def test_fcn_flattens_in_pytorch_channel_freq_time_order():
-    fcn = FCN(channels=(3, 4, 4, 5), pools=((2, 2), (2, 2), (2, 2), (1, 2)), input_samples=992,
-              n_fft=64, hop_length=32, n_mels=16)  # ends at 5 channels x 2 freq x 2 time
+    fcn = FCN(
+        channels=(3, 4, 4, 5),
+        pools=((2, 2), (2, 2), (2, 2), (1, 2)),
+        input_samples=992,
+        n_fft=64,
+        hop_length=32,
+        n_mels=16,
+    )  # ends at 5 channels x 2 freq x 2 time
     spec = fcn.spectrogram(source(2, 992))
     out = to_np(fcn.embed_spectrogram(spec, training=False))
     x = fcn.spec_bn(keras.ops.expand_dims(spec, -1), training=False)
     for block in fcn.blocks:
         for layer in block:
-            x = layer(x, training=False) if isinstance(layer, keras.layers.BatchNormalization) else layer(x)
+            x = (
+                layer(x, training=False)
+                if isinstance(layer, keras.layers.BatchNormalization)
+                else layer(x)
+            )
     grid = to_np(x)  # [B, freq, time, channels]
     assert grid.shape == (2, 2, 2, 5) and fcn.embedding_dim == 20
     np.testing.assert_allclose(out, grid.transpose(0, 3, 1, 2).reshape(2, -1), atol=1e-6)
@@ -81,6 +112,7 @@ def test_fcn_bad_input():
 
 
 # ---------------------------------------------------------------------------------------- masks
+
 
 @pytest.mark.multibackend
 def test_masks_hide_exactly_the_k_lowest_scored_frames():
@@ -131,8 +163,16 @@ def test_generator_learns_from_l_pred_only():
 
 @pytest.mark.multibackend
 def test_bert_masking_rates():
-    generator = PEMRMaskGenerator(num_frames=32, feature_dim=4, num_layers=2, num_heads=1, key_dim=4, ffn_dim=8,
-                                  pred_hidden_dim=8, seed=7)
+    generator = PEMRMaskGenerator(
+        num_frames=32,
+        feature_dim=4,
+        num_layers=2,
+        num_heads=1,
+        key_dim=4,
+        ffn_dim=8,
+        pred_hidden_dim=8,
+        seed=7,
+    )
     tokens = np.tile((1.0 + np.arange(33 * 4, dtype="float32")).reshape(1, 33, 4), (64, 1, 1))
     tokens = tokens + 1000.0 * np.arange(64, dtype="float32")[:, None, None]  # all values distinct
     draws, masked, strategies = 800, 0, {"zero": 0, "random": 0, "keep": 0}
@@ -149,7 +189,9 @@ def test_bert_masking_rates():
         else:
             # One random position p, the same for the whole batch: every masked token is token p.
             p = np.flatnonzero((in_1[0, np.flatnonzero(sel[0])[0]] == tokens[0]).all(axis=-1))[0]
-            np.testing.assert_array_equal(in_1[sel], np.broadcast_to(tokens[:, p:p + 1], tokens.shape)[sel])
+            np.testing.assert_array_equal(
+                in_1[sel], np.broadcast_to(tokens[:, p : p + 1], tokens.shape)[sel]
+            )
             strategies["random"] += 1
     rate = masked / (draws * 2 * 64 * 33)
     assert abs(rate - 0.15) < 0.003  # ~1.3 M draws: std 3e-4
@@ -161,6 +203,7 @@ def test_bert_masking_rates():
 
 # ------------------------------------------------------------------------------------ objective
 
+
 def np_batchnorm(z, eps=1e-5):
     return (z - z.mean(0)) / np.sqrt(z.var(0) + eps)
 
@@ -171,7 +214,7 @@ def np_bt_loss(z_i, z_pos, z_neg, batch_size, lambd1=5e-3, lambd2=5e-3):
     c_imma = z_i.T @ z_neg / batch_size
     n = c_cru.shape[0]
     off_diag = c_cru.flatten()[:-1].reshape(n - 1, n + 1)[:, 1:].flatten()
-    loss_pos = ((np.diagonal(c_cru) - 1) ** 2).sum() + lambd2 * (off_diag ** 2).sum()
+    loss_pos = ((np.diagonal(c_cru) - 1) ** 2).sum() + lambd2 * (off_diag**2).sum()
     loss_neg = lambd1 * (np.diagonal(c_imma) ** 2).sum()
     return loss_pos, loss_neg
 
@@ -182,8 +225,14 @@ def test_barlow_terms_match_numpy_reference():
     z_i, z_pos, z_neg = (np_batchnorm(rng.normal(size=(12, 6))) for _ in range(3))
     z_pos = 0.7 * z_i + 0.3 * z_pos
     ref_pos, ref_neg = np_bt_loss(z_i, z_pos, z_neg, 12, lambd1=0.3, lambd2=0.02)
-    got_pos = float(to_np(pemr_positive_loss(z_i.astype("float32"), z_pos.astype("float32"), offdiag_weight=0.02)))
-    got_neg = float(to_np(pemr_negative_loss(z_i.astype("float32"), z_neg.astype("float32"), diag_weight=0.3)))
+    got_pos = float(
+        to_np(
+            pemr_positive_loss(z_i.astype("float32"), z_pos.astype("float32"), offdiag_weight=0.02)
+        )
+    )
+    got_neg = float(
+        to_np(pemr_negative_loss(z_i.astype("float32"), z_neg.astype("float32"), diag_weight=0.3))
+    )
     np.testing.assert_allclose([got_pos, got_neg], [ref_pos, ref_neg], rtol=1e-5)
     np.testing.assert_allclose(to_np(cross_correlation(z_i, z_neg)), z_i.T @ z_neg / 12, atol=1e-6)
 
@@ -194,10 +243,13 @@ def test_prediction_loss_matches_numpy_reference():
     tokens, preds = rng.normal(0, 0.2, (2, 3, 5, 4))
     mask = (rng.uniform(size=(3, 5)) < 0.4).astype("float32")
     d = np.abs(tokens * mask[..., None] - preds * mask[..., None])
-    expected = np.where(d < 0.1, 0.5 * d ** 2, 0.1 * d - 0.005).reshape(3, -1).mean(axis=1)
-    np.testing.assert_allclose(to_np(pemr_prediction_loss(tokens, preds, mask, delta=0.1)), expected, rtol=1e-5)
-    np.testing.assert_allclose(to_np(huber(np.array([0.0, 0.0]), np.array([0.05, 2.0]), 0.1)),
-                               [0.00125, 0.195], rtol=1e-6)
+    expected = np.where(d < 0.1, 0.5 * d**2, 0.1 * d - 0.005).reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(
+        to_np(pemr_prediction_loss(tokens, preds, mask, delta=0.1)), expected, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_np(huber(np.array([0.0, 0.0]), np.array([0.05, 2.0]), 0.1)), [0.00125, 0.195], rtol=1e-6
+    )
 
 
 @pytest.mark.multibackend
@@ -217,7 +269,9 @@ def test_compute_loss_is_code_objective_on_batch_normalised_projections():
 def np_official_criterion(raw_anchor, raw_positive, raw_negative, lambd1=5e-3, lambd2=5e-3):
     """The official criterion on raw projections, float64: BTLoss's own BatchNorm1d in train mode
     (affine 1 / 0, never optimised: it is not in Adam(model.parameters())), then the BT terms."""
-    normalised = [np_batchnorm(np.asarray(z, np.float64)) for z in (raw_anchor, raw_positive, raw_negative)]
+    normalised = [
+        np_batchnorm(np.asarray(z, np.float64)) for z in (raw_anchor, raw_positive, raw_negative)
+    ]
     return np_bt_loss(*normalised, len(raw_anchor), lambd1=lambd1, lambd2=lambd2)
 
 
@@ -235,10 +289,14 @@ def test_loss_batchnorm_keeps_unit_scale_zero_offset_and_is_the_official_criteri
     assert np.abs(to_np(model.loss_bn.moving_mean) - mean_before).max() > 0  # statistics still move
     # The loss on the same inputs: raw projections -> the official criterion in numpy.
     views = model.masked_views(x, training=True)
-    raw = [model.projector(model.encoder.embed_spectrogram(views[key], training=True))
-           for key in ("anchor", "positive", "negative")]
-    y_pred = {"projections": keras.ops.stack([model.loss_bn(z, training=True) for z in raw], axis=1),
-              "pred_loss": views["pred_loss"]}
+    raw = [
+        model.projector(model.encoder.embed_spectrogram(views[key], training=True))
+        for key in ("anchor", "positive", "negative")
+    ]
+    y_pred = {
+        "projections": keras.ops.stack([model.loss_bn(z, training=True) for z in raw], axis=1),
+        "pred_loss": views["pred_loss"],
+    }
     loss_pos, loss_neg = np_official_criterion(*(to_np(z) for z in raw))
     expected = loss_pos + loss_neg + 0.5 * to_np(views["pred_loss"]).astype(np.float64).mean()
     got = float(to_np(model.compute_loss(y_pred=y_pred)))
@@ -246,6 +304,7 @@ def test_loss_batchnorm_keeps_unit_scale_zero_offset_and_is_the_official_criteri
 
 
 # ------------------------------------------------------------------------- training and saving
+
 
 @pytest.mark.multibackend
 def test_fit_trains_encoder_projector_mask_and_generator():
@@ -258,8 +317,17 @@ def test_fit_trains_encoder_projector_mask_and_generator():
     history = model.fit(x, batch_size=8, epochs=1, verbose=0)
     for key in ("loss", "pos_loss", "neg_loss", "pred_loss"):
         assert np.isfinite(history.history[key][0]), key
-    changed = {w.path for w in model.trainable_weights if np.abs(to_np(w) - before[w.path]).max() > 0}
-    for needle in ("layer1_conv", "projector", "mask_token", "cls_token", "encoder_layer_0", "pred_layer"):
+    changed = {
+        w.path for w in model.trainable_weights if np.abs(to_np(w) - before[w.path]).max() > 0
+    }
+    for needle in (
+        "layer1_conv",
+        "projector",
+        "mask_token",
+        "cls_token",
+        "encoder_layer_0",
+        "pred_layer",
+    ):
         assert any(needle in path for path in changed), needle
 
 
@@ -273,27 +341,49 @@ def test_keras_file_round_trip(tmp_path):
     clone = keras.saving.load_model(path)
     assert isinstance(clone, PEMR) and isinstance(clone.encoder, FCN)
     assert json.loads(json.dumps(clone.get_config())) == json.loads(json.dumps(model.get_config()))
-    np.testing.assert_allclose(to_np(clone(x, training=False)["projections"]),
-                               to_np(model(x, training=False)["projections"]), atol=1e-6)
-    np.testing.assert_allclose(to_np(clone.encoder(x[:, :992])), to_np(model.encoder(x[:, :992])), atol=1e-6)
+    np.testing.assert_allclose(
+        to_np(clone(x, training=False)["projections"]),
+        to_np(model(x, training=False)["projections"]),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        to_np(clone.encoder(x[:, :992])), to_np(model.encoder(x[:, :992])), atol=1e-6
+    )
 
 
 def test_pretrain_script_builds_pemr_with_its_options():
     from keras_clmr.pretraining import build_pretrainer
 
-    model = build_pretrainer("pemr", channels=["8", "16", "16", "16"], augment="clmr", seed=0, mask_ratio=0.2,
-                             pred_weight=0.1, neg_weight=1e-2, offdiag_weight=1e-3, transformer_layers=2,
-                             transformer_heads=1, mel_sample_rate=22050)
+    model = build_pretrainer(
+        "pemr",
+        channels=["8", "16", "16", "16"],
+        augment="clmr",
+        seed=0,
+        mask_ratio=0.2,
+        pred_weight=0.1,
+        neg_weight=1e-2,
+        offdiag_weight=1e-3,
+        transformer_layers=2,
+        transformer_heads=1,
+        mel_sample_rate=22050,
+    )
     assert isinstance(model, PEMR) and model.encoder.channels == (8, 16, 16, 16)
-    assert (model.num_masked, model.projection_dim, model.pred_weight, model.neg_weight, model.offdiag_weight) == \
-        (92, 256, 0.1, 1e-2, 1e-3)
+    assert (
+        model.num_masked,
+        model.projection_dim,
+        model.pred_weight,
+        model.neg_weight,
+        model.offdiag_weight,
+    ) == (92, 256, 0.1, 1e-2, 1e-3)
     assert (model.generator.num_layers, model.generator.num_heads) == (2, 1)
     assert model.encoder.frontend.sample_rate == 22050 and model.encoder.sample_rate == 22050
     names = [layer.name for layer in model.augmentation._flatten_layers()]
     assert model.augmentation is not None and not any("pitch" in name for name in names)
     from keras_clmr.layers.augmentations import clmr_augmentation
 
-    assert any("pitch" in layer.name for layer in clmr_augmentation(22050, seed=0)._flatten_layers())
+    assert any(
+        "pitch" in layer.name for layer in clmr_augmentation(22050, seed=0)._flatten_layers()
+    )
     assert build_pretrainer("pemr", augment="crop").augmentation is None
     with pytest.raises(ValueError, match="only apply to --model=pemr"):
         build_pretrainer("clmr", mask_ratio=0.1)

@@ -20,11 +20,15 @@ def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("ramps")
     rows = ["path,labels,split"]
     for i, (n, offset) in enumerate(zip(LENGTHS, OFFSETS)):
-        soundfile.write(root / f"c{i}.wav", (offset + np.arange(n)).astype(np.int16), 22050, subtype="PCM_16")
+        soundfile.write(
+            root / f"c{i}.wav", (offset + np.arange(n)).astype(np.int16), 22050, subtype="PCM_16"
+        )
         rows.append(f"c{i}.wav,{LABELS[i]},{SPLITS[i]}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     out = root / "prepared"
-    prepare.prepare(datasets.csv_dataset(str(root)), str(out), workers=1, clips_per_shard=2, progress=False)
+    prepare.prepare(
+        datasets.csv_dataset(str(root)), str(out), workers=1, clips_per_shard=2, progress=False
+    )
     return str(out)
 
 
@@ -44,7 +48,9 @@ def _multi_hot(i):
 
 def test_is_prepared_and_manifest(prepared, tmp_path):
     assert pipeline.is_prepared(prepared)
-    assert not pipeline.is_prepared(str(tmp_path)) and not pipeline.is_prepared(str(tmp_path / "missing"))
+    assert not pipeline.is_prepared(str(tmp_path)) and not pipeline.is_prepared(
+        str(tmp_path / "missing")
+    )
     manifest = pipeline.load_manifest(prepared)
     assert manifest["labels"] == ["a", "b", "c"] and manifest["task"] == "multilabel"
     assert manifest["sample_rate"] == 22050 and manifest["splits"]["train"]["count"] == 6
@@ -55,8 +61,14 @@ def test_is_prepared_and_manifest(prepared, tmp_path):
 
 
 def test_pretraining_segments_are_random_windows_of_long_enough_clips(prepared):
-    dataset = pipeline.pretraining_dataset(prepared, segment_samples=1000, batch_size=4, seed=0, shuffle_buffer=8,
-                                           view_source="segment")
+    dataset = pipeline.pretraining_dataset(
+        prepared,
+        segment_samples=1000,
+        batch_size=4,
+        seed=0,
+        shuffle_buffer=8,
+        view_source="segment",
+    )
     seen = {}
     for batch in dataset.take(40):
         assert batch.shape == (4, 1000) and batch.dtype.name == "float32"
@@ -69,9 +81,16 @@ def test_pretraining_segments_are_random_windows_of_long_enough_clips(prepared):
 
 
 def test_pretraining_pads_short_clips_when_asked(prepared):
-    dataset = pipeline.pretraining_dataset(prepared, segment_samples=1200, batch_size=6, seed=1,
-                                           short_clips="pad", repeat=False, shuffle_buffer=0,
-                                           view_source="segment")
+    dataset = pipeline.pretraining_dataset(
+        prepared,
+        segment_samples=1200,
+        batch_size=6,
+        seed=1,
+        short_clips="pad",
+        repeat=False,
+        shuffle_buffer=0,
+        view_source="segment",
+    )
     batches = list(dataset)
     assert len(batches) == 1  # 6 clips, drop_remainder
     windows = batches[0].numpy()
@@ -85,8 +104,9 @@ def test_pretraining_pads_short_clips_when_asked(prepared):
 
 def test_pretraining_is_reproducible_with_a_seed(prepared):
     def first(seed):
-        dataset = pipeline.pretraining_dataset(prepared, 800, 4, seed=seed, deterministic=True, shuffle_buffer=4,
-                                               view_source="segment")
+        dataset = pipeline.pretraining_dataset(
+            prepared, 800, 4, seed=seed, deterministic=True, shuffle_buffer=4, view_source="segment"
+        )
         return np.concatenate([b.numpy() for b in dataset.take(5)])
 
     np.testing.assert_array_equal(first(7), first(7))
@@ -99,8 +119,9 @@ def test_pretraining_shards_files_across_input_pipelines(prepared):
     clips = []
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
-        dataset = pipeline.pretraining_dataset(prepared, 500, 2, seed=0, input_context=context,
-                                               view_source="segment")
+        dataset = pipeline.pretraining_dataset(
+            prepared, 500, 2, seed=0, input_context=context, view_source="segment"
+        )
         clips.append({_identify(w)[0] for b in dataset.take(20) for w in b.numpy()})
     assert clips[0] and clips[1] and not clips[0] & clips[1]
     assert clips[0] | clips[1] == set(range(6))
@@ -113,8 +134,11 @@ def test_evaluation_chunks_cover_each_clip_in_order(prepared, pad_last):
     assert table["ids"] == [f"c{i}.wav" for i in range(6)]
     np.testing.assert_array_equal(table["num_samples"], LENGTHS[:6])
     np.testing.assert_array_equal(table["labels"], np.stack([_multi_hot(i) for i in range(6)]))
-    batches = list(pipeline.evaluation_dataset(prepared, "train", chunk_samples=chunk, batch_size=3,
-                                               pad_last=pad_last))
+    batches = list(
+        pipeline.evaluation_dataset(
+            prepared, "train", chunk_samples=chunk, batch_size=3, pad_last=pad_last
+        )
+    )
     assert all(b["audio"].shape[1] == chunk for b in batches)
     index = np.concatenate([b["clip_index"].numpy() for b in batches])
     audio = np.concatenate([b["audio"].numpy() for b in batches])
@@ -129,19 +153,21 @@ def test_evaluation_chunks_cover_each_clip_in_order(prepared, pad_last):
         n = min(len(rows), LENGTHS[i])
         np.testing.assert_array_equal(rows[:n], full[:n].astype(np.float32))
         np.testing.assert_array_equal(rows[n:], 0.0)  # padding only (short clip or pad_last)
-        np.testing.assert_array_equal(labels[index == i], np.tile(_multi_hot(i), (expected_counts[i], 1)))
+        np.testing.assert_array_equal(
+            labels[index == i], np.tile(_multi_hot(i), (expected_counts[i], 1))
+        )
 
 
 def test_supervised_crops_with_labels(prepared):
     dataset = pipeline.supervised_dataset(prepared, "test", crop_samples=600, batch_size=2, seed=0)
-    (x, y), = list(dataset)
+    ((x, y),) = list(dataset)
     assert x.shape == (2, 600) and y.shape == (2, 3)
     for window, label in zip(x.numpy(), y.numpy()):
         clip, _ = _identify(window)
         assert clip in (6, 7)
         np.testing.assert_array_equal(label, _multi_hot(clip))
     train = pipeline.supervised_dataset(prepared, "train", crop_samples=1500, batch_size=8, seed=0)
-    (x, y), = list(train)
+    ((x, y),) = list(train)
     assert x.shape == (6, 1500)  # one crop per clip; short clips zero-padded
     assert sorted(int(np.count_nonzero(w)) for w in x.numpy())[:2] == [999, 1000]
 
@@ -149,14 +175,25 @@ def test_supervised_crops_with_labels(prepared):
 def test_supervised_needs_labels(tmp_path):
     for i in range(2):
         soundfile.write(tmp_path / f"{i}.wav", np.zeros(100, np.int16), 22050, subtype="PCM_16")
-    prepare.prepare(datasets.folder(str(tmp_path)), str(tmp_path / "out"), workers=1, progress=False)
+    prepare.prepare(
+        datasets.folder(str(tmp_path)), str(tmp_path / "out"), workers=1, progress=False
+    )
     with pytest.raises(ValueError, match="no labels"):
         pipeline.supervised_dataset(str(tmp_path / "out"), "train")
 
 
 def test_several_segments_per_clip_read(prepared):
-    dataset = pipeline.pretraining_dataset(prepared, 1000, 3, seed=2, repeat=False, shuffle_buffer=0,
-                                           segments_per_clip=3, deterministic=True, view_source="segment")
+    dataset = pipeline.pretraining_dataset(
+        prepared,
+        1000,
+        3,
+        seed=2,
+        repeat=False,
+        shuffle_buffer=0,
+        segments_per_clip=3,
+        deterministic=True,
+        view_source="segment",
+    )
     batches = [b.numpy() for b in dataset]
     assert len(batches) == 5  # 5 clips of >= 1000 samples, 3 segments each
     clips = [{_identify(w)[0] for w in batch} for batch in batches]
@@ -173,7 +210,9 @@ def test_tf_distribute_auto_shards_by_file(prepared):
         pytest.skip("tf.data auto-shard internals not available")
     seen = []
     for worker in range(2):
-        dataset = pipeline.pretraining_dataset(prepared, 500, 2, seed=0, shuffle_buffer=64, view_source="segment")
+        dataset = pipeline.pretraining_dataset(
+            prepared, 500, 2, seed=0, shuffle_buffer=64, view_source="segment"
+        )
         dataset = _AutoShardDataset(dataset, num_workers=2, index=worker)
         seen.append({_identify(w)[0] for b in dataset.take(20) for w in b.numpy()})
     assert seen == [{0, 1, 4, 5}, {2, 3}]  # 3 train shards of 2 clips: shards 0 and 2, shard 1
@@ -182,11 +221,14 @@ def test_tf_distribute_auto_shards_by_file(prepared):
 def test_segments_longer_than_every_clip_are_refused(prepared):
     with pytest.raises(ValueError, match="no 'train' clip has 6000 samples.*longest has 5200"):
         pipeline.pretraining_dataset(prepared, 6000, 2, view_source="segment")
-    padded = pipeline.pretraining_dataset(prepared, 6000, 2, short_clips="pad", view_source="segment")
+    padded = pipeline.pretraining_dataset(
+        prepared, 6000, 2, short_clips="pad", view_source="segment"
+    )
     assert padded.element_spec.shape[1] == 6000
 
 
 # Whole-clip views (the default): two independent crops per clip from anywhere in the clip.
+
 
 def test_clip_views_are_independent_crops_of_the_whole_clip(prepared):
     dataset = pipeline.pretraining_dataset(prepared, 1000, 4, seed=0, shuffle_buffer=8)
@@ -214,12 +256,17 @@ def test_clip_views_log_skipped_and_identical_clips(prepared, caplog):
     assert "1 of 6 'train' clips are shorter than one 1000-sample view and are skipped" in text
     assert "1 'train' clips are exactly one 1000-sample view long" in text
     assert pipeline.short_clip_counts(prepared, "train", 1000) == {
-        "clips": 6, "shorter": 1, "exactly_one_view": 1, "longest": 5200}
+        "clips": 6,
+        "shorter": 1,
+        "exactly_one_view": 1,
+        "longest": 5200,
+    }
 
 
 def test_clip_views_pad_short_clips_when_asked(prepared):
-    dataset = pipeline.pretraining_dataset(prepared, 1200, 6, seed=1, short_clips="pad", repeat=False,
-                                           shuffle_buffer=0)
+    dataset = pipeline.pretraining_dataset(
+        prepared, 1200, 6, seed=1, short_clips="pad", repeat=False, shuffle_buffer=0
+    )
     (batch,) = [b.numpy() for b in dataset]
     padded = [pair for pair in batch if pair[0][-1] == 0.0]
     assert len(padded) == 2
@@ -235,8 +282,16 @@ def test_clip_views_longer_than_every_clip_are_refused_not_hung(prepared):
 
 
 def test_clip_view_pairs_several_per_clip_read(prepared):
-    dataset = pipeline.pretraining_dataset(prepared, 1000, 3, seed=2, repeat=False, shuffle_buffer=0,
-                                           segments_per_clip=3, deterministic=True)
+    dataset = pipeline.pretraining_dataset(
+        prepared,
+        1000,
+        3,
+        seed=2,
+        repeat=False,
+        shuffle_buffer=0,
+        segments_per_clip=3,
+        deterministic=True,
+    )
     batches = [b.numpy() for b in dataset]
     assert len(batches) == 5 and batches[0].shape == (3, 2, 1000)
     for batch in batches:
@@ -255,7 +310,9 @@ def test_in_memory_clip_view_batches(caplog):
     assert "1 clips are exactly one 100-sample view long" in caplog.text
     batch = data.batch_at(0, 0)
     assert batch.shape == (4, 2, 100)
-    np.testing.assert_array_equal(batch, data.batch_at(0, 0))  # pure function of (seed, epoch, index)
+    np.testing.assert_array_equal(
+        batch, data.batch_at(0, 0)
+    )  # pure function of (seed, epoch, index)
     starts = []
     for index in range(30):
         for pair in data.batch_at(0, index):
@@ -265,7 +322,11 @@ def test_in_memory_clip_view_batches(caplog):
             else:
                 np.testing.assert_array_equal(pair[0], pair[1])  # the one-view clip
     starts = np.array(starts)
-    assert starts.max() > 700 and starts.min() < 100 and np.abs(starts[:, 0] - starts[:, 1]).max() > 500
+    assert (
+        starts.max() > 700
+        and starts.min() < 100
+        and np.abs(starts[:, 0] - starts[:, 1]).max() > 500
+    )
     padded = ClipViewBatches(clips, 100, 2, steps_per_epoch=1, seed=0, short_clips="pad")
     assert padded.skipped == 0 and padded.padded == 1 and len(padded.clips) == 3
     with pytest.raises(ValueError, match="All 3 clips are shorter"):

@@ -19,30 +19,49 @@ def _records(directory, split):
     """(id, position, labels, int16 audio) of every record of ``split``, in shard order."""
     import tensorflow as tf
 
-    spec = {"audio": tf.io.FixedLenFeature([], tf.string), "id": tf.io.FixedLenFeature([], tf.string),
-            "position": tf.io.FixedLenFeature([], tf.int64), "labels": tf.io.VarLenFeature(tf.int64),
-            "num_samples": tf.io.FixedLenFeature([], tf.int64), "split": tf.io.FixedLenFeature([], tf.string)}
+    spec = {
+        "audio": tf.io.FixedLenFeature([], tf.string),
+        "id": tf.io.FixedLenFeature([], tf.string),
+        "position": tf.io.FixedLenFeature([], tf.int64),
+        "labels": tf.io.VarLenFeature(tf.int64),
+        "num_samples": tf.io.FixedLenFeature([], tf.int64),
+        "split": tf.io.FixedLenFeature([], tf.string),
+    }
     out = []
     for record in tf.data.TFRecordDataset(pipeline.shard_files(directory, split)):
         p = tf.io.parse_single_example(record, spec)
         pcm = np.frombuffer(p["audio"].numpy(), dtype="<i2")
         assert len(pcm) == int(p["num_samples"]) and p["split"].numpy().decode() == split
-        out.append((p["id"].numpy().decode(), int(p["position"]),
-                    sorted(tf.sparse.to_dense(p["labels"]).numpy().tolist()), pcm))
+        out.append(
+            (
+                p["id"].numpy().decode(),
+                int(p["position"]),
+                sorted(tf.sparse.to_dense(p["labels"]).numpy().tolist()),
+                pcm,
+            )
+        )
     return out
 
 
 def _tone(seed, seconds, rate):
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
-    return (0.4 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(len(t))).astype(
-        np.float32)
+    return (
+        0.4 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(len(t))
+    ).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- MTAT
 
 MTAT_LAYOUT = [  # (clip_id, folder) -> split by folder: 0-b train, c valid, d-f test
-    ("2", "0"), ("6", "1"), ("10", "b"), ("11", "b"), ("15", "c"), ("20", "c"), ("31", "d"), ("40", "f"),
+    ("2", "0"),
+    ("6", "1"),
+    ("10", "b"),
+    ("11", "b"),
+    ("15", "c"),
+    ("20", "c"),
+    ("31", "d"),
+    ("40", "f"),
 ]
 EXTRA_TAGS = ("bagpipes", "kazoo", "no singer")
 
@@ -63,14 +82,19 @@ def mtat_tree(tmp_path_factory):
         tags = {tag for k, tag in enumerate(datasets.MTAT_TAGS) if k % len(MTAT_LAYOUT) == n}
         relative = f"{folder}/artist-album-{n:02d}-song-0-29.mp3"
         os.makedirs(root / folder, exist_ok=True)
-        soundfile.write(root / relative, _tone(n, 0.6, 16000), 16000, format="MP3", subtype="MPEG_LAYER_III")
+        soundfile.write(
+            root / relative, _tone(n, 0.6, 16000), 16000, format="MP3", subtype="MPEG_LAYER_III"
+        )
         rows.append((clip_id, tags, relative))
         expected[clip_id] = (tags, root / relative)
     # MTAT ships a few broken mp3s: one empty, one with garbage bytes.
     (root / "e").mkdir()
     (root / "e" / "broken-empty-0-29.mp3").write_bytes(b"")
     (root / "e" / "broken-junk-0-29.mp3").write_bytes(np.random.default_rng(5).bytes(3000))
-    rows += [("50", {"guitar"}, "e/broken-empty-0-29.mp3"), ("51", {"rock"}, "e/broken-junk-0-29.mp3")]
+    rows += [
+        ("50", {"guitar"}, "e/broken-empty-0-29.mp3"),
+        ("51", {"rock"}, "e/broken-junk-0-29.mp3"),
+    ]
     columns = list(datasets.MTAT_TAGS) + list(EXTRA_TAGS)
     random.Random(3).shuffle(columns)  # tag order must come from frequency, not column order
     _write_annotations(root / "annotations_final.csv", rows, columns)
@@ -83,7 +107,9 @@ def test_mtat_top_tags_by_frequency(tmp_path):
     random.Random(0).shuffle(columns)
     rows = []
     for r in range(60):
-        tags = {t for k, t in enumerate(datasets.MTAT_TAGS) if r < 60 - k} | ({"kazoo"} if r < 5 else set())
+        tags = {t for k, t in enumerate(datasets.MTAT_TAGS) if r < 60 - k} | (
+            {"kazoo"} if r < 5 else set()
+        )
         rows.append((str(r), tags, f"0/x{r}.mp3"))
     path = tmp_path / "annotations_final.csv"
     _write_annotations(path, rows, columns)
@@ -103,10 +129,15 @@ def test_mtat_tags_constant():
 def test_prepare_mtat(mtat_tree, tmp_path):
     root, expected = mtat_tree
     spec = datasets.mtat(str(root))
-    manifest = prepare.prepare(spec, str(tmp_path / "out"), workers=1, progress=False,
-                               config={"source": str(root)})
+    manifest = prepare.prepare(
+        spec, str(tmp_path / "out"), workers=1, progress=False, config={"source": str(root)}
+    )
     assert manifest["labels"] == list(datasets.MTAT_TAGS) and manifest["task"] == "multilabel"
-    assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 4, "valid": 2, "test": 2}
+    assert {k: v["count"] for k, v in manifest["splits"].items()} == {
+        "train": 4,
+        "valid": 2,
+        "test": 2,
+    }
     assert manifest["splits"]["test"]["planned"] == 4
     reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
     assert set(reasons) == {"e/broken-empty-0-29.mp3", "e/broken-junk-0-29.mp3"}
@@ -118,7 +149,9 @@ def test_prepare_mtat(mtat_tree, tmp_path):
         for clip_id, _position, labels, pcm in _records(str(tmp_path / "out"), split):
             assert dict(MTAT_LAYOUT)[clip_id] in folders
             tags, path = expected[clip_id]
-            assert [datasets.MTAT_TAGS[i] for i in labels] == [t for t in datasets.MTAT_TAGS if t in tags]
+            assert [datasets.MTAT_TAGS[i] for i in labels] == [
+                t for t in datasets.MTAT_TAGS if t in tags
+            ]
             row = table["ids"].index(clip_id)
             np.testing.assert_array_equal(np.flatnonzero(table["labels"][row]), labels)
             # The stored int16 is bit-exactly the quantised decode of the mp3.
@@ -138,7 +171,11 @@ def test_prepare_mtat_pons_split(mtat_tree, tmp_path):
     spec = datasets.mtat(str(root), split_dir=str(split_dir))
     assert spec.excluded == len(annotations) - 4
     manifest = prepare.prepare(spec, str(tmp_path / "out"), workers=1, progress=False)
-    assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 2, "valid": 1, "test": 1}
+    assert {k: v["count"] for k, v in manifest["splits"].items()} == {
+        "train": 2,
+        "valid": 1,
+        "test": 1,
+    }
     table = pipeline.clip_table(str(tmp_path / "out"), "train")
     assert table["ids"] == ["2", "6"]
     np.testing.assert_array_equal(np.flatnonzero(table["labels"][0]), [0, 3])
@@ -146,6 +183,7 @@ def test_prepare_mtat_pons_split(mtat_tree, tmp_path):
 
 
 # ----------------------------------------------------------------------------- GTZAN
+
 
 @pytest.fixture(scope="module")
 def gtzan_tree(tmp_path_factory):
@@ -159,7 +197,9 @@ def gtzan_tree(tmp_path_factory):
             soundfile.write(path, _tone(100 * g + i, 0.25, 22050), 22050, subtype="PCM_16")
             written[f"{genre}.{i:05d}"] = path
     # GTZAN's jazz.00054 is unreadable; here jazz.00009 is the broken one.
-    (root / "genres_original" / "jazz" / "jazz.00009.wav").write_bytes(b"RIFF\x00\x00not a wave file")
+    (root / "genres_original" / "jazz" / "jazz.00009.wav").write_bytes(
+        b"RIFF\x00\x00not a wave file"
+    )
     return root, written
 
 
@@ -167,7 +207,9 @@ def test_prepare_gtzan_stratified(gtzan_tree, tmp_path):
     root, written = gtzan_tree
     spec = datasets.gtzan(str(root), seed=3)
     assert spec.labels == datasets.GTZAN_GENRES and spec.task == "multiclass"
-    manifest = prepare.prepare(spec, str(tmp_path / "out"), workers=2, clips_per_shard=4, progress=False)
+    manifest = prepare.prepare(
+        spec, str(tmp_path / "out"), workers=2, clips_per_shard=4, progress=False
+    )
     planned = {k: v["planned"] for k, v in manifest["splits"].items()}
     assert planned == {"train": 24, "valid": 3, "test": 3}  # 8/1/1 of each genre
     assert [s["id"] for s in manifest["skipped"]] == ["jazz.00009"]
@@ -185,38 +227,54 @@ def test_prepare_gtzan_stratified(gtzan_tree, tmp_path):
     assert table["labels"].shape == (len(table["ids"]), 10)
     np.testing.assert_array_equal(table["labels"].sum(1), 1.0)
     # The same seed gives the same split; another seed another one.
-    assert [c.split for c in datasets.gtzan(str(root), seed=3).clips] == [c.split for c in spec.clips]
-    assert [c.split for c in datasets.gtzan(str(root), seed=4).clips] != [c.split for c in spec.clips]
+    assert [c.split for c in datasets.gtzan(str(root), seed=3).clips] == [
+        c.split for c in spec.clips
+    ]
+    assert [c.split for c in datasets.gtzan(str(root), seed=4).clips] != [
+        c.split for c in spec.clips
+    ]
 
 
 def test_prepare_gtzan_filtered_lists(gtzan_tree, tmp_path):
     root, _ = gtzan_tree
     lists = tmp_path / "lists"
     lists.mkdir()
-    (lists / "train_filtered.txt").write_text("blues/blues.00000.au\nblues.00001\njazz/jazz.00002.wav\n")
+    (lists / "train_filtered.txt").write_text(
+        "blues/blues.00000.au\nblues.00001\njazz/jazz.00002.wav\n"
+    )
     (lists / "valid_filtered.txt").write_text("rock.00003.wav\n")
     (lists / "test_filtered.txt").write_text("rock/rock.00004.au\n\n")
     spec = datasets.gtzan(str(root), split_dir=str(lists))
-    assert {c.id: c.split for c in spec.clips} == {"blues.00000": "train", "blues.00001": "train",
-                                                   "jazz.00002": "train", "rock.00003": "valid",
-                                                   "rock.00004": "test"}
+    assert {c.id: c.split for c in spec.clips} == {
+        "blues.00000": "train",
+        "blues.00001": "train",
+        "jazz.00002": "train",
+        "rock.00003": "valid",
+        "rock.00004": "test",
+    }
     assert spec.excluded == 30 - 5
 
 
 # ----------------------------------------------------------------------------- folder, CSV
 
+
 def test_prepare_folder_of_mixed_formats(tmp_path):
     src = tmp_path / "music"
     (src / "sub").mkdir(parents=True)
-    formats = {"a.wav": ("WAV", "PCM_16", 22050), "b.flac": ("FLAC", "PCM_24", 44100),
-               "sub/c.ogg": ("OGG", "VORBIS", 22050), "sub/d.mp3": ("MP3", "MPEG_LAYER_III", 24000)}
+    formats = {
+        "a.wav": ("WAV", "PCM_16", 22050),
+        "b.flac": ("FLAC", "PCM_24", 44100),
+        "sub/c.ogg": ("OGG", "VORBIS", 22050),
+        "sub/d.mp3": ("MP3", "MPEG_LAYER_III", 24000),
+    }
     for n, (name, (fmt, subtype, rate)) in enumerate(formats.items()):
         soundfile.write(src / name, _tone(n, 0.5, rate), rate, format=fmt, subtype=subtype)
     (src / "e.wav").write_bytes(b"")
     (src / "notes.txt").write_text("not audio")
     spec = datasets.folder(str(src))
-    manifest = prepare.prepare(spec, str(tmp_path / "out"), workers=1, progress=False,
-                               config={"source": str(src)})
+    manifest = prepare.prepare(
+        spec, str(tmp_path / "out"), workers=1, progress=False, config={"source": str(src)}
+    )
     assert manifest["task"] == "none" and manifest["labels"] == []
     assert list(manifest["splits"]) == ["train"] and manifest["splits"]["train"]["count"] == 4
     assert manifest["skipped"][0]["path"] == "e.wav" and "empty" in manifest["skipped"][0]["reason"]
@@ -224,7 +282,9 @@ def test_prepare_folder_of_mixed_formats(tmp_path):
     assert set(records) == set(formats)
     for name in formats:
         np.testing.assert_array_equal(records[name], audio.to_int16(audio.load(src / name)))
-    assert manifest["total_seconds"] == pytest.approx(sum(len(v) for v in records.values()) / 22050, abs=1e-3)
+    assert manifest["total_seconds"] == pytest.approx(
+        sum(len(v) for v in records.values()) / 22050, abs=1e-3
+    )
 
 
 def test_prepare_csv_demo_corpus_via_cli(tmp_path):
@@ -235,14 +295,24 @@ def test_prepare_csv_demo_corpus_via_cli(tmp_path):
 
     flag_values = flags.FlagValues()
     command.define_flags(flag_values)
-    flag_values(["prepare", "--dataset=csv", f"--source={tmp_path / 'demo'}", f"--output={tmp_path / 'out'}",
-                 "--workers=1", "--clips_per_shard=3", "--noprogress"])
+    flag_values(
+        [
+            "prepare",
+            "--dataset=csv",
+            f"--source={tmp_path / 'demo'}",
+            f"--output={tmp_path / 'out'}",
+            "--workers=1",
+            "--clips_per_shard=3",
+            "--noprogress",
+        ]
+    )
     command.run_from_flags(flag_values)
     manifest = pipeline.load_manifest(str(tmp_path / "out"))
     present = sorted(t for k, t in enumerate(corpus.tags) if corpus.labels[:, k].any())
     assert manifest["labels"] == present and manifest["task"] == "multilabel"
     assert {k: v["count"] for k, v in manifest["splits"].items()} == {
-        s: corpus.splits.count(s) for s in ("train", "valid", "test")}
+        s: corpus.splits.count(s) for s in ("train", "valid", "test")
+    }
     for split in ("train", "valid", "test"):
         sub = corpus.subset(split)
         table = pipeline.clip_table(str(tmp_path / "out"), split)
@@ -272,6 +342,7 @@ def test_csv_validation(tmp_path):
 
 # ----------------------------------------------------------------------------- resume, atomicity
 
+
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
@@ -281,8 +352,15 @@ def small_corpus(tmp_path_factory):
 
 def _prepare_small(corpus, output, **kwargs):
     spec = datasets.csv_dataset(str(corpus))
-    return prepare.prepare(spec, str(output), workers=1, clips_per_shard=2, progress=False,
-                           config={"source": str(corpus)}, **kwargs)
+    return prepare.prepare(
+        spec,
+        str(output),
+        workers=1,
+        clips_per_shard=2,
+        progress=False,
+        config={"source": str(corpus)},
+        **kwargs,
+    )
 
 
 def test_resume_after_interrupted_run_gives_same_manifest(small_corpus, tmp_path, monkeypatch):
@@ -292,7 +370,9 @@ def test_resume_after_interrupted_run_gives_same_manifest(small_corpus, tmp_path
 
     def dying_decode(job):
         calls["n"] += 1
-        if calls["n"] == 6:  # killed while decoding the 6th clip: shards 0-1 done, shard 2 half-written
+        if (
+            calls["n"] == 6
+        ):  # killed while decoding the 6th clip: shards 0-1 done, shard 2 half-written
             raise KeyboardInterrupt
         return real_decode(job)
 
@@ -306,7 +386,11 @@ def test_resume_after_interrupted_run_gives_same_manifest(small_corpus, tmp_path
     monkeypatch.setattr(prepare, "_decode", real_decode)
     calls["n"] = 0
     count = {"n": 0}
-    monkeypatch.setattr(prepare, "_decode", lambda job: (count.__setitem__("n", count["n"] + 1), real_decode(job))[1])
+    monkeypatch.setattr(
+        prepare,
+        "_decode",
+        lambda job: (count.__setitem__("n", count["n"] + 1), real_decode(job))[1],
+    )
     resumed = _prepare_small(small_corpus, tmp_path / "out")
     assert count["n"] == 10 - 4  # finished shards were not decoded again
     assert resumed == reference
@@ -318,7 +402,9 @@ def test_deleted_marker_redoes_the_shard(small_corpus, tmp_path):
     reference = _prepare_small(small_corpus, tmp_path / "out")
     shard = tmp_path / "out" / "valid-00000-of-00001.tfrecord"
     shard.write_bytes(shard.read_bytes()[:100])  # a truncated shard ...
-    os.remove(tmp_path / "out" / "progress" / "valid-00000-of-00001.tfrecord.json")  # ... without marker
+    os.remove(
+        tmp_path / "out" / "progress" / "valid-00000-of-00001.tfrecord.json"
+    )  # ... without marker
     assert _prepare_small(small_corpus, tmp_path / "out") == reference
     sha = next(s["sha256"] for s in reference["shards"] if s["file"] == shard.name)
     import hashlib
@@ -330,8 +416,14 @@ def test_other_settings_in_same_output_are_refused(small_corpus, tmp_path):
     _prepare_small(small_corpus, tmp_path / "out")
     spec = datasets.csv_dataset(str(small_corpus))
     with pytest.raises(ValueError, match="other settings"):
-        prepare.prepare(spec, str(tmp_path / "out"), workers=1, clips_per_shard=3, progress=False,
-                        config={"source": str(small_corpus)})
+        prepare.prepare(
+            spec,
+            str(tmp_path / "out"),
+            workers=1,
+            clips_per_shard=3,
+            progress=False,
+            config={"source": str(small_corpus)},
+        )
 
 
 def test_shard_size_planning(small_corpus):
@@ -339,11 +431,16 @@ def test_shard_size_planning(small_corpus):
     # 0.5 s clips at 22050 Hz are ~22 kB of int16: a 1 MiB shard holds ~47 of them.
     plan = prepare.make_plan(spec, shard_mb=1)
     assert 40 <= plan["clips_per_shard"] <= 48
-    assert [s["name"] for s in plan["shards"]] == ["train-00000-of-00001.tfrecord", "valid-00000-of-00001.tfrecord",
-                                                    "test-00000-of-00001.tfrecord"]
+    assert [s["name"] for s in plan["shards"]] == [
+        "train-00000-of-00001.tfrecord",
+        "valid-00000-of-00001.tfrecord",
+        "test-00000-of-00001.tfrecord",
+    ]
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs forked workers")
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs forked workers"
+)
 def test_a_decoder_process_that_dies_skips_only_its_file(tmp_path, monkeypatch):
     for name in ("a", "b", "crash", "d"):
         soundfile.write(tmp_path / f"{name}.wav", np.zeros(500, np.int16), 22050, subtype="PCM_16")
@@ -356,9 +453,13 @@ def test_a_decoder_process_that_dies_skips_only_its_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(audio, "load", load)  # inherited by the forked workers
     monkeypatch.setattr(prepare, "DECODE_TIMEOUT", 5)
-    manifest = prepare.prepare(datasets.folder(str(tmp_path)), str(tmp_path / "out"), workers=2, progress=False)
+    manifest = prepare.prepare(
+        datasets.folder(str(tmp_path)), str(tmp_path / "out"), workers=2, progress=False
+    )
     assert manifest["splits"]["train"]["count"] == 3
-    assert [s["id"] for s in manifest["skipped"]] == ["crash.wav"] and "died" in manifest["skipped"][0]["reason"]
+    assert [s["id"] for s in manifest["skipped"]] == ["crash.wav"] and "died" in manifest[
+        "skipped"
+    ][0]["reason"]
 
 
 def test_records_serialize_the_same_whatever_the_map_order():

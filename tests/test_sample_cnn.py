@@ -71,8 +71,14 @@ def test_tiny_forward_matches_numpy_reference():
     for layer in model.stack:
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c),
-                               rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c),
+                    rng.normal(0, 0.1, c),
+                    rng.normal(0, 0.1, c),
+                    rng.uniform(0.5, 1.5, c),
+                ]
+            )
     x = rng.standard_normal((2, 59049)).astype("float32")
     got = keras.ops.convert_to_numpy(model(x, training=False))
 
@@ -81,7 +87,7 @@ def test_tiny_forward_matches_numpy_reference():
             h = np.pad(h, ((0, 0), (1, 1), (0, 0)))
         k = kernel.shape[0]
         n_out = (h.shape[1] - k) // stride + 1
-        windows = np.stack([h[:, i * stride:i * stride + k, :] for i in range(n_out)], axis=1)
+        windows = np.stack([h[:, i * stride : i * stride + k, :] for i in range(n_out)], axis=1)
         return np.einsum("btkc,kco->bto", windows, kernel) + bias
 
     h = x.astype(np.float64)[..., None]

@@ -40,7 +40,9 @@ def test_probabilities_match_numpy_head():
     w2, b2 = [ops.convert_to_numpy(v) for v in tagger.head.get_layer("logits").weights]
     expected = _sigmoid(np.maximum(features @ w1 + b1, 0) @ w2 + b2)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
-    np.testing.assert_allclose(ops.convert_to_numpy(tagger.logits(x)), np.log(expected / (1 - expected)), atol=1e-4)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(tagger.logits(x)), np.log(expected / (1 - expected)), atol=1e-4
+    )
 
     single = MusicTagger(tiny_sample_cnn(), 4, multi_label=False)
     p = ops.convert_to_numpy(single(x))
@@ -98,10 +100,14 @@ def test_clip_prediction_is_mean_of_per_chunk_probabilities():
     clips = [rng.standard_normal(n).astype(np.float32) for n in (4, 9, 17, 12, 7)]
     expected = []
     for clip in clips:
-        m = clip[: len(clip) // 4 * 4].reshape(-1, 4).astype(np.float64).mean(axis=1)  # partial chunk dropped
+        m = (
+            clip[: len(clip) // 4 * 4].reshape(-1, 4).astype(np.float64).mean(axis=1)
+        )  # partial chunk dropped
         expected.append(np.stack([_sigmoid(m), _sigmoid(-2 * m + 0.5)], axis=1).mean(axis=0))
     # batch_size 3 makes batches straddle clips and leaves a padded last batch
-    np.testing.assert_allclose(tagger.predict_clips(clips, batch_size=3), np.stack(expected), atol=1e-6)
+    np.testing.assert_allclose(
+        tagger.predict_clips(clips, batch_size=3), np.stack(expected), atol=1e-6
+    )
     np.testing.assert_allclose(tagger.predict_clip(clips[2]), expected[2], atol=1e-6)
     # averaging probabilities, not logits (CLMR since 2021): they differ for a multi-chunk clip
     m = clips[2][:16].reshape(-1, 4).mean(axis=1)
@@ -120,7 +126,9 @@ def test_map_chunks_batches_equal_one_by_one():
     out = map_chunks(fn, clips, 5, batch_size=4)
     assert all(shape == (4, 5) for shape in calls)  # one compiled shape, padded last batch
     for clip, result in zip(clips, out):
-        np.testing.assert_allclose(result[:, 0], non_overlapping_chunks(clip, 5).sum(axis=1), rtol=1e-6)
+        np.testing.assert_allclose(
+            result[:, 0], non_overlapping_chunks(clip, 5).sum(axis=1), rtol=1e-6
+        )
 
 
 def test_bad_arguments_raise():

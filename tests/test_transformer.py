@@ -22,8 +22,10 @@ def np_layer_norm(z, gamma, beta, eps=1e-6):
 
 
 def weights(layer):
-    return {"/".join(w.path.split("/")[-2:]): keras.ops.convert_to_numpy(w).astype(np.float64)
-            for w in layer.weights}
+    return {
+        "/".join(w.path.split("/")[-2:]): keras.ops.convert_to_numpy(w).astype(np.float64)
+        for w in layer.weights
+    }
 
 
 def np_attention_block(x, w, heads, d_k):
@@ -45,7 +47,9 @@ def np_attention_block(x, w, heads, d_k):
 
 def np_ffn_block(x, w):
     h = np.maximum(x @ w["conv1/kernel"] + w["conv1/bias"], 0.0)
-    return np_layer_norm(x + h @ w["conv2/kernel"] + w["conv2/bias"], w["layer_norm/gamma"], w["layer_norm/beta"])
+    return np_layer_norm(
+        x + h @ w["conv2/kernel"] + w["conv2/bias"], w["layer_norm/gamma"], w["layer_norm/beta"]
+    )
 
 
 def randomise(layer, rng):
@@ -60,7 +64,9 @@ def test_layer_norm_uses_unbiased_std_and_eps_outside_sqrt():
     layer = PEMRLayerNormalization()
     layer.build(z.shape)
     randomise(layer, rng)
-    gamma, beta = (keras.ops.convert_to_numpy(v).astype(np.float64) for v in (layer.gamma, layer.beta))
+    gamma, beta = (
+        keras.ops.convert_to_numpy(v).astype(np.float64) for v in (layer.gamma, layer.beta)
+    )
     out = keras.ops.convert_to_numpy(layer(z))
     np.testing.assert_allclose(out, np_layer_norm(z.astype(np.float64), gamma, beta), atol=1e-5)
     # Not Keras' LayerNormalization (biased variance, eps inside the sqrt): they differ visibly.
@@ -82,8 +88,11 @@ def test_attention_block_matches_numpy_with_per_head_key_dim():
     # Dropout is active in training.
     assert np.abs(keras.ops.convert_to_numpy(layer(x, training=True)) - out).max() > 1e-3
     q = keras.ops.convert_to_numpy(layer.query_heads(x))
-    np.testing.assert_allclose(q, (x @ w["w_q/kernel"] + w["w_q/bias"]).reshape(2, 7, 3, 16).transpose(0, 2, 1, 3),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        q,
+        (x @ w["w_q/kernel"] + w["w_q/bias"]).reshape(2, 7, 3, 16).transpose(0, 2, 1, 3),
+        atol=1e-4,
+    )
 
 
 @pytest.mark.multibackend
@@ -95,7 +104,9 @@ def test_encoder_layer_is_post_ln_attention_then_ffn():
     randomise(layer, rng)
     wa, wf = weights(layer.self_attention), weights(layer.feed_forward)
     expected = np_ffn_block(np_attention_block(x.astype(np.float64), wa, 2, 8), wf)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, training=False)), expected, atol=2e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(x, training=False)), expected, atol=2e-4
+    )
 
 
 def test_ffn_block_and_initialisers():
@@ -123,7 +134,11 @@ def test_sinusoidal_positions():
 
 
 def test_config_round_trips():
-    for layer in (PEMRLayerNormalization(epsilon=1e-5), PEMRMultiHeadSelfAttention(2, 8, dropout=0.2),
-                  PEMRFeedForward(32), PEMREncoderLayer(2, 8, 32, dropout=0.0)):
+    for layer in (
+        PEMRLayerNormalization(epsilon=1e-5),
+        PEMRMultiHeadSelfAttention(2, 8, dropout=0.2),
+        PEMRFeedForward(32),
+        PEMREncoderLayer(2, 8, 32, dropout=0.0),
+    ):
         clone = layer.__class__.from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()

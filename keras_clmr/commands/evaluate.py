@@ -203,7 +203,7 @@ def run(checkpoint, output_dir, random_baseline=False):
             jit_compile="auto" if FLAGS.jit_compile else False,
             run_eagerly=FLAGS.run_eagerly,
             verbose=FLAGS.verbose,
-        tensorboard_dir=FLAGS.tensorboard_dir,
+            tensorboard_dir=FLAGS.tensorboard_dir,
         )
         results["dataset"] = description
         target = (

@@ -29,10 +29,12 @@ def _safe_globals():
     # The few non-tensor types Lightning checkpoints carry in ``hyper_parameters``. Lightning's
     # AttributeDict (a dict subclass) is read as a plain dict: nothing of Lightning is imported
     # or run, and torch's weights-only unpickler only fills plain dicts.
-    attribute_dict_paths = ("pytorch_lightning.utilities.parsing.AttributeDict",
-                            "lightning.pytorch.utilities.parsing.AttributeDict",
-                            "lightning_fabric.utilities.data.AttributeDict",
-                            "lightning.fabric.utilities.data.AttributeDict")
+    attribute_dict_paths = (
+        "pytorch_lightning.utilities.parsing.AttributeDict",
+        "lightning.pytorch.utilities.parsing.AttributeDict",
+        "lightning_fabric.utilities.data.AttributeDict",
+        "lightning.fabric.utilities.data.AttributeDict",
+    )
     return [(dict, path) for path in attribute_dict_paths] + [argparse.Namespace]
 
 
@@ -43,7 +45,8 @@ def require_torch():
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
             "Checkpoint conversion needs PyTorch to read .pt/.ckpt files and to run the parity "
-            "reference: pip install torch") from error
+            "reference: pip install torch"
+        ) from error
     return torch
 
 
@@ -63,12 +66,16 @@ def _open_source(path):
         names = archive.namelist()
         if any(name.endswith("data.pkl") for name in names):
             return open(path, "rb"), os.path.basename(path)  # torch's own zip format
-        members = [n for n in names if n.lower().endswith((".pt", ".pth", ".ckpt", ".tar"))
-                   and not n.startswith("__MACOSX")]
+        members = [
+            n
+            for n in names
+            if n.lower().endswith((".pt", ".pth", ".ckpt", ".tar")) and not n.startswith("__MACOSX")
+        ]
         if len(members) != 1:
             raise ConversionError(
                 f"{path}: a zip archive should hold exactly one .pt/.pth/.ckpt/.tar checkpoint, "
-                f"found {members or names[:10]}. Extract the checkpoint and pass it as --source.")
+                f"found {members or names[:10]}. Extract the checkpoint and pass it as --source."
+            )
         return io.BytesIO(archive.read(members[0])), members[0]
 
 
@@ -82,7 +89,9 @@ def load_torch_checkpoint(path):
     torch = require_torch()
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ConversionError(f"Checkpoint not found: {path}. Pass the .pt/.ckpt file or the release .zip.")
+        raise ConversionError(
+            f"Checkpoint not found: {path}. Pass the .pt/.ckpt file or the release .zip."
+        )
     stream, member = _open_source(path)
     try:
         with torch.serialization.safe_globals(_safe_globals()):
@@ -93,7 +102,8 @@ def load_torch_checkpoint(path):
             f"(tensors, plain containers, Lightning's AttributeDict, argparse.Namespace), so loading "
             f"it could execute arbitrary code. Details: {str(error).splitlines()[0]} If you trust the "
             f"file, re-save just its state_dict (torch.save(ckpt['state_dict'], 'clean.pt')) in an "
-            f"isolated environment and convert that.") from error
+            f"isolated environment and convert that."
+        ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
         raise ConversionError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
     finally:
@@ -107,7 +117,9 @@ def to_numpy_state_dict(state_dict):
     out = {}
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise ConversionError(f"State-dict entry {key!r} is a {type(value).__name__}, not a tensor.")
+            raise ConversionError(
+                f"State-dict entry {key!r} is a {type(value).__name__}, not a tensor."
+            )
         out[str(key)] = value.detach().cpu().numpy()
     return out
 
@@ -126,7 +138,11 @@ def json_safe(value, depth=0):
         return value
     if hasattr(value, "tolist"):
         listed = value.tolist()
-        return listed if not isinstance(listed, list) or len(listed) <= 100 else f"<array of {len(listed)}>"
+        return (
+            listed
+            if not isinstance(listed, list) or len(listed) <= 100
+            else f"<array of {len(listed)}>"
+        )
     return repr(value)[:200]
 
 
@@ -178,7 +194,9 @@ class KeyLedger:
         if extra:
             problems.append(f"unexpected keys: {', '.join(extra)}")
         if problems:
-            raise ConversionError(f"{self.source} does not match the expected layout: " + " | ".join(problems))
+            raise ConversionError(
+                f"{self.source} does not match the expected layout: " + " | ".join(problems)
+            )
         return {"used": len(self.used), "ignored": dict(sorted(self.ignored.items()))}
 
 
@@ -186,16 +204,22 @@ def _reason_groups(ignored):
     groups = {}
     for key, reason in ignored.items():
         groups.setdefault(reason, []).append(key)
-    return {reason: (keys if len(keys) <= 8 else keys[:8] + [f"... ({len(keys)} keys)"])
-            for reason, keys in groups.items()}
+    return {
+        reason: (keys if len(keys) <= 8 else keys[:8] + [f"... ({len(keys)} keys)"])
+        for reason, keys in groups.items()
+    }
 
 
 def summarize_ledger(ledger_report):
     """Compact form of a ledger report for metadata.json (ignored keys grouped by reason)."""
-    return {"used_keys": ledger_report["used"], "ignored_keys": _reason_groups(ledger_report["ignored"])}
+    return {
+        "used_keys": ledger_report["used"],
+        "ignored_keys": _reason_groups(ledger_report["ignored"]),
+    }
 
 
 # ---- layout mapping (PyTorch -> Keras) ----
+
 
 def conv1d_kernel(weight):
     """PyTorch Conv1d [out, in, k] -> Keras Conv1D [k, in, out]."""
@@ -224,7 +248,8 @@ class WeightSetter:
         if tuple(variable.shape) != tuple(value.shape):
             raise ConversionError(
                 f"{source_key}: mapped shape {list(value.shape)} does not fit Keras weight "
-                f"{variable.path} {list(variable.shape)}.")
+                f"{variable.path} {list(variable.shape)}."
+            )
         variable.assign(value.astype(variable.dtype))
         self.assigned.add(id(variable))
 
@@ -257,6 +282,7 @@ class WeightSetter:
 
 # ---- parameter counts and parity ----
 
+
 def _is_statistic(variable):
     name = variable.path.rsplit("/", 1)[-1]
     return name in ("moving_mean", "moving_variance")
@@ -286,9 +312,14 @@ def compare_parameter_counts(keras_model, torch_module, what):
     if (k_train, k_frozen) != (t_params, t_buffers):
         raise ParityError(
             f"{what}: parameter counts differ: Keras {k_train:,} parameters + {k_frozen:,} BN statistics, "
-            f"PyTorch {t_params:,} parameters + {t_buffers:,} buffers.")
-    return {"torch_parameters": t_params, "torch_buffers": t_buffers,
-            "keras_parameters": k_train, "keras_bn_statistics": k_frozen}
+            f"PyTorch {t_params:,} parameters + {t_buffers:,} buffers."
+        )
+    return {
+        "torch_parameters": t_params,
+        "torch_buffers": t_buffers,
+        "keras_parameters": k_train,
+        "keras_bn_statistics": k_frozen,
+    }
 
 
 def max_abs_diff(a, b):
@@ -303,7 +334,9 @@ def check_parity(diffs, tolerance=PARITY_TOLERANCE, what="model"):
     """Raise :class:`ParityError` when any max-abs difference exceeds the tolerance."""
     bad = {name: d for name, d in diffs.items() if not (d <= tolerance)}
     if bad:
-        raise ParityError(f"{what}: Keras and the reference differ by more than {tolerance:g}: {bad}")
+        raise ParityError(
+            f"{what}: Keras and the reference differ by more than {tolerance:g}: {bad}"
+        )
 
 
 def to_numpy(tensor):

@@ -18,7 +18,13 @@ import sys
 import numpy as np
 
 from keras_clmr.conversion.common import (
-    PARITY_TOLERANCE, ConversionError, KeyLedger, check_parity, max_abs_diff, to_numpy)
+    PARITY_TOLERANCE,
+    ConversionError,
+    KeyLedger,
+    check_parity,
+    max_abs_diff,
+    to_numpy,
+)
 
 MODELS = {
     # original name: (architecture, dataset)
@@ -27,7 +33,12 @@ MODELS = {
     "MTT_vgg": ("vgg", "MTT"),
     "MSD_vgg": ("vgg", "MSD"),
 }
-PRESETS = {"musicnn-mtt": "MTT_musicnn", "musicnn-msd": "MSD_musicnn", "vgg-mtt": "MTT_vgg", "vgg-msd": "MSD_vgg"}
+PRESETS = {
+    "musicnn-mtt": "MTT_musicnn",
+    "musicnn-msd": "MSD_musicnn",
+    "vgg-mtt": "MTT_vgg",
+    "vgg-msd": "MSD_vgg",
+}
 WHEEL = "musicnn==0.1.0"
 
 # TF variable scope -> (Keras layer name, kind). Order = creation order in musicnn/models.py.
@@ -56,7 +67,10 @@ _MUSICNN_MAP = [
 ]
 _VGG_MAP = [("batch_normalization", "bn_input", "bn")]
 for _i in range(1, 6):
-    _VGG_MAP += [(f"{_i}CNN", f"vgg_{_i}_conv", "conv2d"), (f"batch_normalization_{_i}", f"vgg_{_i}_bn", "bn")]
+    _VGG_MAP += [
+        (f"{_i}CNN", f"vgg_{_i}_conv", "conv2d"),
+        (f"batch_normalization_{_i}", f"vgg_{_i}_bn", "bn"),
+    ]
 _VGG_MAP.append(("dense", "head/logits", "dense"))
 
 _OPTIMIZER_SUFFIXES = ("/Adam", "/Adam_1")
@@ -74,7 +88,8 @@ def package_dir():
     if spec is None or not spec.submodule_search_locations:
         raise MusicnnNotInstalledError(
             f"The musicnn weights come from its wheel: pip install --no-deps {WHEEL} "
-            "(--no-deps: its numpy<1.17 pin cannot be met and is not needed here).")
+            "(--no-deps: its numpy<1.17 pin cannot be met and is not needed here)."
+        )
     return list(spec.submodule_search_locations)[0]
 
 
@@ -152,17 +167,23 @@ def graph_vgg_pools(name):
     """
     import tensorflow as tf
 
-    graph_def = tf.compat.v1.graph_util.extract_sub_graph(_meta_graph(name).graph_def, ["model/Sigmoid"])
+    graph_def = tf.compat.v1.graph_util.extract_sub_graph(
+        _meta_graph(name).graph_def, ["model/Sigmoid"]
+    )
     pools = {}
     for node in graph_def.node:
         if node.op == "MaxPool":
             k = list(node.attr["ksize"].list.i)
             st = list(node.attr["strides"].list.i)
             if node.attr["data_format"].s not in (b"", b"NHWC"):
-                raise ConversionError(f"{name}: unexpected MaxPool data format {node.attr['data_format'].s}.")
+                raise ConversionError(
+                    f"{name}: unexpected MaxPool data format {node.attr['data_format'].s}."
+                )
             pools[node.name] = (k[1], k[2], st[1], st[2])
     if len(pools) != 5:
-        raise ConversionError(f"{name}: expected 5 MaxPool ops in the VGG graph, found {len(pools)}.")
+        raise ConversionError(
+            f"{name}: expected 5 MaxPool ops in the VGG graph, found {len(pools)}."
+        )
     return tuple(pools[key] for key in sorted(pools, key=lambda n: (len(n), n)))
 
 
@@ -176,13 +197,22 @@ def build_tagger(name):
     expected = {"resample_sr": 16000, "hop": 256, "n_fft": 512, "n_mels": 96}
     for key, value in expected.items():
         if rep.get(key) != value:
-            raise ConversionError(f"{name}/config.json: audio_rep.{key} is {rep.get(key)}, expected {value}.")
+            raise ConversionError(
+                f"{name}/config.json: audio_rep.{key} is {rep.get(key)}, expected {value}."
+            )
     if config.get("xInput") != 187 or config.get("yInput") != 96:
-        raise ConversionError(f"{name}/config.json: input {config.get('xInput')}x{config.get('yInput')}, "
-                              "expected 187x96.")
+        raise ConversionError(
+            f"{name}/config.json: input {config.get('xInput')}x{config.get('yInput')}, "
+            "expected 187x96."
+        )
     extra = {"vgg_pools": graph_vgg_pools(name)} if architecture == "vgg" else {}
-    return musicnn_tagger(architecture, tags=labels(dataset), n_frames=config["xInput"], n_mels=config["yInput"],
-                          **extra)
+    return musicnn_tagger(
+        architecture,
+        tags=labels(dataset),
+        n_frames=config["xInput"],
+        n_mels=config["yInput"],
+        **extra,
+    )
 
 
 def assign_variables(tagger, variables, name):
@@ -199,18 +229,28 @@ def assign_variables(tagger, variables, name):
         layer = _layer(tagger, layer_path)
         if kind == "bn":
             n = layer.gamma.shape[0]
-            pairs = [(layer.gamma, f"{scope}/gamma", (n,)), (layer.beta, f"{scope}/beta", (n,)),
-                     (layer.moving_mean, f"{scope}/moving_mean", (n,)),
-                     (layer.moving_variance, f"{scope}/moving_variance", (n,))]
+            pairs = [
+                (layer.gamma, f"{scope}/gamma", (n,)),
+                (layer.beta, f"{scope}/beta", (n,)),
+                (layer.moving_mean, f"{scope}/moving_mean", (n,)),
+                (layer.moving_variance, f"{scope}/moving_variance", (n,)),
+            ]
         elif kind == "conv2d":
-            pairs = [(layer.kernel, f"{scope}/kernel", tuple(layer.kernel.shape)),
-                     (layer.bias, f"{scope}/bias", tuple(layer.bias.shape))]
+            pairs = [
+                (layer.kernel, f"{scope}/kernel", tuple(layer.kernel.shape)),
+                (layer.bias, f"{scope}/bias", tuple(layer.bias.shape)),
+            ]
         elif kind == "conv2d_as_1d":  # a [7, C, 1, F] Conv2D over [T, C, 1] is a Conv1D [7, C, F]
             k, c, f = layer.kernel.shape
-            pairs = [(layer.kernel, f"{scope}/kernel", (k, c, 1, f)), (layer.bias, f"{scope}/bias", (f,))]
+            pairs = [
+                (layer.kernel, f"{scope}/kernel", (k, c, 1, f)),
+                (layer.bias, f"{scope}/bias", (f,)),
+            ]
         else:
-            pairs = [(layer.kernel, f"{scope}/kernel", tuple(layer.kernel.shape)),
-                     (layer.bias, f"{scope}/bias", tuple(layer.bias.shape))]
+            pairs = [
+                (layer.kernel, f"{scope}/kernel", tuple(layer.kernel.shape)),
+                (layer.bias, f"{scope}/bias", tuple(layer.bias.shape)),
+            ]
         for variable, key, shape in pairs:
             value = ledger.take(key, shape)
             if value is not None:
@@ -221,18 +261,28 @@ def assign_variables(tagger, variables, name):
         assigned.add(id(variable))
     unset = [v.path for v in tagger.weights if id(v) not in assigned]
     if unset:
-        raise ConversionError(f"Keras weights left unset by the musicnn conversion: {', '.join(unset)}")
+        raise ConversionError(
+            f"Keras weights left unset by the musicnn conversion: {', '.join(unset)}"
+        )
     return report
 
 
 # The original graph's tensors behind musicnn's extractor features (names in its saved graph).
 GRAPH_FEATURES = {
-    "musicnn": {"timbral": ("model/Squeeze:0", "model/Squeeze_1:0"),
-                "temporal": ("model/Squeeze_2:0", "model/Squeeze_3:0", "model/Squeeze_4:0"),
-                "cnn1": ("model/transpose:0",), "cnn2": ("model/Add:0",), "cnn3": ("model/Add_1:0",),
-                "max_pool": ("model/Max:0",), "mean_pool": ("model/moments/Squeeze:0",),
-                "penultimate": ("model/batch_normalization_10/batchnorm/add_1:0",)},
-    "vgg": {f"pool{i}": (f"model/max_pooling2d{'' if i == 1 else f'_{i - 1}'}/MaxPool:0",) for i in range(1, 6)},
+    "musicnn": {
+        "timbral": ("model/Squeeze:0", "model/Squeeze_1:0"),
+        "temporal": ("model/Squeeze_2:0", "model/Squeeze_3:0", "model/Squeeze_4:0"),
+        "cnn1": ("model/transpose:0",),
+        "cnn2": ("model/Add:0",),
+        "cnn3": ("model/Add_1:0",),
+        "max_pool": ("model/Max:0",),
+        "mean_pool": ("model/moments/Squeeze:0",),
+        "penultimate": ("model/batch_normalization_10/batchnorm/add_1:0",),
+    },
+    "vgg": {
+        f"pool{i}": (f"model/max_pooling2d{'' if i == 1 else f'_{i - 1}'}/MaxPool:0",)
+        for i in range(1, 6)
+    },
 }
 
 
@@ -252,7 +302,9 @@ class OriginalGraph:
         for node in graph_def.node:
             if node.op in ("VariableV2", "Variable"):
                 if node.name not in variables:
-                    raise ConversionError(f"{name}: graph variable {node.name} is not in the checkpoint.")
+                    raise ConversionError(
+                        f"{name}: graph variable {node.name} is not in the checkpoint."
+                    )
                 const = frozen.node.add()
                 const.name = node.name
                 const.op = "Const"
@@ -307,7 +359,7 @@ def reference_logmel(audio, filterbank=None):
     padded = np.pad(audio, N_FFT // 2, mode="reflect")
     n_frames = 1 + (padded.size - N_FFT) // HOP
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)
-    frames = np.stack([padded[i * HOP:i * HOP + N_FFT] for i in range(n_frames)]) * window
+    frames = np.stack([padded[i * HOP : i * HOP + N_FFT] for i in range(n_frames)]) * window
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     mel = (power @ fb).astype(np.float16)
     return np.log10(10000 * mel.astype(np.float64) + 1)
@@ -330,7 +382,9 @@ def musicnn_parity(tagger, name, audio=None, graph=None, audio_label=None):
     window = tagger.input_samples
     count = audio.shape[0] // window
     if count < 1:
-        raise ConversionError(f"Parity audio must hold at least one {window}-sample window at 16 kHz.")
+        raise ConversionError(
+            f"Parity audio must hold at least one {window}-sample window at 16 kHz."
+        )
     windows = audio[: count * window].reshape(count, window)
     own_graph = graph is None
     graph = OriginalGraph(name) if graph is None else graph
@@ -343,18 +397,26 @@ def musicnn_parity(tagger, name, audio=None, graph=None, audio_label=None):
     finally:
         if own_graph:
             graph.close()
-    diffs = {"tag_probabilities": max_abs_diff(keras_probs, graph_probs),
-             # Keras on audio vs the graph on the float64 numpy (librosa-equivalent) frontend.
-             "tag_probabilities_end_to_end": max_abs_diff(keras_probs, graph_reference_probs)}
+    diffs = {
+        "tag_probabilities": max_abs_diff(keras_probs, graph_probs),
+        # Keras on audio vs the graph on the float64 numpy (librosa-equivalent) frontend.
+        "tag_probabilities_end_to_end": max_abs_diff(keras_probs, graph_reference_probs),
+    }
     frontend = max_abs_diff(patches, reference_patches)
     check_parity(diffs, what=f"musicnn {name} conversion")
     return {
-        "reference": (f"original TF1 graph from the {WHEEL} wheel (model/Sigmoid sub-graph, TF "
-                      f"{graph.tensorflow_version} meta graph) run under tf.compat.v1"),
-        "inputs": (f"{count} windows x {window} samples of {audio_label} at 16 kHz; tag_probabilities: "
-                   "the same log-mel patches (Keras frontend) into both; end_to_end: Keras on audio vs the "
-                   "graph on a float64 numpy frontend (librosa conventions, float16 rounding)"),
-        "max_abs_diff": diffs, "tolerance": PARITY_TOLERANCE, "passed": True,
+        "reference": (
+            f"original TF1 graph from the {WHEEL} wheel (model/Sigmoid sub-graph, TF "
+            f"{graph.tensorflow_version} meta graph) run under tf.compat.v1"
+        ),
+        "inputs": (
+            f"{count} windows x {window} samples of {audio_label} at 16 kHz; tag_probabilities: "
+            "the same log-mel patches (Keras frontend) into both; end_to_end: Keras on audio vs the "
+            "graph on a float64 numpy frontend (librosa conventions, float16 rounding)"
+        ),
+        "max_abs_diff": diffs,
+        "tolerance": PARITY_TOLERANCE,
+        "passed": True,
         "informative": {"logmel_keras_vs_numpy_reference_max_abs_diff": frontend},
     }
 
@@ -374,24 +436,48 @@ def convert_musicnn(name, parity=True, audio=None, audio_label=None):
     report = assign_variables(tagger, variables, name)
     from keras_clmr.conversion.common import summarize_ledger
 
-    source_params = int(sum(v.size for k, v in variables.items()
-                            if not k.endswith(_OPTIMIZER_SUFFIXES) and k not in ("beta1_power", "beta2_power")))
+    source_params = int(
+        sum(
+            v.size
+            for k, v in variables.items()
+            if not k.endswith(_OPTIMIZER_SUFFIXES) and k not in ("beta1_power", "beta2_power")
+        )
+    )
     metadata = {
-        "converted_from": {"package": WHEEL, "model": name, "files": f"musicnn/{name}/.index, .data-00000-of-00001"},
+        "converted_from": {
+            "package": WHEEL,
+            "model": name,
+            "files": f"musicnn/{name}/.index, .data-00000-of-00001",
+        },
         "source_format": "musicnn-tf1",
-        "architecture": {"family": "musicnn", "backbone": "Musicnn", "architecture": architecture,
-                         "dataset": dataset, "sample_rate": 16000, "input_samples": tagger.input_samples,
-                         "patch_frames": 187, "embedding_dim": tagger.backbone.embedding_dim,
-                         **({"vgg_pools": [list(p) for p in tagger.backbone.vgg_pools]}
-                            if architecture == "vgg" else {})},
+        "architecture": {
+            "family": "musicnn",
+            "backbone": "Musicnn",
+            "architecture": architecture,
+            "dataset": dataset,
+            "sample_rate": 16000,
+            "input_samples": tagger.input_samples,
+            "patch_frames": 187,
+            "embedding_dim": tagger.backbone.embedding_dim,
+            **(
+                {"vgg_pools": [list(p) for p in tagger.backbone.vgg_pools]}
+                if architecture == "vgg"
+                else {}
+            ),
+        },
         "keys": summarize_ledger(report),
-        "parameter_counts": {"checkpoint_variables": source_params, "keras": int(tagger.count_params())},
+        "parameter_counts": {
+            "checkpoint_variables": source_params,
+            "keras": int(tagger.count_params()),
+        },
         "reported_result": read_reported_result(name),
         "keras_version": keras.__version__,
     }
     if source_params != metadata["parameter_counts"]["keras"]:
-        raise ConversionError(f"{name}: checkpoint holds {source_params:,} values but the Keras model has "
-                              f"{metadata['parameter_counts']['keras']:,} weights.")
+        raise ConversionError(
+            f"{name}: checkpoint holds {source_params:,} values but the Keras model has "
+            f"{metadata['parameter_counts']['keras']:,} weights."
+        )
     if parity:
         metadata["parity"] = musicnn_parity(tagger, name, audio=audio, audio_label=audio_label)
     return tagger, metadata
@@ -400,12 +486,22 @@ def convert_musicnn(name, parity=True, audio=None, audio_label=None):
 # (preset name) -> (wheel model, description of the converted preset). The registry
 # (keras_clmr.presets.musicnn) holds the published scores.
 PRESET_INFO = {
-    "musicnn-mtt": ("MTT_musicnn", "musicnn (Pons & Serra 2019) trained on MagnaTagATune: 50 tags, 16 kHz."),
-    "musicnn-msd": ("MSD_musicnn",
-                    "musicnn (Pons & Serra 2019) trained on the Million Song Dataset: 50 tags, 16 kHz."),
-    "vgg-mtt": ("MTT_vgg", "The VGG-like baseline of musicnn, trained on MagnaTagATune: 50 tags, 16 kHz."),
-    "vgg-msd": ("MSD_vgg",
-                "The VGG-like baseline of musicnn, trained on the Million Song Dataset: 50 tags, 16 kHz."),
+    "musicnn-mtt": (
+        "MTT_musicnn",
+        "musicnn (Pons & Serra 2019) trained on MagnaTagATune: 50 tags, 16 kHz.",
+    ),
+    "musicnn-msd": (
+        "MSD_musicnn",
+        "musicnn (Pons & Serra 2019) trained on the Million Song Dataset: 50 tags, 16 kHz.",
+    ),
+    "vgg-mtt": (
+        "MTT_vgg",
+        "The VGG-like baseline of musicnn, trained on MagnaTagATune: 50 tags, 16 kHz.",
+    ),
+    "vgg-msd": (
+        "MSD_vgg",
+        "The VGG-like baseline of musicnn, trained on the Million Song Dataset: 50 tags, 16 kHz.",
+    ),
 }
 
 
@@ -426,14 +522,30 @@ def build_preset(preset_name, preset_dir, task="tag", overwrite=False):
     from keras_clmr.conversion.report import save_converted
 
     if preset_name not in PRESET_INFO:
-        raise ConversionError(f"Unknown musicnn preset {preset_name!r}; choose one of {sorted(PRESET_INFO)}.")
+        raise ConversionError(
+            f"Unknown musicnn preset {preset_name!r}; choose one of {sorted(PRESET_INFO)}."
+        )
     wheel_model, description, *_ = PRESET_INFO[preset_name]
-    print(f"keras_clmr: first use of {preset_name}: converting the musicnn 0.1.0 wheel's {wheel_model} to a "
-          "Keras preset in the keras_clmr cache (once; about 30 s and 2 GB on a CPU) ...", file=sys.stderr, flush=True)
+    print(
+        f"keras_clmr: first use of {preset_name}: converting the musicnn 0.1.0 wheel's {wheel_model} to a "
+        "Keras preset in the keras_clmr cache (once; about 30 s and 2 GB on a CPU) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     tagger, metadata = convert_musicnn(wheel_model)
     if metadata["architecture"].get("vgg_pools") and wheel_model == "MSD_vgg":
-        description += (" Its max-pool sizes are read from the checkpoint's saved training graph: musicnn "
-                         "0.1.0's models.vgg builds MTT_vgg's pools for it, which do not match these weights.")
-    return save_converted(tagger, metadata, preset_dir, name=preset_name, description=description,
-                          reported_scores=reported_scores(preset_name), license_id="isc",
-                          source_url=f"https://pypi.org/project/musicnn/0.1.0/ ({wheel_model})", overwrite=overwrite)
+        description += (
+            " Its max-pool sizes are read from the checkpoint's saved training graph: musicnn "
+            "0.1.0's models.vgg builds MTT_vgg's pools for it, which do not match these weights."
+        )
+    return save_converted(
+        tagger,
+        metadata,
+        preset_dir,
+        name=preset_name,
+        description=description,
+        reported_scores=reported_scores(preset_name),
+        license_id="isc",
+        source_url=f"https://pypi.org/project/musicnn/0.1.0/ ({wheel_model})",
+        overwrite=overwrite,
+    )

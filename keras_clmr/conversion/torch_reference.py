@@ -18,7 +18,7 @@ import numpy as np
 from keras_clmr.conversion.common import require_torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _classes():
     torch = require_torch()
     nn = torch.nn
@@ -26,17 +26,39 @@ def _classes():
     class SampleCNNReference(nn.Module):
         """CLMR's SampleCNN: input [B, 1, T] -> [B, channels[-1]] (or fc logits)."""
 
-        def __init__(self, strides=(3,) * 9, channels=(128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512),
-                     n_classes=None, layout="sequential"):
+        def __init__(
+            self,
+            strides=(3,) * 9,
+            channels=(128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512),
+            n_classes=None,
+            layout="sequential",
+        ):
             super().__init__()
-            blocks = [nn.Sequential(nn.Conv1d(1, channels[0], kernel_size=3, stride=3, padding=0),
-                                    nn.BatchNorm1d(channels[0]), nn.ReLU())]
+            blocks = [
+                nn.Sequential(
+                    nn.Conv1d(1, channels[0], kernel_size=3, stride=3, padding=0),
+                    nn.BatchNorm1d(channels[0]),
+                    nn.ReLU(),
+                )
+            ]
             for i, stride in enumerate(strides, start=1):
-                blocks.append(nn.Sequential(
-                    nn.Conv1d(channels[i - 1], channels[i], kernel_size=stride, stride=1, padding=1),
-                    nn.BatchNorm1d(channels[i]), nn.ReLU(), nn.MaxPool1d(stride, stride=stride)))
-            blocks.append(nn.Sequential(nn.Conv1d(channels[9], channels[10], kernel_size=3, stride=1, padding=1),
-                                        nn.BatchNorm1d(channels[10]), nn.ReLU()))
+                blocks.append(
+                    nn.Sequential(
+                        nn.Conv1d(
+                            channels[i - 1], channels[i], kernel_size=stride, stride=1, padding=1
+                        ),
+                        nn.BatchNorm1d(channels[i]),
+                        nn.ReLU(),
+                        nn.MaxPool1d(stride, stride=stride),
+                    )
+                )
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv1d(channels[9], channels[10], kernel_size=3, stride=1, padding=1),
+                    nn.BatchNorm1d(channels[10]),
+                    nn.ReLU(),
+                )
+            )
             self.layout = layout
             if layout == "sequential":
                 self.sequential = nn.Sequential(*blocks)
@@ -59,8 +81,11 @@ def _classes():
             return self.fc(x)
 
     def projector(n_features, hidden, projection_dim):
-        return nn.Sequential(nn.Linear(n_features, hidden, bias=False), nn.ReLU(),
-                             nn.Linear(hidden, projection_dim, bias=False))
+        return nn.Sequential(
+            nn.Linear(n_features, hidden, bias=False),
+            nn.ReLU(),
+            nn.Linear(hidden, projection_dim, bias=False),
+        )
 
     class SimCLRReference(nn.Module):
         """SimCLR(encoder, projector): forward returns (h, z). ``encoder.fc`` is Identity."""
@@ -89,7 +114,9 @@ def _classes():
     def head(n_features, n_classes, mlp=False, hidden=None):
         if mlp:
             hidden = hidden or n_features
-            return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+            return nn.Sequential(
+                nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
+            )
         return nn.Sequential(nn.Linear(n_features, n_classes))
 
     class Conv2dBlock(nn.Module):
@@ -145,8 +172,12 @@ def _classes():
     }
 
 
-def sample_cnn(strides=(3,) * 9, channels=(128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512),
-               n_classes=None, layout="sequential"):
+def sample_cnn(
+    strides=(3,) * 9,
+    channels=(128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512),
+    n_classes=None,
+    layout="sequential",
+):
     """CLMR's SampleCNN in PyTorch (``layout='conv'`` gives release 1.0's module names)."""
     return _classes()["SampleCNNReference"](tuple(strides), tuple(channels), n_classes, layout)
 

@@ -18,21 +18,92 @@ from keras_clmr.audio import list_audio_files
 # CLMR's onnxruntime-web MTT_LABELS): the 50 most frequent tags of annotations_final.csv,
 # most frequent first. Model heads and the pons2017 ground-truth TSVs use this order.
 MTAT_TAGS = (
-    "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast", "piano",
-    "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male", "singing",
-    "vocals", "no vocals", "harpsichord", "loud", "quiet", "flute", "woman", "male vocal", "no vocal", "pop",
-    "soft", "sitar", "solo", "man", "classic", "choir", "voice", "new age", "dance", "male voice",
-    "female vocal", "beats", "harp", "cello", "no voice", "weird", "country", "metal", "female voice", "choral",
+    "guitar",
+    "classical",
+    "slow",
+    "techno",
+    "strings",
+    "drums",
+    "electronic",
+    "rock",
+    "fast",
+    "piano",
+    "ambient",
+    "beat",
+    "violin",
+    "vocal",
+    "synth",
+    "female",
+    "indian",
+    "opera",
+    "male",
+    "singing",
+    "vocals",
+    "no vocals",
+    "harpsichord",
+    "loud",
+    "quiet",
+    "flute",
+    "woman",
+    "male vocal",
+    "no vocal",
+    "pop",
+    "soft",
+    "sitar",
+    "solo",
+    "man",
+    "classic",
+    "choir",
+    "voice",
+    "new age",
+    "dance",
+    "male voice",
+    "female vocal",
+    "beats",
+    "harp",
+    "cello",
+    "no voice",
+    "weird",
+    "country",
+    "metal",
+    "female voice",
+    "choral",
 )
 
 # The standard MTAT split by the first character of mp3_path (its hex folder).
-MTAT_FOLDER_SPLITS = {**{c: "train" for c in "0123456789ab"}, "c": "valid", "d": "test", "e": "test", "f": "test"}
+MTAT_FOLDER_SPLITS = {
+    **{c: "train" for c in "0123456789ab"},
+    "c": "valid",
+    "d": "test",
+    "e": "test",
+    "f": "test",
+}
 
-GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+GTZAN_GENRES = (
+    "blues",
+    "classical",
+    "country",
+    "disco",
+    "hiphop",
+    "jazz",
+    "metal",
+    "pop",
+    "reggae",
+    "rock",
+)
 
 SPLITS = ("train", "valid", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
-                  "validation": "valid", "dev": "valid", "test": "test", "testing": "test", "eval": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "dev": "valid",
+    "test": "test",
+    "testing": "test",
+    "eval": "test",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +137,9 @@ class DatasetSpec:
         for clip in self.clips:
             unknown = [label for label in clip.labels if label not in known]
             if unknown:
-                raise ValueError(f"{self.name}: clip {clip.id} has labels {unknown} outside the vocabulary.")
+                raise ValueError(
+                    f"{self.name}: clip {clip.id} has labels {unknown} outside the vocabulary."
+                )
 
 
 def normalize_split(name, where=""):
@@ -78,6 +151,7 @@ def normalize_split(name, where=""):
 
 
 # ----------------------------------------------------------------------------- MTAT
+
 
 def top_tags(annotations_path, n=50):
     """The ``n`` most frequent tag columns of an MTAT annotations_final.csv, most frequent first.
@@ -104,16 +178,23 @@ def _read_annotations(path):
         reader = csv.DictReader(file, delimiter="\t")
         header = reader.fieldnames or []
         if "clip_id" not in header or "mp3_path" not in header:
-            raise ValueError(f"{path}: not an MTAT annotations_final.csv (tab-separated, with clip_id and "
-                             f"mp3_path columns); found columns {header[:5]}...")
+            raise ValueError(
+                f"{path}: not an MTAT annotations_final.csv (tab-separated, with clip_id and "
+                f"mp3_path columns); found columns {header[:5]}..."
+            )
         return header, list(reader)
 
 
 def _find(source, name, flag):
-    for candidate in (os.path.join(source, name), os.path.join(os.path.dirname(os.path.abspath(source)), name)):
+    for candidate in (
+        os.path.join(source, name),
+        os.path.join(os.path.dirname(os.path.abspath(source)), name),
+    ):
         if os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(f"{name} not found in {source} or its parent; pass its location with {flag}.")
+    raise FileNotFoundError(
+        f"{name} not found in {source} or its parent; pass its location with {flag}."
+    )
 
 
 def mtat(source, split_dir=None, annotations=None):
@@ -125,7 +206,9 @@ def mtat(source, split_dir=None, annotations=None):
     clips not listed are left out).
     """
     if not os.path.isdir(source):
-        raise FileNotFoundError(f"{source}: not a directory; pass the folder holding the MTAT hex folders 0-f.")
+        raise FileNotFoundError(
+            f"{source}: not a directory; pass the folder holding the MTAT hex folders 0-f."
+        )
     if split_dir:
         return _mtat_pons(source, split_dir)
     annotations = annotations or _find(source, "annotations_final.csv", "--annotations")
@@ -148,8 +231,10 @@ def mtat(source, split_dir=None, annotations=None):
 def _mtat_pons(source, split_dir):
     index_path = os.path.join(split_dir, "index_mtt.tsv")
     if not os.path.isfile(index_path):
-        raise FileNotFoundError(f"{index_path} not found; --split_dir must hold musicnn-training's "
-                                "index_mtt.tsv and {train,val,test}_gt_mtt.tsv.")
+        raise FileNotFoundError(
+            f"{index_path} not found; --split_dir must hold musicnn-training's "
+            "index_mtt.tsv and {train,val,test}_gt_mtt.tsv."
+        )
     paths = {}
     with open(index_path, encoding="utf-8") as file:
         for line in file:
@@ -169,7 +254,9 @@ def _mtat_pons(source, split_dir):
                 clip_id = clip_id.strip()
                 values = ast.literal_eval(vector.strip())
                 if len(values) != len(MTAT_TAGS):
-                    raise ValueError(f"{gt_path}:{number}: expected {len(MTAT_TAGS)} labels, got {len(values)}.")
+                    raise ValueError(
+                        f"{gt_path}:{number}: expected {len(MTAT_TAGS)} labels, got {len(values)}."
+                    )
                 if clip_id not in paths:
                     raise ValueError(f"{gt_path}:{number}: clip {clip_id} is not in index_mtt.tsv.")
                 labels = tuple(tag for tag, v in zip(MTAT_TAGS, values) if v)
@@ -179,13 +266,22 @@ def _mtat_pons(source, split_dir):
 
 # ----------------------------------------------------------------------------- GTZAN
 
+
 def _gtzan_root(source):
-    for candidate in (source, os.path.join(source, "genres_original"), os.path.join(source, "Data", "genres_original"),
-                      os.path.join(source, "genres")):
-        if os.path.isdir(candidate) and any(os.path.isdir(os.path.join(candidate, g)) for g in GTZAN_GENRES):
+    for candidate in (
+        source,
+        os.path.join(source, "genres_original"),
+        os.path.join(source, "Data", "genres_original"),
+        os.path.join(source, "genres"),
+    ):
+        if os.path.isdir(candidate) and any(
+            os.path.isdir(os.path.join(candidate, g)) for g in GTZAN_GENRES
+        ):
             return candidate
-    raise FileNotFoundError(f"{source}: no GTZAN genre folders (blues/, classical/, ...) here or in "
-                            "genres_original/; pass the folder that holds them.")
+    raise FileNotFoundError(
+        f"{source}: no GTZAN genre folders (blues/, classical/, ...) here or in "
+        "genres_original/; pass the folder that holds them."
+    )
 
 
 def _gtzan_key(text):
@@ -213,8 +309,10 @@ def gtzan(source, split_dir=None, seed=0, fractions=(0.8, 0.1)):
         for split in SPLITS:
             path = os.path.join(split_dir, f"{split}_filtered.txt")
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} not found; --split_dir must hold train_filtered.txt, "
-                                        "valid_filtered.txt and test_filtered.txt.")
+                raise FileNotFoundError(
+                    f"{path} not found; --split_dir must hold train_filtered.txt, "
+                    "valid_filtered.txt and test_filtered.txt."
+                )
             with open(path, encoding="utf-8") as file:
                 for line in file:
                     if line.strip():
@@ -244,12 +342,15 @@ def gtzan(source, split_dir=None, seed=0, fractions=(0.8, 0.1)):
 
 # ----------------------------------------------------------------------------- folder, CSV
 
+
 def folder(source):
     """Any tree of audio files, unlabelled, all in the "train" split (for pretraining); ids are
     the paths relative to ``source``."""
     paths = list_audio_files(source)
     if not paths:
-        raise FileNotFoundError(f"{source}: no audio files found (looked for wav/flac/ogg/opus/mp3/...).")
+        raise FileNotFoundError(
+            f"{source}: no audio files found (looked for wav/flac/ogg/opus/mp3/...)."
+        )
     clips = [Clip(os.path.relpath(p, source).replace(os.sep, "/"), p) for p in paths]
     return DatasetSpec("folder", clips, (), "none")
 
@@ -263,8 +364,10 @@ def _find_csv(source):
         return os.path.join(source, "labels.csv")
     found = sorted(f for f in os.listdir(source) if f.lower().endswith(".csv"))
     if len(found) != 1:
-        raise FileNotFoundError(f"{source}: expected labels.csv or exactly one .csv file, found {found}; "
-                                "pass the CSV file itself as --source.")
+        raise FileNotFoundError(
+            f"{source}: expected labels.csv or exactly one .csv file, found {found}; "
+            "pass the CSV file itself as --source."
+        )
     return os.path.join(source, found[0])
 
 
@@ -287,15 +390,23 @@ def csv_dataset(source, task="auto", vocabulary=None):
             if number == 1 and row[0].strip().lower() == "path":
                 continue
             if len(row) > 3:
-                raise ValueError(f"{path}:{number}: expected path,labels[,split], got {len(row)} fields; "
-                                 "separate labels with ';', not ','.")
+                raise ValueError(
+                    f"{path}:{number}: expected path,labels[,split], got {len(row)} fields; "
+                    "separate labels with ';', not ','."
+                )
             relative = row[0].strip()
-            labels = tuple(dict.fromkeys(t.strip() for t in (row[1] if len(row) > 1 else "").split(";") if t.strip()))
+            labels = tuple(
+                dict.fromkeys(
+                    t.strip() for t in (row[1] if len(row) > 1 else "").split(";") if t.strip()
+                )
+            )
             try:
                 split = normalize_split(row[2]) if len(row) > 2 and row[2].strip() else "train"
             except ValueError as error:
-                raise ValueError(f"{path}:{number}: {error} (labels are ';'-separated; a ',' starts the "
-                                 "split column)") from None
+                raise ValueError(
+                    f"{path}:{number}: {error} (labels are ';'-separated; a ',' starts the "
+                    "split column)"
+                ) from None
             clip_id = relative.replace("\\", "/")
             clips.append(Clip(clip_id, os.path.join(base, relative), labels, split))
     if not clips:
@@ -316,7 +427,9 @@ def csv_dataset(source, task="auto", vocabulary=None):
     elif task == "multiclass":
         bad = [clip.id for clip in clips if len(clip.labels) != 1]
         if bad:
-            raise ValueError(f"{path}: task multiclass needs exactly one label per clip; e.g. {bad[:3]}.")
+            raise ValueError(
+                f"{path}: task multiclass needs exactly one label per clip; e.g. {bad[:3]}."
+            )
     return DatasetSpec("csv", clips, vocabulary, task)
 
 

@@ -40,9 +40,15 @@ class DemoCorpus:
 
     def subset(self, split):
         keep = [i for i, s in enumerate(self.splits) if s == split]
-        return DemoCorpus(self.audio[keep], self.labels[keep], self.tags, [self.ids[i] for i in keep],
-                          [self.splits[i] for i in keep], [self.attributes[i] for i in keep],
-                          self.sample_rate)
+        return DemoCorpus(
+            self.audio[keep],
+            self.labels[keep],
+            self.tags,
+            [self.ids[i] for i in keep],
+            [self.splits[i] for i in keep],
+            [self.attributes[i] for i in keep],
+            self.sample_rate,
+        )
 
 
 def _midi_to_hz(note):
@@ -58,7 +64,7 @@ def _tone(freq, n, sample_rate, timbre, rng_phase):
     elif timbre == "saw":
         partials = [(k, 1.0 / k) for k in range(1, 9)]
     else:  # pluck: bright attack, fast decay of the upper partials
-        partials = [(k, 1.0 / k ** 1.5) for k in range(1, 7)]
+        partials = [(k, 1.0 / k**1.5) for k in range(1, 7)]
     out = np.zeros(n)
     nyquist = sample_rate / 2
     for k, amplitude in partials:
@@ -71,7 +77,7 @@ def _tone(freq, n, sample_rate, timbre, rng_phase):
     envelope = np.ones(n)
     envelope[:attack] = np.linspace(0, 1, attack, endpoint=False)
     if release:
-        envelope[n - release:] = np.linspace(1, 0, release)
+        envelope[n - release :] = np.linspace(1, 0, release)
     return out * envelope
 
 
@@ -116,14 +122,19 @@ def synthesize_clip(seed, seconds=6.0, sample_rate=22050):
             if length <= 0:
                 continue
             for note in chord:
-                out[onset:onset + length] += _tone(_midi_to_hz(note), length, sample_rate,
-                                                   attributes["timbre"], rng.uniform(0, 2 * np.pi)) / len(chord)
+                out[onset : onset + length] += _tone(
+                    _midi_to_hz(note),
+                    length,
+                    sample_rate,
+                    attributes["timbre"],
+                    rng.uniform(0, 2 * np.pi),
+                ) / len(chord)
         if attributes["drums"]:
             for kind, offset in (("kick" if b % 2 == 0 else "snare", 0), ("hat", beat // 2)):
                 onset = start + offset
                 length = min(beat // 2, n - onset)
                 if length > 0:
-                    out[onset:onset + length] += 0.5 * _drum(kind, length, sample_rate, rng)
+                    out[onset : onset + length] += 0.5 * _drum(kind, length, sample_rate, rng)
     out += 10 ** (-60 / 20) * rng.standard_normal(n)
     out *= 0.8 / max(np.max(np.abs(out)), 1e-9)
     return out.astype(np.float32), attributes
@@ -136,7 +147,9 @@ def _tags_of(attributes):
     return tags
 
 
-def make_demo_corpus(n_clips=96, seconds=6.0, sample_rate=22050, seed=0, split_fractions=(0.7, 0.15)):
+def make_demo_corpus(
+    n_clips=96, seconds=6.0, sample_rate=22050, seed=0, split_fractions=(0.7, 0.15)
+):
     """Synthesise ``n_clips`` clips; the same arguments always give the same corpus.
 
     Splits are assigned by position: the first 70 % train, the next 15 % valid, the rest
@@ -168,7 +181,9 @@ def write_demo_corpus(directory, **kwargs):
     corpus = make_demo_corpus(**kwargs)
     os.makedirs(directory, exist_ok=True)
     rows = []
-    for audio, clip_id, split, attributes in zip(corpus.audio, corpus.ids, corpus.splits, corpus.attributes):
+    for audio, clip_id, split, attributes in zip(
+        corpus.audio, corpus.ids, corpus.splits, corpus.attributes
+    ):
         name = f"{clip_id}.wav"
         final = os.path.join(directory, name)
         temporary = os.path.join(directory, f".{name}.tmp")

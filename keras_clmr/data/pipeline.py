@@ -49,14 +49,18 @@ def load_manifest(path):
     tf = _tf()
     manifest_path = _join(str(path), MANIFEST)
     if not tf.io.gfile.exists(manifest_path):
-        raise FileNotFoundError(f"{path}: no {MANIFEST}; this is not a prepared directory (or its preparation "
-                                "did not finish). Run `python -m keras_clmr.data.prepare --dataset=... "
-                                f"--source=... --output={path}`.")
+        raise FileNotFoundError(
+            f"{path}: no {MANIFEST}; this is not a prepared directory (or its preparation "
+            "did not finish). Run `python -m keras_clmr.data.prepare --dataset=... "
+            f"--source=... --output={path}`."
+        )
     with tf.io.gfile.GFile(manifest_path, "r") as file:
         manifest = json.load(file)
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}; "
-                         "prepare the data again with this version.")
+        raise ValueError(
+            f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}; "
+            "prepare the data again with this version."
+        )
     return manifest
 
 
@@ -82,22 +86,31 @@ def clip_table(data_dir, split):
     manifest = load_manifest(data_dir)
     _split_entry(manifest, split, data_dir)
     with tf.io.gfile.GFile(_join(str(data_dir), manifest.get("clips_file", CLIPS)), "r") as file:
-        rows = [r for r in csv.DictReader(io.StringIO(file.read()), delimiter="\t") if r["split"] == split]
+        rows = [
+            r
+            for r in csv.DictReader(io.StringIO(file.read()), delimiter="\t")
+            if r["split"] == split
+        ]
     rows.sort(key=lambda r: int(r["index"]))
     labels = np.zeros((len(rows), len(manifest["labels"])), np.float32)
     for i, row in enumerate(rows):
         for j in filter(None, row["labels"].split(";")):
             labels[i, int(j)] = 1.0
-    return {"ids": [r["id"] for r in rows], "labels": labels,
-            "num_samples": np.array([int(r["num_samples"]) for r in rows], np.int64),
-            "positions": np.array([int(r["position"]) for r in rows], np.int64)}
+    return {
+        "ids": [r["id"] for r in rows],
+        "labels": labels,
+        "num_samples": np.array([int(r["num_samples"]) for r in rows], np.int64),
+        "positions": np.array([int(r["position"]) for r in rows], np.int64),
+    }
 
 
 def _parse(record, with_labels=True):
     tf = _tf()
-    features = {"audio": tf.io.FixedLenFeature([], tf.string),
-                "position": tf.io.FixedLenFeature([], tf.int64),
-                "num_samples": tf.io.FixedLenFeature([], tf.int64)}
+    features = {
+        "audio": tf.io.FixedLenFeature([], tf.string),
+        "position": tf.io.FixedLenFeature([], tf.int64),
+        "num_samples": tf.io.FixedLenFeature([], tf.int64),
+    }
     if with_labels:
         features["labels"] = tf.io.VarLenFeature(tf.int64)
     parsed = tf.io.parse_single_example(record, features)
@@ -137,22 +150,31 @@ def _with_seeds(tf, dataset, seed):
     A sequential map with a seeded stateful op is reproducible when ``seed`` is set, and,
     unlike zipping with ``Dataset.random``, keeps tf.distribute's FILE auto-sharding working.
     """
-    return dataset.map(lambda element: (element, tf.random.uniform([2], 0, 2 ** 62, dtype=tf.int64, seed=seed)))
+    return dataset.map(
+        lambda element: (element, tf.random.uniform([2], 0, 2**62, dtype=tf.int64, seed=seed))
+    )
 
 
-def _records(tf, files, *, shuffle_files, repeat, seed, deterministic, input_context=None, cycle_length=None):
+def _records(
+    tf, files, *, shuffle_files, repeat, seed, deterministic, input_context=None, cycle_length=None
+):
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
         if len(files) < input_context.num_input_pipelines:
-            raise ValueError(f"{len(files)} shards cannot be split across {input_context.num_input_pipelines} "
-                             "input pipelines; prepare with smaller --shard_mb.")
+            raise ValueError(
+                f"{len(files)} shards cannot be split across {input_context.num_input_pipelines} "
+                "input pipelines; prepare with smaller --shard_mb."
+            )
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle_files:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 22),
-        cycle_length=cycle_length or min(len(files), 8), block_length=1,
-        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        cycle_length=cycle_length or min(len(files), 8),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
     # Repeat the records, not the file list: FILE auto-sharding needs the file list unrepeated
     # (each pass still gets a new file order from the shuffle above).
     return dataset.repeat() if repeat else dataset
@@ -173,9 +195,12 @@ def short_clip_counts(data_dir, split, view_samples):
     """How many clips of ``split`` are shorter than ``view_samples`` (skipped in whole-clip
     mode unless padded) and how many are exactly that long (their two views are identical)."""
     lengths = clip_table(data_dir, split)["num_samples"]
-    return {"clips": int(len(lengths)), "shorter": int(np.sum(lengths < view_samples)),
-            "exactly_one_view": int(np.sum(lengths == view_samples)),
-            "longest": int(lengths.max()) if len(lengths) else 0}
+    return {
+        "clips": int(len(lengths)),
+        "shorter": int(np.sum(lengths < view_samples)),
+        "exactly_one_view": int(np.sum(lengths == view_samples)),
+        "longest": int(lengths.max()) if len(lengths) else 0,
+    }
 
 
 def _report_short_clips(data_dir, split, samples, short_clips, view_source):
@@ -186,18 +211,43 @@ def _report_short_clips(data_dir, split, samples, short_clips, view_source):
     what = "view" if view_source == "clip" else "source segment"
     if counts["shorter"]:
         action = "skipped" if short_clips == "skip" else "zero-padded"
-        logging.warning("%s: %d of %d %r clips are shorter than one %d-sample %s and are %s.",
-                        data_dir, counts["shorter"], counts["clips"], split, samples, what, action)
+        logging.warning(
+            "%s: %d of %d %r clips are shorter than one %d-sample %s and are %s.",
+            data_dir,
+            counts["shorter"],
+            counts["clips"],
+            split,
+            samples,
+            what,
+            action,
+        )
     if view_source == "clip" and counts["exactly_one_view"]:
-        logging.warning("%s: %d %r clips are exactly one %d-sample view long: both of their views "
-                        "are the whole clip (identical before augmentation).", data_dir,
-                        counts["exactly_one_view"], split, samples)
+        logging.warning(
+            "%s: %d %r clips are exactly one %d-sample view long: both of their views "
+            "are the whole clip (identical before augmentation).",
+            data_dir,
+            counts["exactly_one_view"],
+            split,
+            samples,
+        )
     return counts
 
 
-def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", shuffle_buffer=512, seed=None,
-                        deterministic=False, repeat=True, short_clips="skip", segments_per_clip=1,
-                        input_context=None, cycle_length=None, view_source="clip"):
+def pretraining_dataset(
+    data_dir,
+    segment_samples,
+    batch_size,
+    split="train",
+    shuffle_buffer=512,
+    seed=None,
+    deterministic=False,
+    repeat=True,
+    short_clips="skip",
+    segments_per_clip=1,
+    input_context=None,
+    cycle_length=None,
+    view_source="clip",
+):
     """Batches for the contrastive pretrainers (x only).
 
     ``view_source="clip"`` (default, as CLMR and PEMR do): view pairs, float32
@@ -236,12 +286,25 @@ def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", sh
     counts = _report_short_clips(data_dir, split, segment_samples, short_clips, view_source)
     if short_clips == "skip" and counts["shorter"] == counts["clips"]:
         # Otherwise the filter below would wait forever on a repeated stream.
-        raise ValueError(f"{data_dir}: no {split!r} clip has {segment_samples} samples (the longest has "
-                         f"{counts['longest']}); use shorter segments or short_clips='pad'.")
-    records = _records(tf, files, shuffle_files=True, repeat=repeat, seed=seed, deterministic=deterministic,
-                       input_context=input_context, cycle_length=cycle_length)
-    parsed = records.map(lambda r: _parse(r, with_labels=False), num_parallel_calls=AUTOTUNE,
-                         deterministic=deterministic)
+        raise ValueError(
+            f"{data_dir}: no {split!r} clip has {segment_samples} samples (the longest has "
+            f"{counts['longest']}); use shorter segments or short_clips='pad'."
+        )
+    records = _records(
+        tf,
+        files,
+        shuffle_files=True,
+        repeat=repeat,
+        seed=seed,
+        deterministic=deterministic,
+        input_context=input_context,
+        cycle_length=cycle_length,
+    )
+    parsed = records.map(
+        lambda r: _parse(r, with_labels=False),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
     if short_clips == "skip":
         parsed = parsed.filter(lambda p: p["num_samples"] >= segment_samples)
     per_item = 2 if view_source == "clip" else 1
@@ -249,21 +312,28 @@ def pretraining_dataset(data_dir, segment_samples, batch_size, split="train", sh
     def items(p, seed_pair):
         audio, num_samples = p["audio"], p["num_samples"]
         if short_clips == "pad":
-            audio, num_samples = _pad_bytes(tf, audio, num_samples, segment_samples, segment_samples)
+            audio, num_samples = _pad_bytes(
+                tf, audio, num_samples, segment_samples, segment_samples
+            )
         count = segments_per_clip * per_item
-        crops = _random_crop(tf, audio, num_samples, segment_samples, seed_pair, None if count == 1 else count)
+        crops = _random_crop(
+            tf, audio, num_samples, segment_samples, seed_pair, None if count == 1 else count
+        )
         if view_source == "clip":
             crops = tf.reshape(crops, [segments_per_clip, 2, segment_samples])
             return crops[0] if segments_per_clip == 1 else crops
         return crops
 
-    dataset = _with_seeds(tf, parsed, seed).map(items, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = _with_seeds(tf, parsed, seed).map(
+        items, num_parallel_calls=AUTOTUNE, deterministic=deterministic
+    )
     if segments_per_clip > 1:
         dataset = dataset.unbatch()
     if shuffle_buffer and shuffle_buffer > 1:
         dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE,
-                            deterministic=deterministic)
+    dataset = dataset.batch(
+        batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic
+    )
     return dataset.prefetch(AUTOTUNE).with_options(_options(tf, deterministic))
 
 
@@ -299,12 +369,16 @@ def evaluation_dataset(data_dir, split, chunk_samples=59049, batch_size=32, pad_
         # Padding is needed only for a short clip or a padded last chunk: < chunk_samples samples.
         audio, _ = _pad_bytes(tf, p["audio"], n, count * chunk_samples, chunk_samples)
         used = tf.strings.substr(audio, 0, tf.cast(2 * count * chunk_samples, tf.int32))
-        samples = tf.cast(tf.io.decode_raw(used, tf.int16, little_endian=True), tf.float32) / 32768.0
+        samples = (
+            tf.cast(tf.io.decode_raw(used, tf.int16, little_endian=True), tf.float32) / 32768.0
+        )
         labels = _label_vector(p["labels"], num_labels)
         index = tf.gather(mapping, p["position"])
-        return {"audio": tf.reshape(samples, [-1, chunk_samples]),
-                "clip_index": tf.fill([count], index),
-                "labels": tf.tile(labels[None], tf.stack([count, 1]))}
+        return {
+            "audio": tf.reshape(samples, [-1, chunk_samples]),
+            "clip_index": tf.fill([count], index),
+            "labels": tf.tile(labels[None], tf.stack([count, 1])),
+        }
 
     dataset = tf.data.TFRecordDataset(files, buffer_size=1 << 22)
     dataset = dataset.map(chunks, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
@@ -318,8 +392,18 @@ def chunk_count(num_samples, chunk_samples=59049, pad_last=False):
     return max(int(count), 1)
 
 
-def supervised_dataset(data_dir, split, crop_samples=59049, batch_size=32, shuffle=None, shuffle_buffer=1024,
-                       seed=None, repeat=False, drop_remainder=False, deterministic=True):
+def supervised_dataset(
+    data_dir,
+    split,
+    crop_samples=59049,
+    batch_size=32,
+    shuffle=None,
+    shuffle_buffer=1024,
+    seed=None,
+    repeat=False,
+    drop_remainder=False,
+    deterministic=True,
+):
     """(x float32 [b, crop_samples], y float32 [b, L]): one random crop per clip per pass.
 
     ``y`` is multi-hot (multilabel) or one-hot (multiclass). Clips shorter than the crop
@@ -329,22 +413,32 @@ def supervised_dataset(data_dir, split, crop_samples=59049, batch_size=32, shuff
     crop_samples = int(crop_samples)
     manifest = load_manifest(data_dir)
     if manifest["task"] == "none":
-        raise ValueError(f"{data_dir}: this dataset has no labels (task 'none'); use pretraining_dataset.")
+        raise ValueError(
+            f"{data_dir}: this dataset has no labels (task 'none'); use pretraining_dataset."
+        )
     files = shard_files(data_dir, split, manifest)
     num_labels = len(manifest["labels"])
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     if shuffle:
-        records = _records(tf, files, shuffle_files=True, repeat=repeat, seed=seed, deterministic=deterministic)
+        records = _records(
+            tf, files, shuffle_files=True, repeat=repeat, seed=seed, deterministic=deterministic
+        )
     else:
         records = tf.data.TFRecordDataset(files, buffer_size=1 << 22)
         records = records.repeat() if repeat else records
 
     def example(record, seed_pair):
         p = _parse(record)
-        audio, num_samples = _pad_bytes(tf, p["audio"], p["num_samples"], crop_samples, crop_samples)
-        return _random_crop(tf, audio, num_samples, crop_samples, seed_pair), _label_vector(p["labels"], num_labels)
+        audio, num_samples = _pad_bytes(
+            tf, p["audio"], p["num_samples"], crop_samples, crop_samples
+        )
+        return _random_crop(tf, audio, num_samples, crop_samples, seed_pair), _label_vector(
+            p["labels"], num_labels
+        )
 
-    dataset = _with_seeds(tf, records, seed).map(example, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = _with_seeds(tf, records, seed).map(
+        example, num_parallel_calls=AUTOTUNE, deterministic=deterministic
+    )
     if shuffle and shuffle_buffer and shuffle_buffer > 1:
         dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder)

@@ -75,8 +75,16 @@ class ClipViewBatches(SegmentBatches):
     (``"pad"``). A clip exactly one view long gives two identical views (warned once).
     """
 
-    def __init__(self, clips, view_samples, batch_size, steps_per_epoch=None, seed=0,
-                 short_clips="skip", **kwargs):
+    def __init__(
+        self,
+        clips,
+        view_samples,
+        batch_size,
+        steps_per_epoch=None,
+        seed=0,
+        short_clips="skip",
+        **kwargs,
+    ):
         if short_clips not in ("skip", "pad"):
             raise ValueError(f"short_clips must be 'skip' or 'pad', got {short_clips!r}.")
         view_samples = int(view_samples)
@@ -96,17 +104,23 @@ class ClipViewBatches(SegmentBatches):
         self.padded = len(short) if short_clips == "pad" else 0
         if short:
             logging.warning(
-                "%d of %d clips are shorter than one %d-sample view and are %s.", len(short),
-                len(clips), view_samples, "skipped" if short_clips == "skip" else "zero-padded",
+                "%d of %d clips are shorter than one %d-sample view and are %s.",
+                len(short),
+                len(clips),
+                view_samples,
+                "skipped" if short_clips == "skip" else "zero-padded",
             )
         exact = sum(len(c) == view_samples for c in kept)
         if exact:
             logging.warning(
                 "%d clips are exactly one %d-sample view long: both of their views are the whole "
-                "clip (identical before augmentation).", exact, view_samples,
+                "clip (identical before augmentation).",
+                exact,
+                view_samples,
             )
-        super().__init__(kept, view_samples, batch_size, steps_per_epoch=steps_per_epoch,
-                         seed=seed, **kwargs)
+        super().__init__(
+            kept, view_samples, batch_size, steps_per_epoch=steps_per_epoch, seed=seed, **kwargs
+        )
         self.view_samples = view_samples
 
     def batch_at(self, epoch, index):

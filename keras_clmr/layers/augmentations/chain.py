@@ -99,8 +99,10 @@ class FilterDelayReverb(AudioAugmentation):
         # the linear convolution: the filtered replicated edge) is computed with a short FFT and
         # removed before the delay and reverb act, so the order is the original's exactly.
         head_fft = _fft_size(4 * half + 1)
-        head = ops.irfft(_complex_product(ops.rfft(padded[:, : 2 * half], head_fft),
-                                          ops.rfft(kernel, head_fft)), head_fft)[:, : 2 * half]
+        head = ops.irfft(
+            _complex_product(ops.rfft(padded[:, : 2 * half], head_fft), ops.rfft(kernel, head_fft)),
+            head_fft,
+        )[:, : 2 * half]
         # The clip-length response, as the Reverb layer builds it (its noise depends on the length).
         wet = self.reverb.impulse_response(length, log_window=log_window, **reverb)
         first = ops.convert_to_tensor(np.eye(1, length, dtype=np.float32))  # the dry impulse
@@ -110,8 +112,9 @@ class FilterDelayReverb(AudioAugmentation):
             ops.rfft(head, fft_length),
         )
         spectrum = _complex_product(filtered, ops.rfft(response, fft_length))
-        spectrum = _complex_product(spectrum, self._delay_spectrum(delay, delay_on, fft_length,
-                                                                   log_window, length))
+        spectrum = _complex_product(
+            spectrum, self._delay_spectrum(delay, delay_on, fft_length, log_window, length)
+        )
         y = ops.irfft(spectrum, fft_length)[:, 2 * half : 2 * half + length]
         unwindow = np.exp(log_window * (np.arange(length, dtype=np.float64) + 2 * half)).astype(
             "float32"
@@ -132,8 +135,11 @@ class FilterDelayReverb(AudioAugmentation):
         frequencies = np.arange(fft_length // 2 + 1, dtype=np.float64)
         # Phase 2 pi f d / N reduced exactly in integers, so float32 keeps it accurate.
         phase = ops.cast(
-            ops.mod(ops.cast(offset, "int32") * ops.convert_to_tensor(frequencies.astype("int32"))[None, :],
-                    fft_length),
+            ops.mod(
+                ops.cast(offset, "int32")
+                * ops.convert_to_tensor(frequencies.astype("int32"))[None, :],
+                fft_length,
+            ),
             "float32",
         ) * (2.0 * math.pi / fft_length)
         return half_gain + gain * ops.cos(phase), -gain * ops.sin(phase)
