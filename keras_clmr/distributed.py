@@ -45,7 +45,8 @@ def split_logical_cpus(count):
             )
         except RuntimeError as error:
             raise DistributionError(
-                f"Cannot split the CPU into {count} logical devices: TensorFlow is already initialised "
+                f"Cannot split the CPU into {count} logical devices: "
+                f"TensorFlow is already initialised "
                 f"({error}). Call split_logical_cpus before any TensorFlow op, in a fresh process."
             ) from error
     elif backend == "jax":
@@ -91,8 +92,8 @@ class Distribution:
 
     def __repr__(self):
         return (
-            f"Distribution({self.name!r}, replicas={self.num_replicas}, workers={self.num_workers}, "
-            f"chief={self.is_chief})"
+            f"Distribution({self.name!r}, replicas={self.num_replicas}, "
+            f"workers={self.num_workers}, chief={self.is_chief})"
         )
 
 
@@ -137,9 +138,10 @@ def setup_distribution(name="none", devices=None, tpu=None):
         )
     if name == "data_parallel" and backend != "jax":
         raise DistributionError(
-            f"--distribution=data_parallel uses keras.distribution, which released Keras supports on JAX "
-            f"only (this process runs {backend}); use KERAS_BACKEND=jax, or --distribution=mirrored on "
-            f"TensorFlow."
+            f"--distribution=data_parallel uses keras.distribution, "
+            f"which released Keras supports on JAX "
+            f"only (this process runs {backend}); use KERAS_BACKEND=jax, "
+            f"or --distribution=mirrored on TensorFlow."
         )
 
     if name == "data_parallel":

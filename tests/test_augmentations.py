@@ -41,7 +41,10 @@ def rms_db(x):
 
 
 def run_jit(layer, x):
-    """Calls ``layer(x, training=True)`` compiled: XLA on TensorFlow, jax.jit on JAX, eager on torch."""
+    """Calls ``layer(x, training=True)`` compiled.
+
+    XLA on TensorFlow, jax.jit on JAX, eager on torch.
+    """
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -467,7 +470,7 @@ def test_layers_round_trip_through_config():
     assert clone.chain[3].filter.sample_rate == 16000
 
 
-# ----------------------------------------------------------------------------- compiled, every backend
+# ---------------------------------------------------------------------- compiled, every backend
 
 
 @pytest.mark.multibackend

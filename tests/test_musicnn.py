@@ -37,7 +37,8 @@ def _tone_signal():
 
 
 def test_filterbank_matches_librosa():
-    # Frozen from librosa 0.11.0: librosa.filters.mel(sr=16000, n_fft=512, n_mels=96) (rows = mel bands).
+    # Frozen from librosa 0.11.0: librosa.filters.mel(sr=16000, n_fft=512, n_mels=96)
+    # (rows = mel bands).
     fb = slaney_mel_filterbank().T
     assert fb.shape == (96, 257)
     np.testing.assert_allclose(fb.sum(), 3.071913957595825, rtol=1e-6)
@@ -100,7 +101,8 @@ def test_vgg_pools_come_from_the_saved_graphs():
     from keras_clmr.conversion.musicnn import graph_vgg_pools
 
     assert graph_vgg_pools("MTT_vgg") == VGG_POOLS
-    # musicnn 0.1.0's models.vgg would build VGG_POOLS for MSD_vgg; its training graph says otherwise.
+    # musicnn 0.1.0's models.vgg would build VGG_POOLS for MSD_vgg; its training graph says
+    # otherwise.
     assert graph_vgg_pools("MSD_vgg") == MSD_VGG_POOLS
 
 

@@ -21,7 +21,10 @@ to_np = keras.ops.convert_to_numpy
 
 
 def tiny_fcn():
-    """The FCN structure on a short input: 992 samples -> 16 mels x 32 frames -> 8 x 1 x 2 = 16-d."""
+    """The FCN structure on a short input.
+
+    992 samples -> 16 mels x 32 frames -> 8 x 1 x 2 = 16-d.
+    """
     return FCN(
         channels=(4, 8, 8, 8),
         pools=((2, 2), (2, 2), (2, 2), (2, 2)),

@@ -1,4 +1,5 @@
-"""keras_clmr.data.pipeline on a prepared set of int16 'ramp' clips whose samples say where they are from.
+"""keras_clmr.data.pipeline on a prepared set of int16 'ramp' clips whose samples say where
+they are from.
 
 Clip i holds int16 values OFFSETS[i] + t, so any window of it identifies the clip and start.
 """
@@ -203,7 +204,10 @@ def test_several_segments_per_clip_read(prepared):
 
 
 def test_tf_distribute_auto_shards_by_file(prepared):
-    """What tf.distribute does to the dataset on each of 2 workers: every worker reads its own shards."""
+    """What tf.distribute does to the dataset on each of 2 workers.
+
+    Every worker reads its own shards.
+    """
     try:
         from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
     except ImportError:  # private TF API; the behaviour is covered by input_context otherwise

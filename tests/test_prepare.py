@@ -463,7 +463,10 @@ def test_a_decoder_process_that_dies_skips_only_its_file(tmp_path, monkeypatch):
 
 
 def test_records_serialize_the_same_whatever_the_map_order():
-    """Shard bytes (and so the manifest's sha256) must not depend on the process: map keys sorted."""
+    """Shard bytes (and so the manifest's sha256) must not depend on the process.
+
+    Map keys are sorted.
+    """
     import tensorflow as tf
 
     record = prepare._example(tf, 3, "x.wav", [1, 4], "train", b"\x01\x00\x02\x00", 2, 22050)

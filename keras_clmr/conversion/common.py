@@ -99,8 +99,9 @@ def load_torch_checkpoint(path):
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"Refused to load {path}: its pickle references code outside the allow-list "
-            f"(tensors, plain containers, Lightning's AttributeDict, argparse.Namespace), so loading "
-            f"it could execute arbitrary code. Details: {str(error).splitlines()[0]} If you trust the "
+            f"(tensors, plain containers, Lightning's AttributeDict, argparse.Namespace), "
+            f"so loading it could execute arbitrary code. "
+            f"Details: {str(error).splitlines()[0]} If you trust the "
             f"file, re-save just its state_dict (torch.save(ckpt['state_dict'], 'clean.pt')) in an "
             f"isolated environment and convert that."
         ) from error
@@ -311,7 +312,8 @@ def compare_parameter_counts(keras_model, torch_module, what):
     t_params, t_buffers = torch_parameter_counts(torch_module)
     if (k_train, k_frozen) != (t_params, t_buffers):
         raise ParityError(
-            f"{what}: parameter counts differ: Keras {k_train:,} parameters + {k_frozen:,} BN statistics, "
+            f"{what}: parameter counts differ: Keras {k_train:,} parameters + "
+            f"{k_frozen:,} BN statistics, "
             f"PyTorch {t_params:,} parameters + {t_buffers:,} buffers."
         )
     return {

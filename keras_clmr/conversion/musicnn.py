@@ -1,4 +1,5 @@
-"""The musicnn taggers (``pip install --no-deps musicnn==0.1.0``) -> Keras, with parity against the original graph.
+"""The musicnn taggers (``pip install --no-deps musicnn==0.1.0``) -> Keras, with parity against
+the original graph.
 
 The wheel ships TF1 checkpoints (``musicnn/<MODEL>/.index``, ``.data-*``, ``.meta``) and a
 ``config.json`` per model. Variables are read with ``tf.compat.v1.train.NewCheckpointReader``
@@ -160,7 +161,7 @@ def _meta_graph(name):
 
 
 def graph_vgg_pools(name):
-    """The five VGG max-pool (pool_h, pool_w, stride_h, stride_w) read from the saved training graph.
+    """The five VGG max-pools (pool_h, pool_w, stride_h, stride_w), read from the training graph.
 
     musicnn 0.1.0's ``models.vgg`` hard-codes MTT_vgg's pools, but MSD_vgg was trained with
     others (4x1/4x1, 1x4/1x4, ...): the graph saved next to the weights is authoritative.
@@ -216,7 +217,10 @@ def build_tagger(name):
 
 
 def assign_variables(tagger, variables, name):
-    """Map checkpoint variables onto the tagger; every variable used or reported, every weight set."""
+    """Map checkpoint variables onto the tagger.
+
+    Every variable is used or reported, every weight is set.
+    """
     architecture, _ = MODELS[name]
     table = _MUSICNN_MAP if architecture == "musicnn" else _VGG_MAP
     ledger = KeyLedger(variables, source=f"musicnn {name} checkpoint")
@@ -287,7 +291,7 @@ GRAPH_FEATURES = {
 
 
 class OriginalGraph:
-    """The original TF1 inference graph of a wheel model (``model/Sigmoid``) with its weights frozen in."""
+    """The original TF1 inference graph of a wheel model (``model/Sigmoid``), weights frozen in."""
 
     def __init__(self, name):
         import tensorflow as tf
@@ -350,7 +354,8 @@ class OriginalGraph:
 def reference_logmel(audio, filterbank=None):
     """float64 numpy version of musicnn's ``batch_data`` frontend for one clip [N] -> [frames, 96].
 
-    librosa 0.6/0.7 conventions (reflect padding), float16 rounding of the mel power, log10(1 + 10000 x).
+    librosa 0.6/0.7 conventions (reflect padding), float16 rounding of the mel power,
+    log10(1 + 10000 x).
     """
     from keras_clmr.models.musicnn import HOP, N_FFT, slaney_mel_filterbank
 
@@ -374,7 +379,10 @@ def parity_audio(seconds=6.0, seed=3):
 
 
 def musicnn_parity(tagger, name, audio=None, graph=None, audio_label=None):
-    """Compare the Keras tagger with the original graph on ``audio`` (16 kHz mono); raise on mismatch."""
+    """Compare the Keras tagger with the original graph on ``audio`` (16 kHz mono).
+
+    Raises on mismatch.
+    """
     if audio is None:
         audio, audio_label = parity_audio(), "a synthetic music clip (keras_clmr.data.demo, seed 3)"
     audio = np.asarray(audio, np.float32)
@@ -410,8 +418,9 @@ def musicnn_parity(tagger, name, audio=None, graph=None, audio_label=None):
             f"{graph.tensorflow_version} meta graph) run under tf.compat.v1"
         ),
         "inputs": (
-            f"{count} windows x {window} samples of {audio_label} at 16 kHz; tag_probabilities: "
-            "the same log-mel patches (Keras frontend) into both; end_to_end: Keras on audio vs the "
+            f"{count} windows x {window} samples of {audio_label} at 16 kHz; "
+            "tag_probabilities: the same log-mel patches (Keras frontend) into both; "
+            "end_to_end: Keras on audio vs the "
             "graph on a float64 numpy frontend (librosa conventions, float16 rounding)"
         ),
         "max_abs_diff": diffs,
@@ -527,7 +536,8 @@ def build_preset(preset_name, preset_dir, task="tag", overwrite=False):
         )
     wheel_model, description, *_ = PRESET_INFO[preset_name]
     print(
-        f"keras_clmr: first use of {preset_name}: converting the musicnn 0.1.0 wheel's {wheel_model} to a "
+        f"keras_clmr: first use of {preset_name}: converting the musicnn 0.1.0 wheel's "
+        f"{wheel_model} to a "
         "Keras preset in the keras_clmr cache (once; about 30 s and 2 GB on a CPU) ...",
         file=sys.stderr,
         flush=True,

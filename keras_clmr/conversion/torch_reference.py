@@ -133,7 +133,10 @@ def _classes():
             return self.mp(self.relu(self.bn(self.conv(x))))
 
     class FCNReference(nn.Module):
-        """PEMR's ``Architecture`` encoder: log-mel [B, mels, frames] -> spec_bn -> 4 blocks -> flatten."""
+        """PEMR's ``Architecture`` encoder.
+
+        log-mel [B, mels, frames] -> spec_bn -> 4 blocks -> flatten.
+        """
 
         def __init__(self, channels=(64, 128, 128, 128), pools=((2, 4), (2, 4), (2, 4), (4, 5))):
             super().__init__()
@@ -151,7 +154,10 @@ def _classes():
             return x.reshape(x.shape[0], -1)
 
     class PEMRReference(nn.Module):
-        """PEMR's Lightning layout: ``encoder.*`` and ``model.encoder.*`` (shared) + ``model.projector``."""
+        """PEMR's Lightning layout.
+
+        ``encoder.*`` and ``model.encoder.*`` (shared) + ``model.projector``.
+        """
 
         def __init__(self, encoder, n_features=512, projection_dim=256):
             super().__init__()

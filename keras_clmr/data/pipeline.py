@@ -45,7 +45,10 @@ def is_prepared(path):
 
 
 def load_manifest(path):
-    """The manifest of a prepared directory (labels, task, splits with counts, sample_rate, shards...)."""
+    """The manifest of a prepared directory.
+
+    (labels, task, splits with counts, sample_rate, shards...)
+    """
     tf = _tf()
     manifest_path = _join(str(path), MANIFEST)
     if not tf.io.gfile.exists(manifest_path):
@@ -80,8 +83,11 @@ def shard_files(data_dir, split, manifest=None):
 
 
 def clip_table(data_dir, split):
-    """The clips of ``split`` by clip index: dict(ids [n], labels float32 [n, L], num_samples int64 [n],
-    positions int64 [n]). ``labels`` is multi-hot (multilabel) or one-hot (multiclass)."""
+    """The clips of ``split`` by clip index.
+
+    dict(ids [n], labels float32 [n, L], num_samples int64 [n], positions int64 [n]).
+    ``labels`` is multi-hot (multilabel) or one-hot (multiclass).
+    """
     tf = _tf()
     manifest = load_manifest(data_dir)
     _split_entry(manifest, split, data_dir)

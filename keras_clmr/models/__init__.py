@@ -10,3 +10,23 @@ from keras_clmr.models.pretrainer import Pretrainer
 from keras_clmr.models.roles import encoder_of, is_pretrainer, is_tagger
 from keras_clmr.models.sample_cnn import SampleCNN
 from keras_clmr.models.tagger import MusicTagger
+
+__all__ = [
+    "CLMR",
+    "CPC",
+    "FCN",
+    "PEMR",
+    "Backbone",
+    "CPCEncoder",
+    "Musicnn",
+    "MusicnnLogMel",
+    "MusicTagger",
+    "PEMRMaskGenerator",
+    "Pretrainer",
+    "SampleCNN",
+    "Task",
+    "encoder_of",
+    "is_pretrainer",
+    "is_tagger",
+    "musicnn_tagger",
+]
