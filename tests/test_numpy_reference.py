@@ -89,7 +89,7 @@ def test_float32_torch_passes_the_gate_at_realistic_scale(full_sample_cnn):
     module, state, audio, h = full_sample_cnn
     h32 = torch_reference.run(module, audio[:, None, :].astype(np.float32))
     counts = nr.state_parameter_counts(state, prefix="encoder.")
-    assert counts == (2_368_512, 5_888)  # clmr_reference.md: encoder parameters; 2 x BN channels
+    assert counts == (2_368_512, 5_888)  # SampleCNN encoder parameters; 2 x BN channels
     from keras_clmr.conversion.common import torch_parameter_counts
 
     report = nr.parity_check(h32, h, torch_parameter_counts(module), counts, what="SampleCNN")

@@ -1,6 +1,6 @@
 """Official CLMR PyTorch checkpoints -> Keras (SampleCNN encoder, SimCLR projector, heads).
 
-Families (clmr_reference.md §1, §5):
+Families of the official CLMR releases:
 
 * ``clmr-1.0``: release 1.0 ``clmr_checkpoint_1550.pt``: ``encoder.convN.{0,1}.*`` (N = 1..11)
   and ``projector.{0,2}.weight``;

@@ -1,6 +1,6 @@
 """PEMR PyTorch Lightning checkpoints -> Keras (spectrogram BN + FCN encoder; projector checked).
 
-PEMR's ``ContrastiveLearning`` (pemr_and_peers.md §A) registers its ``Architecture`` both as
+PEMR's ``ContrastiveLearning`` registers its ``Architecture`` both as
 ``encoder`` and inside ``model`` (the ``Framework``), so a checkpoint holds
 ``model.encoder.{spec_bn, layer1..4.{conv, bn}}.*`` (and the same under ``encoder.``),
 ``model.projector.{0,2}.weight``, the training-only mask-generation / predicting module
