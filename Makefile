@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: chromium demo test test-tf test-jax test-torch test-large lint venv bench clean
+.PHONY: system-deps demo test test-tf test-jax test-torch test-large lint venv bench clean
 
 venv: $(STAMP)
 
@@ -20,16 +20,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps musicnn==0.1.0
 	-cd export/examples/onnxruntime-node && npm ci --ignore-scripts --no-audit --no-fund
-	@$(MAKE) -s chromium
+	@$(MAKE) -s system-deps
 	touch $(STAMP)
 
-# Debian's Chromium for the browser tests of the interpret pages (tests/test_interpret.py fails
-# without it when CI=true). Installed as root; otherwise it says what to run.
-chromium:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium; } || \
-	  echo "Chromium not installed (apt-get needs root): sudo apt-get install -y chromium;" \
-	    "the browser tests skip without it (and fail when CI=true)."
+# Debian's Chromium (browser tests of the interpret pages; they fail without it when CI=true)
+# and ffmpeg (the audio decoder fallback and its tests). Installed as root; otherwise it says
+# what to run.
+system-deps:
+	@{ command -v chromium >/dev/null && command -v ffmpeg >/dev/null; } || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium ffmpeg; } || \
+	  echo "Chromium/ffmpeg not installed (apt-get needs root): sudo apt-get install -y" \
+	    "chromium ffmpeg; the browser tests skip without chromium (and fail when CI=true)."
 
 demo: $(STAMP)
 	$(PY) -m training.demo
@@ -38,7 +39,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 # The default tier on TensorFlow (the default backend), then its multi-backend tests on JAX and
 # PyTorch. Tests marked `large` are left to `make test-large`.
-test: test-tf test-jax test-torch
+test: lint test-tf test-jax test-torch
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PYTEST) -m "not large" tests
