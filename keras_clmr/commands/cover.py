@@ -15,6 +15,8 @@ import os
 
 from absl import app, flags
 
+from keras_clmr.commands import _flags
+
 FLAGS = flags.FLAGS
 
 
@@ -30,23 +32,10 @@ def define_flags(flag_values=FLAGS):
         "dataset", "demo", "'demo' when --csv is not given.", flag_values=flag_values
     )
     flags.DEFINE_string("csv", None, "CSV with path,group columns.", flag_values=flag_values)
-    flags.DEFINE_integer(
-        "sample_rate",
-        22050,
+    _flags.define_encoder_flags(
+        flag_values,
         "Sample rate for --checkpoint=random and the demo corpus.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_list(
-        "strides",
-        None,
-        "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_list(
-        "channels",
-        None,
         "SampleCNN widths (11 ints) for --checkpoint=random.",
-        flag_values=flag_values,
     )
     flags.DEFINE_bool(
         "compare_random",

@@ -11,13 +11,15 @@
 .keras file, a preset folder / name / hf:// handle, ``random`` (a fresh SampleCNN for
 --sample_rate / --channels) or ``random:<checkpoint>`` (fresh weights, that architecture).
 
-Writes <output_dir>/results.json, per_tag.csv, per_tag_auc.png, results.md and tagger.keras,
-and prints the Markdown table. Protocol: keras_clmr/evaluation/.
+Writes <output_dir>/results.json, per_tag.csv, per_tag_auc.png, training_curves.png,
+results.md and tagger.keras, and prints the Markdown table. Protocol: keras_clmr/evaluation/.
 """
 
 import os
 
 from absl import app, flags
+
+from keras_clmr.commands import _flags
 
 FLAGS = flags.FLAGS
 
@@ -82,23 +84,10 @@ def define_flags(flag_values=FLAGS):
         "Random crops per training/validation clip for the static features.",
         flag_values=flag_values,
     )
-    flags.DEFINE_integer(
-        "sample_rate",
-        22050,
+    _flags.define_encoder_flags(
+        flag_values,
         "Sample rate for --checkpoint=random and the demo corpus.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_list(
-        "strides",
-        None,
-        "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_list(
-        "channels",
-        None,
         "SampleCNN widths (11 ints) for --checkpoint=random.",
-        flag_values=flag_values,
     )
     flags.DEFINE_bool(
         "compare_random",
@@ -116,31 +105,7 @@ def define_flags(flag_values=FLAGS):
         "Seed of the crops, label subset and head initialisation.",
         flag_values=flag_values,
     )
-    flags.DEFINE_string(
-        "output_dir",
-        "runs/linear_eval",
-        "Where the results and the trained tagger go.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_bool(
-        "jit_compile",
-        True,
-        "XLA-compile training steps where the backend supports it.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_bool(
-        "run_eagerly",
-        False,
-        "Train eagerly (debugging; faster start for tiny runs).",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=flag_values)
-    flags.DEFINE_string(
-        "tensorboard_dir",
-        None,
-        "Write TensorBoard logs of the training (loss, val_loss, learning rate) here.",
-        flag_values=flag_values,
-    )
+    _flags.define_training_flags(flag_values, "runs/linear_eval")
 
 
 def run(checkpoint, output_dir, random_baseline=False):
@@ -232,7 +197,7 @@ def main(argv):
         io.atomic_write_text(os.path.join(FLAGS.output_dir, "comparison.md"), table)
     print()
     print(table)
-    print(
-        f"Results in {FLAGS.output_dir}/ (results.json, per_tag.csv, per_tag_auc.png, results.md, "
-        "tagger.keras)."
+    written = sorted(
+        name for name in evaluation.RESULT_FILES if name in os.listdir(FLAGS.output_dir)
     )
+    print(f"Results in {FLAGS.output_dir}/ ({', '.join(written)}).")

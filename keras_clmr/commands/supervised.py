@@ -7,10 +7,15 @@ Dropout 0.5 before a linear head, SGD with Nesterov momentum 0.9 and weight deca
 ReduceLROnPlateau(x0.2, patience 5) and early stopping on the validation loss (CLMR
 ``SupervisedLearning``); tested like the probes (mean of per-chunk probabilities per clip).
 The default learning rate 0.01 is SampleCNN's (Lee et al. 2017); CLMR's config default is 3e-4.
-Writes <output_dir>/results.json, per_tag.csv, per_tag_auc.png, results.md and tagger.keras.
+Writes <output_dir>/results.json, per_tag.csv, per_tag_auc.png, training_curves.png,
+results.md and tagger.keras.
 """
 
+import os
+
 from absl import app, flags
+
+from keras_clmr.commands import _flags
 
 FLAGS = flags.FLAGS
 
@@ -29,23 +34,10 @@ def define_flags(flag_values=FLAGS):
         "A directory prepared by keras_clmr.data.prepare (train/valid/test splits).",
         flag_values=flag_values,
     )
-    flags.DEFINE_integer(
-        "sample_rate",
-        22050,
+    _flags.define_encoder_flags(
+        flag_values,
         "Sample rate; picks the SampleCNN stride set.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_list(
-        "strides",
-        None,
-        "SampleCNN strides (9 ints) for a random encoder; default: by --sample_rate.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_list(
-        "channels",
-        None,
         "SampleCNN widths (11 ints) for a smaller model; default CLMR's.",
-        flag_values=flag_values,
     )
     flags.DEFINE_float(
         "label_fraction",
@@ -74,31 +66,7 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer(
         "seed", 42, "Seed of the weights, crops and label subset.", flag_values=flag_values
     )
-    flags.DEFINE_string(
-        "output_dir",
-        "runs/supervised",
-        "Where the results and the trained tagger go.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_bool(
-        "jit_compile",
-        True,
-        "XLA-compile training steps where the backend supports it.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_bool(
-        "run_eagerly",
-        False,
-        "Train eagerly (debugging; faster start for tiny runs).",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.", flag_values=flag_values)
-    flags.DEFINE_string(
-        "tensorboard_dir",
-        None,
-        "Write TensorBoard logs of the training (loss, val_loss, learning rate) here.",
-        flag_values=flag_values,
-    )
+    _flags.define_training_flags(flag_values, "runs/supervised")
 
 
 def main(argv):
@@ -144,7 +112,7 @@ def main(argv):
     evaluation.write_results(FLAGS.output_dir, results, tagger, name="supervised SampleCNN")
     print()
     print(evaluation.markdown_table([("supervised SampleCNN", results)]))
-    print(
-        f"Results in {FLAGS.output_dir}/ (results.json, per_tag.csv, per_tag_auc.png, results.md, "
-        "tagger.keras)."
+    written = sorted(
+        name for name in evaluation.RESULT_FILES if name in os.listdir(FLAGS.output_dir)
     )
+    print(f"Results in {FLAGS.output_dir}/ ({', '.join(written)}).")
