@@ -165,6 +165,56 @@ def _total_seconds(sources, sample_rate, source_rate):
     return total
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What ``embed`` and ``tag`` share: the checked inputs, the model and how to window."""
+
+    single: bool
+    sources: list
+    model: object
+    net: object
+    predict: object
+    window: int
+    rate: int
+    hop: int
+    block_frames: int
+    batch_size: int
+    short: str
+    on_error: str
+    source_rate: int
+
+    def outputs(self, progress):
+        """Per source: (outputs [T, K] or None, times [T] or None, the result's common fields)."""
+        runs = _run(
+            self.sources,
+            self.predict,
+            sample_rate=self.rate,
+            window=self.window,
+            hop=self.hop,
+            batch_size=self.batch_size,
+            short=self.short,
+            on_error=self.on_error,
+            block_frames=self.block_frames,
+            source_rate=self.source_rate,
+            progress=progress,
+        )
+        for source, (out, times, stream, error) in zip(self.sources, runs):
+            fields = dict(
+                source=describe(source),
+                sample_rate=self.rate,
+                window_seconds=self.window / self.rate,
+                hop_seconds=self.hop / self.rate,
+                duration=stream.total / self.rate,
+                padded=stream.padded,
+                error=error,
+            )
+            yield out, times, fields
+
+    def answer(self, results):
+        """One result for one input, the list for a list."""
+        return results[0] if self.single else results
+
+
 def _prepare(
     audio_or_path,
     model,
@@ -208,7 +258,21 @@ def _prepare(
         predict, _ = predictor(net, engine)
     else:
         predict = layer_predictor(net, layer)
-    return single, sources, model, net, predict, int(window), rate, hop_samples, block_frames
+    return _Plan(
+        single=single,
+        sources=sources,
+        model=model,
+        net=net,
+        predict=predict,
+        window=int(window),
+        rate=rate,
+        hop=hop_samples,
+        block_frames=block_frames,
+        batch_size=int(batch_size),
+        short=short,
+        on_error=on_error,
+        source_rate=sample_rate,
+    )
 
 
 def embed(
@@ -253,53 +317,17 @@ def embed(
     Returns:
         ``Embeddings`` (``.embeddings`` [T, D], ``.times`` [T] start seconds), or a list of them.
     """
-    single, sources, model, net, predict, window, rate, hop_samples, block_frames = _prepare(
-        audio_or_path,
-        model,
-        "embed",
-        sample_rate,
-        hop,
-        batch_size,
-        short,
-        on_error,
-        block_seconds,
-        engine,
-        layer,
-    )
-    runs = _run(
-        sources,
-        predict,
-        sample_rate=rate,
-        window=window,
-        hop=hop_samples,
-        batch_size=int(batch_size),
-        short=short,
-        on_error=on_error,
-        block_frames=block_frames,
-        source_rate=sample_rate,
-        progress=progress,
-    )
+    plan = _prepare(
+        audio_or_path, model, "embed", sample_rate, hop, batch_size, short, on_error,
+        block_seconds, engine, layer,
+    )  # fmt: skip
     results = []
-    for source, (out, times, stream, error) in zip(sources, runs):
-        if error is not None:
-            out, times = (
-                np.zeros((0, _attribute(net, "embedding_dim", 0) or 0), np.float32),
-                np.zeros(0),
-            )
-        results.append(
-            Embeddings(
-                out,
-                times,
-                describe(source),
-                rate,
-                window / rate,
-                hop_samples / rate,
-                stream.total / rate,
-                stream.padded,
-                error,
-            )
-        )
-    return results[0] if single else results
+    for out, times, fields in plan.outputs(progress):
+        if fields["error"] is not None:
+            empty_dim = _attribute(plan.net, "embedding_dim", 0) or 0
+            out, times = np.zeros((0, empty_dim), np.float32), np.zeros(0)
+        results.append(Embeddings(out, times, **fields))
+    return plan.answer(results)
 
 
 def tag(
@@ -321,39 +349,19 @@ def tag(
     ``model`` is a tagger (``MusicTagger``), a preset name (loaded with ``task="tag"``), an
     hf:// handle or a folder. Other arguments as in ``embed``. Returns ``TagResult`` or a list.
     """
-    single, sources, model, net, predict, window, rate, hop_samples, block_frames = _prepare(
-        audio_or_path,
-        model,
-        "tag",
-        sample_rate,
-        hop,
-        batch_size,
-        short,
-        on_error,
-        block_seconds,
-        engine,
-    )
+    plan = _prepare(
+        audio_or_path, model, "tag", sample_rate, hop, batch_size, short, on_error,
+        block_seconds, engine,
+    )  # fmt: skip
+    model = plan.model
     names = (
         tuple(str(t) for t in model.tags)
         if model.tags
         else tuple(f"tag_{i}" for i in range(int(_attribute(model, "num_classes", 0) or 0)))
     )
-    runs = _run(
-        sources,
-        predict,
-        sample_rate=rate,
-        window=window,
-        hop=hop_samples,
-        batch_size=int(batch_size),
-        short=short,
-        on_error=on_error,
-        block_frames=block_frames,
-        source_rate=sample_rate,
-        progress=progress,
-    )
     results = []
-    for source, (out, times, stream, error) in zip(sources, runs):
-        if error is not None:
+    for out, times, fields in plan.outputs(progress):
+        if fields["error"] is not None:
             out, times = np.zeros((0, len(names)), np.float32), np.zeros(0)
             clip, top = np.zeros(len(names), np.float32), []
         else:
@@ -365,20 +373,5 @@ def tag(
             clip = out.mean(axis=0)
             order = np.argsort(-clip, kind="stable")[: max(0, int(top_k))]
             top = [(names[j], float(clip[j])) for j in order]
-        results.append(
-            TagResult(
-                out,
-                clip,
-                names,
-                top,
-                times,
-                describe(source),
-                rate,
-                window / rate,
-                hop_samples / rate,
-                stream.total / rate,
-                stream.padded,
-                error,
-            )
-        )
-    return results[0] if single else results
+        results.append(TagResult(out, clip, names, top, times, **fields))
+    return plan.answer(results)
