@@ -31,44 +31,41 @@ def _mtat_scores(linear_roc, linear_pr, mlp_roc, mlp_pr):
     )
 
 
+def _clmr_sample_cnn(name, description, scores, embed_file, tag_file):
+    """A CLMR release: SampleCNN at 22050 Hz, its encoder checkpoint and its linear MTAT head
+    (``embed_file``/``tag_file`` below the CLMR releases URL)."""
+    return Preset(
+        name=name,
+        description=description,
+        architecture="SampleCNN",
+        handles={"embed": hub_handle(name), "tag": hub_handle(f"{name}-tagger")},
+        sample_rate=22050,
+        input_samples=59049,
+        params={"embed": SAMPLE_CNN_PARAMS, "tag": SAMPLE_CNN_PARAMS + MTAT_HEAD_PARAMS},
+        scores=scores,
+        protocol=_CLMR_PROTOCOL,
+        source={"embed": f"{_CLMR_RELEASES}/{embed_file}", "tag": f"{_CLMR_RELEASES}/{tag_file}"},
+    )
+
+
 PRESETS = (
-    Preset(
-        name="clmr-mtat",
-        description=(
-            "CLMR 2.0 release: SampleCNN pretrained with SimCLR on MagnaTagATune "
-            "(48 pairs = 96 views per batch, 10,000 epochs), 22050 Hz; 'tag' adds the "
-            "released linear MTAT head."
-        ),
-        architecture="SampleCNN",
-        handles={"embed": hub_handle("clmr-mtat"), "tag": hub_handle("clmr-mtat-tagger")},
-        sample_rate=22050,
-        input_samples=59049,
-        params={"embed": SAMPLE_CNN_PARAMS, "tag": SAMPLE_CNN_PARAMS + MTAT_HEAD_PARAMS},
-        scores=_mtat_scores(88.7, 35.6, 89.3, 36.0),
-        protocol=_CLMR_PROTOCOL,
-        source={
-            "embed": f"{_CLMR_RELEASES}/2.0/clmr_checkpoint_10000.zip",
-            "tag": f"{_CLMR_RELEASES}/2.0/finetuner_checkpoint_200.zip",
-        },
+    _clmr_sample_cnn(
+        "clmr-mtat",
+        "CLMR 2.0 release: SampleCNN pretrained with SimCLR on MagnaTagATune "
+        "(48 pairs = 96 views per batch, 10,000 epochs), 22050 Hz; 'tag' adds the "
+        "released linear MTAT head.",
+        _mtat_scores(88.7, 35.6, 89.3, 36.0),
+        "2.0/clmr_checkpoint_10000.zip",
+        "2.0/finetuner_checkpoint_200.zip",
     ),
-    Preset(
-        name="clmr-mtat-1550",
-        description=(
-            "CLMR 1.0 release: SampleCNN pretrained with SimCLR on MagnaTagATune "
-            "(batch 48, 1,550 epochs), 22050 Hz; 'tag' adds the released linear MTAT "
-            "head."
-        ),
-        architecture="SampleCNN",
-        handles={"embed": hub_handle("clmr-mtat-1550"), "tag": hub_handle("clmr-mtat-1550-tagger")},
-        sample_rate=22050,
-        input_samples=59049,
-        params={"embed": SAMPLE_CNN_PARAMS, "tag": SAMPLE_CNN_PARAMS + MTAT_HEAD_PARAMS},
-        scores=_mtat_scores(87.71, 34.27, 88.47, 34.96),
-        protocol=_CLMR_PROTOCOL,
-        source={
-            "embed": f"{_CLMR_RELEASES}/1.0/clmr_checkpoint_1550.pt",
-            "tag": f"{_CLMR_RELEASES}/1.0-l/finetuner_checkpoint_20.pt",
-        },
+    _clmr_sample_cnn(
+        "clmr-mtat-1550",
+        "CLMR 1.0 release: SampleCNN pretrained with SimCLR on MagnaTagATune "
+        "(batch 48, 1,550 epochs), 22050 Hz; 'tag' adds the released linear MTAT "
+        "head.",
+        _mtat_scores(87.71, 34.27, 88.47, 34.96),
+        "1.0/clmr_checkpoint_1550.pt",
+        "1.0-l/finetuner_checkpoint_20.pt",
     ),
     Preset(
         name="pemr-mtat",
