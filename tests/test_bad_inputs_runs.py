@@ -723,6 +723,127 @@ def test_empty_prepared_dir_is_a_usage_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+# ---------------------------------------------- output folders holding the user's files
+
+
+def _tree_bytes(root):
+    """{relative path: bytes} of every file under ``root``."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = f.read()
+    return files
+
+
+@pytest.fixture
+def keras_file(tmp_path):
+    """A tiny SampleCNN saved with model.save (a source of save_as_preset / export)."""
+    from conftest import tiny_sample_cnn
+
+    path = tmp_path / "model.keras"
+    tiny_sample_cnn().save(path)
+    return path
+
+
+@pytest.fixture
+def earlier_preset(keras_file, tmp_path):
+    """An earlier output of save_as_preset with the user's notes.txt and data/ added."""
+    from keras_clmr.export import sources
+
+    folder = tmp_path / "out"
+    sources.save_as_preset(sources.identify(str(keras_file)), folder)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "data").mkdir()
+    (folder / "data" / "a.bin").write_bytes(b"\x00\x01")
+    return folder
+
+
+def test_save_as_preset_names_the_users_files_and_changes_nothing(keras_file, earlier_preset):
+    from keras_clmr import io
+    from keras_clmr.export import sources
+
+    before = _tree_bytes(earlier_preset.parent)
+    with pytest.raises(io.OutputExistsError, match=r"\(data, notes.txt\).*overwrite"):
+        sources.save_as_preset(sources.identify(str(keras_file)), earlier_preset)
+    assert _tree_bytes(earlier_preset.parent) == before
+
+
+def test_save_as_preset_overwrite_replaces_only_listed_files(keras_file, earlier_preset):
+    from keras_clmr import hub
+    from keras_clmr.export import sources
+
+    listed_before = set(hub.read_metadata(earlier_preset)["files"])
+    (earlier_preset / "model.weights.h5").write_bytes(b"damaged")  # a listed file: replaced
+    sources.save_as_preset(sources.identify(str(keras_file)), earlier_preset, overwrite=True)
+    assert (earlier_preset / "notes.txt").read_text() == "mine"
+    assert (earlier_preset / "data" / "a.bin").read_bytes() == b"\x00\x01"
+    metadata = hub.verify_preset(earlier_preset)
+    assert set(metadata["files"]) == listed_before  # the user's files are never adopted
+    assert sorted(os.listdir(earlier_preset.parent)) == ["model.keras", "out"]
+
+
+def test_save_as_preset_into_a_folder_of_user_files(keras_file, tmp_path):
+    from keras_clmr import hub, io
+    from keras_clmr.export import sources
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    source = sources.identify(str(keras_file))
+    with pytest.raises(io.OutputExistsError, match=r"\(thesis.tex\)"):
+        sources.save_as_preset(source, folder)
+    assert os.listdir(folder) == ["thesis.tex"]
+    sources.save_as_preset(source, folder, overwrite=True)
+    assert (folder / "thesis.tex").read_text() == "years of work"
+    assert "thesis.tex" not in hub.verify_preset(folder)["files"]
+
+
+def test_save_as_preset_refuses_a_file_as_output(keras_file, tmp_path):
+    from keras_clmr import io
+    from keras_clmr.export import sources
+
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    with pytest.raises(io.OutputExistsError, match="is a file, not a folder"):
+        sources.save_as_preset(sources.identify(str(keras_file)), target, overwrite=True)
+    assert target.read_text() == "a file"
+
+
+def test_export_command_names_the_users_files_unless_overwrite(keras_file, earlier_preset):
+    from keras_clmr import hub
+
+    before = _tree_bytes(earlier_preset.parent)
+    args = [f"--model={keras_file}", f"--output={earlier_preset}", "--format=onnx", "--nocard"]
+    code, stdout, stderr = call("export", *args)
+    assert code == 1 and "data, notes.txt" in stderr and "--overwrite" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert _tree_bytes(earlier_preset.parent) == before
+
+    code, stdout, stderr = call("export", *args, "--overwrite")
+    assert code == 0, stderr[-3000:]
+    files = hub.verify_preset(earlier_preset)["files"]
+    assert "model.onnx" in files and "notes.txt" not in files
+    assert not [f for f in files if f.startswith("data/")]
+    assert (earlier_preset / "notes.txt").read_text() == "mine"
+    assert (earlier_preset / "data" / "a.bin").read_bytes() == b"\x00\x01"
+    assert sorted(os.listdir(earlier_preset.parent)) == ["model.keras", "out"]
+
+
+def test_export_copies_only_the_listed_files_of_another_preset(earlier_preset, tmp_path):
+    from keras_clmr import hub
+
+    out = tmp_path / "copy"
+    code, _, stderr = call(
+        "export", f"--model={earlier_preset}", f"--output={out}", "--format=onnx", "--nocard"
+    )
+    assert code == 0, stderr[-3000:]
+    assert not (out / "notes.txt").exists() and not (out / "data").exists()
+    assert "model.onnx" in hub.verify_preset(out)["files"]
+    assert (earlier_preset / "notes.txt").read_text() == "mine"
+
+
 # ----------------------------------------------------------------------------- kill -9
 
 

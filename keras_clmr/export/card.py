@@ -149,6 +149,18 @@ def write_registry_cards(output_dir="model_cards"):
     return written
 
 
+def _unlisted(preset_dir, listed, parent, names):
+    """copytree ``ignore``: the names under ``parent`` that metadata.json does not list."""
+    rel = os.path.relpath(parent, preset_dir).replace(os.sep, "/")
+    prefix = "" if rel == "." else rel + "/"
+    wanted = {hub.METADATA_FILE, *listed}
+    return [
+        name
+        for name in names
+        if not any(f == prefix + name or f.startswith(prefix + name + "/") for f in wanted)
+    ]
+
+
 def publishable_folder(
     argument, output=None, formats="all", *, task=None, card=True, overwrite=False, **export_options
 ):
@@ -161,7 +173,7 @@ def publishable_folder(
     """
     import shutil
 
-    from keras_clmr.export.preset import export_preset
+    from keras_clmr.export.preset import export_preset, staged_output, user_entries_to_keep
     from keras_clmr.export.sources import SourceError, as_preset_folder, identify, save_as_preset
 
     source = identify(argument)
@@ -174,24 +186,25 @@ def publishable_folder(
         output = argument
     output = os.path.abspath(os.fspath(output))
     in_place = source.kind == "preset" and os.path.abspath(argument) == output
-    # An earlier output (a preset folder) or the preset itself is replaced; anything else only
-    # with overwrite.
-    replace = overwrite or in_place or os.path.isfile(os.path.join(output, "metadata.json"))
-    with io.atomic_folder(output, overwrite=replace) as staging:
+    io.recover_folder(output)
+    # An earlier output (the files its metadata.json lists) or the preset itself is replaced;
+    # the user's files there are refused unless overwrite, and kept either way.
+    keep = user_entries_to_keep(output, overwrite=overwrite, in_place=in_place)
+    with staged_output(output, keep=keep) as work:
         if source.kind in ("keras_file", "run"):
-            save_as_preset(source, staging, task=task, overwrite=True)
+            save_as_preset(source, work, task=task)
         else:
             folder, _ = as_preset_folder(argument, task=task)
+            listed = hub.read_metadata(folder)["files"]
             shutil.copytree(
                 folder,
-                staging,
+                work,
                 symlinks=False,
-                ignore=shutil.ignore_patterns(".*"),
-                dirs_exist_ok=True,
+                ignore=lambda parent, names: _unlisted(folder, listed, parent, names),
             )
-        summary = export_preset(staging, staging, formats, task=task, **export_options)
+        summary = export_preset(work, work, formats, task=task, **export_options)
         if card:
-            write_card(staging)
+            write_card(work)
     summary["output"] = output
     summary["metadata"] = os.path.join(output, "metadata.json")
     summary["source"] = source.kind

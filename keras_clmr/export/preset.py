@@ -5,6 +5,7 @@ the source is a registry name, a Hub handle or the cache), keeps a file only aft
 check passed, and records settings, parity figures and file hashes in ``metadata.json``.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,16 +81,77 @@ def _is_temporary(name):
     return io._TEMP_PATTERN.match(name) is not None
 
 
-def _stage_preset(source, staging, listed, strays):
-    """Copy the listed files (and, in place, the user's own ``strays``) of ``source``."""
-    for rel in [*listed, hub.METADATA_FILE, *strays]:
+def unlisted_entries(folder):
+    """Top-level entries of ``folder`` that its metadata.json does not list: the user's files."""
+    if not os.path.isdir(folder):
+        return []
+    own = _own_entries(folder)
+    return sorted(
+        name for name in os.listdir(folder) if name not in own and not _is_temporary(name)
+    )
+
+
+def user_entries_to_keep(output, overwrite=False, in_place=False):
+    """The user's entries of an existing ``output`` folder, to be kept beside the new files.
+
+    A folder holding files keras_clmr did not list (in its metadata.json) is refused, naming
+    them, unless ``overwrite`` (or an in-place export of the preset itself). Either way those
+    files are kept: a re-write replaces only the files the tool listed.
+    """
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise io.OutputExistsError(f"{output} is a file, not a folder; choose another output.")
+    strays = unlisted_entries(output)
+    if strays and not (overwrite or in_place):
+        shown = ", ".join(strays[:8]) + (f" and {len(strays) - 8} more" if len(strays) > 8 else "")
+        raise io.OutputExistsError(
+            f"{output} holds files keras_clmr did not write ({shown}); choose a new output "
+            "folder, move them out, or pass overwrite=True (--overwrite) to write next to them "
+            "(the files keras_clmr listed are replaced, yours are kept and never listed)."
+        )
+    return strays
+
+
+def copy_entries(source, target, names):
+    """Copy top-level entries ``names`` of ``source`` into ``target`` (links stay links); a
+    name ``target`` already holds is the tool's own new file and is not copied over."""
+    for name in names:
+        origin, copy = os.path.join(source, name), os.path.join(target, name)
+        if os.path.lexists(copy):
+            continue
+        if os.path.isdir(origin) and not os.path.islink(origin):
+            shutil.copytree(origin, copy, symlinks=True)
+        else:
+            shutil.copy2(origin, copy, follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def staged_output(output, keep=()):
+    """Yield ``work``, a folder that does not exist yet, inside a staging folder next to
+    ``output``; on success its entries and copies of the user's ``keep`` entries of ``output``
+    replace ``output`` whole (``keras_clmr.io.atomic_folder``).
+
+    Writers that make their own temporaries (save_preset, export_preset) make them inside the
+    staging folder, so a kill leaves one folder that the next run's ``recover_folder`` removes.
+    """
+    with io.atomic_folder(output, overwrite=True) as staging:
+        work = os.path.join(staging, ".build")
+        yield work
+        for name in os.listdir(work):
+            os.replace(os.path.join(work, name), os.path.join(staging, name))
+        os.rmdir(work)
+        copy_entries(output, staging, keep)
+
+
+def _stage_preset(source, staging, listed):
+    """Copy the files ``listed`` in ``source``'s metadata.json, and metadata.json itself."""
+    for rel in [*listed, hub.METADATA_FILE]:
         origin = os.path.join(source, *rel.split("/"))
         target = os.path.join(staging, *rel.split("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.isdir(origin) and not os.path.islink(origin):
             shutil.copytree(origin, target, symlinks=True)
         else:
-            shutil.copy2(origin, target, follow_symlinks=rel not in strays)
+            shutil.copy2(origin, target)
 
 
 def parse_formats(formats):
@@ -156,15 +218,17 @@ def export_preset(
         task: "embed" or "tag" when resolving a registry name (default: what is stored).
         record: add ``exports`` (settings, parity figures) to ``metadata.json`` and hash
             the new files, when ``output`` is a preset folder.
-        overwrite: replace an ``output`` folder holding files this tool did not write
-            (refused otherwise, :class:`keras_clmr.io.OutputExistsError`).
+        overwrite: write into an ``output`` folder holding files this tool did not list
+            (refused otherwise, naming them: :class:`keras_clmr.io.OutputExistsError`). Only
+            the files keras_clmr listed are replaced; the user's stay, unlisted.
 
     The output folder is written whole or not at all (staged next to it, swapped in by
     rename): a kill never leaves a preset failing its sha256 check, and a re-run repairs an
     export damaged before. metadata.json lists only the files the tool wrote; files of the
-    user's in an in-place export stay in the folder, unlisted. Returns a JSON-able summary
-    with, per format, the file, parity figures, sha256 and size. An export that fails its
-    parity check raises ``ParityError`` and leaves the folder as it was.
+    user's (in an in-place export, or with ``overwrite``) stay in the folder, unlisted.
+    Returns a JSON-able summary with, per format, the file, parity figures, sha256 and size.
+    An export that fails its parity check raises ``ParityError`` and leaves the folder as it
+    was.
     """
     require_tensorflow()
     formats = parse_formats(formats)
@@ -185,16 +249,12 @@ def export_preset(
         raise ExportError("Exporting a keras.Model needs an output folder.")
     output = os.path.abspath(os.fspath(output))
     io.recover_folder(output)
-    own = _own_entries(output) if os.path.isdir(output) else ()
     in_place = source_dir is not None and os.path.abspath(source_dir) == output
-    if source_dir is None and own:
+    if source_dir is None and _own_entries(output):
         source_dir = output  # a keras.Model exported into its own preset folder
         in_place = True
-    strays = []
-    if in_place:
-        strays = sorted(
-            name for name in os.listdir(output) if name not in own and not _is_temporary(name)
-        )
+    # The user's files in the output are refused unless overwrite (or in place), and kept.
+    strays = user_entries_to_keep(output, overwrite=overwrite, in_place=in_place)
     listed = []
     if source_dir is not None:
         listed = [
@@ -208,12 +268,10 @@ def export_preset(
         "sample_rate": _model_attribute(model, "sample_rate"),
         "exports": {},
     }
-    # The user's files are refused, not replaced, unless overwrite (own_files: an in-place
-    # export, or an earlier output of this tool, may be replaced).
-    own_files = None if overwrite else set(own) | set(strays)
-    with io.atomic_folder(output, overwrite=overwrite, own_files=own_files) as staging:
+    with io.atomic_folder(output, overwrite=True) as staging:
         if source_dir is not None:
-            _stage_preset(source_dir, staging, listed, strays)
+            _stage_preset(source_dir, staging, listed)
+        copy_entries(output, staging, strays)
         for fmt in formats:
             if fmt == "onnx":
                 info = _export_onnx_checked(model, staging, opset, optimize, batches, atol)

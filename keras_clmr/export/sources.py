@@ -102,11 +102,20 @@ def load_keras_file(path):
 
 
 def save_as_preset(source, output, *, task=None, overwrite=False):
-    """Write a ``keras_file`` / ``run`` source as a preset folder (the encoder of a pretrainer)."""
-    from keras_clmr.export.preset import update_metadata
+    """Write a ``keras_file`` / ``run`` source as a preset folder (the encoder of a pretrainer).
+
+    An existing ``output`` holding files keras_clmr did not list in its metadata.json is
+    refused (:class:`keras_clmr.io.OutputExistsError` naming them) unless ``overwrite``; then,
+    as for an earlier preset there, only the listed files are replaced and the user's stay.
+    """
+    from keras_clmr import io
+    from keras_clmr.export.preset import staged_output, update_metadata, user_entries_to_keep
     from keras_clmr.hub import save_preset
     from keras_clmr.models import encoder_of, is_tagger
 
+    output = os.path.abspath(os.fspath(output))
+    io.recover_folder(output)
+    keep = user_entries_to_keep(output, overwrite=overwrite)
     model = load_keras_file(source.model_file)
     if task == "embed" and is_tagger(model):
         model = encoder_of(model)
@@ -121,9 +130,10 @@ def save_as_preset(source, output, *, task=None, overwrite=False):
         if source.kind == "run"
         else f"Saved from {os.path.basename(source.model_file)}."
     )
-    save_preset(model, output, name=name, description=description, overwrite=overwrite)
-    if source.recipe is not None:
-        update_metadata(output, training_run=source.recipe)
+    with staged_output(output, keep=keep) as work:
+        save_preset(model, work, name=name, description=description)
+        if source.recipe is not None:
+            update_metadata(work, training_run=source.recipe)
     return output
 
 
