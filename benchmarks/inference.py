@@ -6,8 +6,8 @@ files.
 
 Prints one JSON object. Throughput is measured for both engines (keras = predict_on_batch on
 the current backend, onnxruntime = the graph of keras_clmr.export.onnx), interleaved
-with the original PyTorch encoder (the reference harness's ``infer``, when it is configured:
-see benchmarks/reference.py), so ratios come from the same minutes of machine load. Peak
+with the original PyTorch encoder in eager mode (``benchmarks.reference.clmr_torch infer``,
+in its own process, same batch), so ratios come from the same minutes of machine load. Peak
 memory is ru_maxrss of a fresh subprocess running embed() on a 10-minute and a 60-minute
 16 kHz wav (streamed and resampled to 22050 Hz); the target is 60 min <= 1.2 x 10 min.
 """
@@ -56,30 +56,17 @@ def throughput(model, engine, batches, batch_size=32):
     return n / seconds
 
 
-def reference():
-    from benchmarks.reference import ReferenceUnavailable, harness
+def reference(batches):
+    """Torch-eager SampleCNN (eval, inference_mode) at batch 32, in its own process."""
+    from benchmarks.reference import run_module
 
-    try:
-        reference_python, reference_script = harness()
-    except ReferenceUnavailable:
-        return None
-    env = dict(os.environ, CLMR_INFER_REPS="3", CLMR_BENCH_REPS="3")
-    proc = subprocess.run(
-        [reference_python, reference_script, "infer"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1200,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": proc.stderr[-2000:]}
-    data = json.loads(lines[-1])
-    figures = data.get("figures", data)
+    data = run_module("clmr_torch", "infer", "--batch=32", f"--batches={batches}")
+    if "error" in data:
+        return data
     return {
-        "torch_eager_views_per_s": figures["torch_eval_inference_mode"]["views_per_s_median"],
-        "onnxruntime_views_per_s": figures["onnxruntime"]["views_per_s_median"],
-        "cpu_share_during_run": data.get("cpu_share_during_run"),
+        "torch_eager_views_per_s": data["views_per_s"],
+        "peak_rss_gb": data["peak_rss_gb"],
+        "others_cpu_share": data["others_cpu_share"],
     }
 
 
@@ -178,25 +165,18 @@ def throughput_figures(args):
         for engine in ("keras", "onnxruntime"):
             runs[engine].append(round(throughput(model, engine, args.batches), 2))
         if not args.skip_reference:
-            ref = reference()
-            if ref is not None:
-                runs["reference"].append(ref)
+            runs["reference"].append(reference(args.batches))
     report = {"backend": keras.backend.backend(), "keras": keras.__version__}
     report.update({f"{engine}_windows_per_s": runs[engine] for engine in ("keras", "onnxruntime")})
     for engine in ("keras", "onnxruntime"):
         report[f"{engine}_median"] = statistics.median(runs[engine])
     if runs["reference"] and "error" not in runs["reference"][0]:
         torch_eager = statistics.median(r["torch_eager_views_per_s"] for r in runs["reference"])
-        torch_ort = statistics.median(r["onnxruntime_views_per_s"] for r in runs["reference"])
         report.update(
             reference_runs=runs["reference"],
             reference_torch_eager_median=torch_eager,
-            reference_torch_onnxruntime_median=torch_ort,
             ratio_keras_vs_torch_eager=round(report["keras_median"] / torch_eager, 2),
             ratio_onnxruntime_vs_torch_eager=round(report["onnxruntime_median"] / torch_eager, 2),
-            ratio_onnxruntime_vs_torch_onnxruntime=round(
-                report["onnxruntime_median"] / torch_ort, 2
-            ),
             target_ratio_min=1.5,
         )
     elif runs["reference"]:

@@ -11,10 +11,14 @@ the examples (--batch), not 2 x --batch as for the contrastive pairs of CLMR/PEM
 
 Each configuration runs in its own subprocess (the Keras backend is fixed per process):
 one warm-up step (it includes compilation) and --steps timed steps; the figure is the
-median step time. Prints one JSON object. With --reference, the original PyTorch CLMR train
-step (the reference harness's ``train``, same batch; see benchmarks/reference.py) runs in the
-same invocation, so
-the ratio is measured side by side on the same, possibly busy, machine.
+median step time, next to the process's peak RSS and the other processes' CPU share. Prints
+one JSON object. With --reference, the original PyTorch train step of the same model and batch
+(``benchmarks.reference.clmr_torch`` / ``pemr_torch``, in this repository) runs right after
+ours in its own process, so speed and memory ratios are measured side by side on the same,
+possibly busy, machine. --batch takes a list to compare several batch sizes in one run:
+
+    python -m benchmarks.train_step --model=pemr --backends=tensorflow --jit=off \
+        --batch=16,48 --steps=1 --reference
 
     python -m benchmarks.train_step --distribution=mirrored --backends=tensorflow --jit=off
 
@@ -36,22 +40,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cpu_times():
-    with open("/proc/stat") as file:
-        fields = [float(x) for x in file.readline().split()[1:]]
-    return sum(fields), fields[3] + fields[4]
-
-
-def peak_rss_gb():
-    """This process's peak resident memory (VmHWM), GB; None where /proc is missing."""
-    try:
-        with open("/proc/self/status") as file:
-            for line in file:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) * 1024 / 1e9, 2)
-    except OSError:
-        pass
-    return None
+from benchmarks.reference.measure import cpu_times, peak_rss_gb
 
 
 def build_model(model_name, augment):
@@ -107,8 +96,12 @@ def worker(args):
         "peak_rss_gb": peak_rss_gb(),
         # share of the machine used by other processes while timing (0..1): > 0.05 is contended
         "others_cpu_share": round(
-            max(0.0, busy / 100.0 - own) / max(1e-9, sum(times)) / os.cpu_count(), 3
+            max(0.0, busy / os.sysconf("SC_CLK_TCK") - own)
+            / max(1e-9, sum(times))
+            / os.cpu_count(),
+            3,
         ),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -188,25 +181,21 @@ def run_config(backend, model, jit_compile, augment, batch, steps, distribution=
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run_reference(batch, steps):
-    from benchmarks.reference import ReferenceUnavailable, harness
+def run_reference(model, batch, steps):
+    """The original PyTorch train step of ``model`` at ``batch`` pairs, in its own process."""
+    from benchmarks.reference import run_module
 
-    try:
-        reference_python, reference_script = harness()
-    except ReferenceUnavailable as error:
-        return {"error": str(error)}
-    env = dict(os.environ, CLMR_TRAIN_BATCHES=str(batch), CLMR_BENCH_REPS=str(steps))
-    result = subprocess.run(
-        [reference_python, reference_script, "train"], env=env, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        return {"error": result.stderr.strip()[-500:]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    if model not in ("clmr", "pemr"):
+        return {"error": f"no reference train step for {model}"}
+    return run_module(f"{model}_torch", "train", f"--pairs={batch}", f"--steps={steps}")
 
 
-def reference_views_per_s(reference, batch):
-    """The median views/s of the requested batch in the reference harness's JSON."""
-    return reference.get(f"b{batch}", {}).get("views_per_s_median")
+def compare(row, reference):
+    """Add speed and peak-memory ratios to the reference (same model and batch) to ``row``."""
+    if "views_per_s" in row and reference.get("views_per_s"):
+        row["ratio_to_reference"] = round(row["views_per_s"] / reference["views_per_s"], 2)
+    if row.get("peak_rss_gb") and reference.get("peak_rss_gb"):
+        row["memory_ratio_to_reference"] = round(row["peak_rss_gb"] / reference["peak_rss_gb"], 2)
 
 
 def main():
@@ -219,7 +208,9 @@ def main():
         "--models", default=None, help="models timed in one run, e.g. clmr,cpc (default: --model)"
     )
     parser.add_argument("--augment", default="crop", choices=["crop", "clmr"])
-    parser.add_argument("--batch", type=int, default=48, help="pairs per step (views = 2 x batch)")
+    parser.add_argument(
+        "--batch", default="48", help="pairs per step (views = 2 x batch); a list runs each"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--jit", default="both", choices=["both", "on", "off"])
     parser.add_argument(
@@ -240,6 +231,11 @@ def main():
         "--jit_compile", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    batches = [int(b) for b in str(args.batch).split(",")]
+    if args.worker or args.distribution:
+        if len(batches) != 1:
+            parser.error("--distribution takes one --batch")
+        args.batch = batches[0]
     if args.worker:
         print(json.dumps(distributed_worker(args) if args.distribution else worker(args)))
         return
@@ -285,32 +281,32 @@ def main():
         return
 
     results = []
+    references = []
     models = args.models.split(",") if args.models else [args.model]
+    jits = {"both": [True, False], "on": [True], "off": [False]}[args.jit]
     for model in models:
-        for backend in args.backends.split(","):
-            jits = {"both": [True, False], "on": [True], "off": [False]}[args.jit]
-            if backend == "torch":
-                jits = [False]  # XLA is a TensorFlow/JAX option
-            for jit in jits:
-                results.append(
-                    run_config(backend, model, jit, args.augment, args.batch, args.steps)
-                )
-                print(json.dumps(results[-1]), file=sys.stderr)
+        for batch in batches:
+            rows = []
+            for backend in args.backends.split(","):
+                for jit in [False] if backend == "torch" else jits:  # XLA: TF/JAX only
+                    rows.append(run_config(backend, model, jit, args.augment, batch, args.steps))
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+            if args.reference:  # right after ours: the same minutes of machine load
+                reference = run_reference(model, batch, args.steps)
+                print(json.dumps(reference), file=sys.stderr)
+                references.append(reference)
+                for row in rows:
+                    compare(row, reference)
+            results.extend(rows)
     summary = {
         "benchmark": "train_step",
         "model": ",".join(models),
         "augment": args.augment,
-        "pairs": args.batch,
+        "pairs": batches if len(batches) > 1 else batches[0],
         "results": results,
     }
     if args.reference:
-        reference = run_reference(args.batch, args.steps)
-        ref_views = reference_views_per_s(reference, args.batch)
-        summary["reference"] = {"views_per_s": ref_views, "raw": reference}
-        if ref_views:
-            for row in results:
-                if "views_per_s" in row:
-                    row["ratio_to_reference"] = round(row["views_per_s"] / ref_views, 2)
+        summary["reference"] = references
     print(json.dumps(summary, indent=2))
 
 
