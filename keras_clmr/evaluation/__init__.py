@@ -39,6 +39,7 @@ from keras_clmr.evaluation.reports import (
     per_tag_csv,
     per_tag_plot,
     write_results,
+    written_result_files,
 )
 from keras_clmr.evaluation.supervised import SUPERVISED_DEFAULTS, train_supervised
 from keras_clmr.io import to_jsonable as _jsonable  # noqa: F401 (old name used by commands/cover)
@@ -80,4 +81,5 @@ __all__ = [
     "chunk_outputs",
     "per_tag_csv",
     "per_tag_plot",
+    "written_result_files",
 ]

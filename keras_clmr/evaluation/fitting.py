@@ -5,6 +5,7 @@ best is the usual reading of early stopping and never worse on validation).
 """
 
 import datetime
+import inspect
 import os
 import warnings
 
@@ -13,6 +14,56 @@ import numpy as np
 
 from keras_clmr import metrics as metrics_lib
 from keras_clmr.evaluation.data import train_data, valid_data
+
+# The published optimiser and schedule keywords (``LINEAR_EVAL_DEFAULTS`` and the like).
+SCHEDULE_KEYWORDS = (
+    "epochs",
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "patience",
+    "lr_patience",
+    "lr_factor",
+)
+
+
+def keyword_defaults(function, names):
+    """``{name: default}`` of ``function``'s keywords: the published defaults read from the one
+    place they are set (the signature)."""
+    parameters = inspect.signature(function).parameters
+    return {name: parameters[name].default for name in names}
+
+
+def tag_names(train, tags):
+    """(number of label columns of ``train``, their names: ``tags`` or ``tag_<j>``)."""
+    num_classes = int(np.asarray(train.labels).shape[1])
+    tags = list(tags) if tags is not None else [f"tag_{j}" for j in range(num_classes)]
+    if len(tags) != num_classes:
+        raise ValueError(f"{len(tags)} tag names for {num_classes} label columns.")
+    return num_classes, tags
+
+
+def schedule(epochs, batch_size, patience, lr_patience, lr_factor):
+    """The schedule keywords of ``fit_head`` and ``fit_end_to_end`` (and of its record)."""
+    return dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        patience=patience,
+        lr_patience=lr_patience,
+        lr_factor=lr_factor,
+    )
+
+
+def schedule_record(learning_rate, weight_decay, schedule):
+    """The optimiser and schedule part of a results ``protocol`` record."""
+    return {
+        "learning_rate": float(learning_rate),
+        "weight_decay": float(weight_decay),
+        "batch_size": int(schedule["batch_size"]),
+        "max_epochs": int(schedule["epochs"]),
+        "early_stopping_patience": schedule["patience"],
+        "reduce_lr": {"factor": schedule["lr_factor"], "patience": schedule["lr_patience"]},
+    }
 
 
 def loss(multi_label):
@@ -121,6 +172,26 @@ def data_summary(train, valid, test, indices, label_fraction):
         "n_valid_clips": len(valid),
         "n_test_clips": len(test),
     }
+
+
+def results_record(
+    task, scores, splits, indices, label_fraction, *, tags, multi_label, protocol, history, encoder
+):
+    """The results dict of a tagger trained on ``splits`` (train, valid, test): test metrics and
+    per-tag scores of its clip ``scores``, the records given, the data summary, the stamp."""
+    train, valid, test = splits
+    summary, per_tag = evaluate_scores(scores, np.asarray(test.labels), multi_label, tags)
+    return stamp(
+        {
+            "task": task,
+            "metrics": summary,
+            "per_tag": per_tag,
+            "protocol": protocol,
+            "data": data_summary(train, valid, test, indices, label_fraction),
+            "history": history,
+            "encoder": encoder,
+        }
+    )
 
 
 def stamp(results):

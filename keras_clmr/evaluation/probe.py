@@ -13,26 +13,19 @@ from keras_clmr.evaluation.data import ClipSet, label_fraction_indices
 from keras_clmr.evaluation.encoders import describe_encoder
 from keras_clmr.evaluation.features import embed_crops, frozen_clip_scores, predict_clips
 from keras_clmr.evaluation.fitting import (
+    SCHEDULE_KEYWORDS,
     callbacks,
-    data_summary,
-    evaluate_scores,
     fit_end_to_end,
     history_summary,
+    keyword_defaults,
     loss,
     quiet_fit,
-    stamp,
+    results_record,
+    schedule,
+    schedule_record,
+    tag_names,
 )
 from keras_clmr.models.tagger import MusicTagger, build_head
-
-LINEAR_EVAL_DEFAULTS = dict(
-    epochs=200,
-    learning_rate=1e-3,
-    weight_decay=1e-6,
-    batch_size=48,
-    patience=10,
-    lr_patience=5,
-    lr_factor=0.1,
-)
 
 
 def fit_head(
@@ -80,6 +73,9 @@ def fit_head(
     return model, history_summary(history)
 
 
+LINEAR_EVAL_DEFAULTS = keyword_defaults(fit_head, SCHEDULE_KEYWORDS)
+
+
 def train_probe(
     encoder,
     train,
@@ -97,6 +93,7 @@ def train_probe(
     batch_size=48,
     patience=10,
     lr_patience=5,
+    lr_factor=0.1,
     crops_per_clip=1,
     seed=0,
     encoder_identity=None,
@@ -112,10 +109,7 @@ def train_probe(
     TensorBoard logs of the head's (or fine-tuning's) training go. The results dict holds
     ``metrics``, ``per_tag``, ``protocol``, ``data``, ``history`` and ``encoder``.
     """
-    num_classes = int(np.asarray(train.labels).shape[1])
-    tags = list(tags) if tags is not None else [f"tag_{j}" for j in range(num_classes)]
-    if len(tags) != num_classes:
-        raise ValueError(f"{len(tags)} tag names for {num_classes} label columns.")
+    num_classes, tags = tag_names(train, tags)
     indices = label_fraction_indices(len(train), label_fraction, seed)
     tagger = MusicTagger(
         encoder,
@@ -126,6 +120,14 @@ def train_probe(
         freeze_backbone=not finetune,
     )
     tagger.build((None, tagger.input_samples))
+    plan = schedule(epochs, batch_size, patience, lr_patience, lr_factor)
+    run = dict(
+        seed=seed,
+        jit_compile=jit_compile,
+        run_eagerly=run_eagerly,
+        verbose=verbose,
+        tensorboard_dir=tensorboard_dir,
+    )
     if not finetune:
         sub = train.subset(indices) if isinstance(train, ClipSet) else train
         train_x, train_y, owner = embed_crops(
@@ -144,17 +146,10 @@ def train_probe(
             valid_y,
             head=head,
             multi_label=multi_label,
-            epochs=epochs,
             learning_rate=learning_rate,
             weight_decay=weight_decay,
-            batch_size=batch_size,
-            patience=patience,
-            lr_patience=lr_patience,
-            seed=seed,
-            jit_compile=jit_compile,
-            run_eagerly=run_eagerly,
-            verbose=verbose,
-            tensorboard_dir=tensorboard_dir,
+            **plan,
+            **run,
         )
         tagger.head.set_weights(head_model.get_weights())
         scores = frozen_clip_scores(encoder, head_model, test, multi_label, extraction_batch_size)
@@ -162,54 +157,38 @@ def train_probe(
         keras.utils.set_random_seed(int(seed))
         optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
         history = fit_end_to_end(
-            tagger,
-            train,
-            valid,
-            optimizer=optimizer,
-            epochs=epochs,
-            batch_size=batch_size,
-            patience=patience,
-            lr_patience=lr_patience,
-            lr_factor=0.1,
-            train_indices=indices,
-            seed=seed,
-            jit_compile=jit_compile,
-            run_eagerly=run_eagerly,
-            verbose=verbose,
-            tensorboard_dir=tensorboard_dir,
+            tagger, train, valid, optimizer=optimizer, train_indices=indices, **plan, **run
         )
         scores = predict_clips(tagger, test, extraction_batch_size)
-    summary, per_tag = evaluate_scores(scores, np.asarray(test.labels), multi_label, tags)
-    results = {
-        "task": "finetune" if finetune else f"{head}_probe",
-        "metrics": summary,
-        "per_tag": per_tag,
-        "protocol": {
-            "head": head,
-            "finetune": bool(finetune),
-            "multi_label": bool(multi_label),
-            "optimizer": "Adam",
-            "learning_rate": float(learning_rate),
-            "weight_decay": float(weight_decay),
-            "batch_size": int(batch_size),
-            "max_epochs": int(epochs),
-            "early_stopping_patience": patience,
-            "reduce_lr": {"factor": 0.1, "patience": lr_patience},
-            "crops_per_clip": int(crops_per_clip),
-            "train_features": "static (extracted once)"
-            if not finetune
-            else "fresh random crop per epoch",
-            "test": f"mean of per-chunk {'sigmoid' if multi_label else 'softmax'} over "
-            "non-overlapping "
-            f"{tagger.input_samples}-sample chunks (last partial chunk dropped)",
-            "restore_best_weights": True,
-            "seed": int(seed),
-        },
-        "data": data_summary(train, valid, test, indices, label_fraction),
-        "history": history,
-        "encoder": encoder_identity or describe_encoder(encoder),
+    protocol = {
+        "head": head,
+        "finetune": bool(finetune),
+        "multi_label": bool(multi_label),
+        "optimizer": "Adam",
+        **schedule_record(learning_rate, weight_decay, plan),
+        "crops_per_clip": int(crops_per_clip),
+        "train_features": "static (extracted once)"
+        if not finetune
+        else "fresh random crop per epoch",
+        "test": f"mean of per-chunk {'sigmoid' if multi_label else 'softmax'} over "
+        "non-overlapping "
+        f"{tagger.input_samples}-sample chunks (last partial chunk dropped)",
+        "restore_best_weights": True,
+        "seed": int(seed),
     }
-    return tagger, stamp(results)
+    results = results_record(
+        "finetune" if finetune else f"{head}_probe",
+        scores,
+        (train, valid, test),
+        indices,
+        label_fraction,
+        tags=tags,
+        multi_label=multi_label,
+        protocol=protocol,
+        history=history,
+        encoder=encoder_identity or describe_encoder(encoder),
+    )
+    return tagger, results
 
 
 def linear_probe(encoder, train, valid, test, **kwargs):

@@ -91,12 +91,9 @@ def per_tag_figure(results, title=None):
     a random scorer) as a tick. Tags with an undefined AUC go last, marked "n/a". Legends sit
     outside the bars. Returns the matplotlib figure (the caller closes it).
     """
-    from keras_clmr._optional import require
+    from keras_clmr.interpret._plotting import pyplot
 
-    matplotlib = require("matplotlib", purpose="per-tag plots")
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot(purpose="per-tag plots")
 
     rows = results["per_tag"]
     n_test = (results.get("data") or {}).get("n_test_clips")
@@ -140,15 +137,9 @@ def per_tag_figure(results, title=None):
 
 def per_tag_plot(results, path, title=None):
     """Write :func:`per_tag_figure` as a PNG, atomically."""
-    import matplotlib.pyplot as plt
+    from keras_clmr.interpret._plotting import save_figure
 
-    figure = per_tag_figure(results, title)
-    buffer = text_io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(figure)
-    io.atomic_write_bytes(path, buffer.getvalue())
+    save_figure(per_tag_figure(results, title), path, dpi=100)
 
 
 def _curves(history):
@@ -164,11 +155,9 @@ def _curves(history):
 def training_curves_figure(history, title=None):
     """Loss (train and validation) per epoch, the best validation epoch marked, and any other
     per-epoch series of the history in a second panel. Returns the figure (caller closes it)."""
-    from keras_clmr._optional import require
+    from keras_clmr.interpret._plotting import pyplot
 
-    matplotlib = require("matplotlib", purpose="training-curve plots")
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot(purpose="training-curve plots")
 
     series = _curves(history)
     if not series:
@@ -195,15 +184,9 @@ def training_curves_figure(history, title=None):
 
 def training_curves_plot(history, path, title=None):
     """Write :func:`training_curves_figure` as a PNG, atomically."""
-    import matplotlib.pyplot as plt
+    from keras_clmr.interpret._plotting import save_figure
 
-    figure = training_curves_figure(history, title)
-    buffer = text_io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(figure)
-    io.atomic_write_bytes(path, buffer.getvalue())
+    save_figure(training_curves_figure(history, title), path, dpi=100)
 
 
 def write_results(output_dir, results, tagger=None, name=None):
@@ -227,6 +210,11 @@ def write_results(output_dir, results, tagger=None, name=None):
     if tagger is not None:
         io.atomic_save_model(tagger, paths["tagger.keras"])
     return paths
+
+
+def written_result_files(output_dir):
+    """The names of ``RESULT_FILES`` present in ``output_dir``, sorted (what a run wrote)."""
+    return sorted(name for name in RESULT_FILES if name in os.listdir(output_dir))
 
 
 def atomic_write(path, data, mode="w"):

@@ -1,13 +1,15 @@
-"""Matplotlib (headless Agg) and atomic PNG writes shared by the interpret pictures."""
+"""Matplotlib (headless Agg) and atomic PNG writes shared by the interpret pictures and the
+evaluation plots."""
 
 import io
 
 
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+def pyplot(purpose="interpretation pictures"):
+    """``matplotlib.pyplot`` on the Agg backend (no display needed); ``purpose`` names what
+    needs it in the error raised when matplotlib is missing."""
     from keras_clmr._optional import require
 
-    matplotlib = require("matplotlib", purpose="interpretation pictures")
+    matplotlib = require("matplotlib", purpose=purpose)
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
