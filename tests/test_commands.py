@@ -42,6 +42,12 @@ def test_every_subcommand_answers_help_outside_the_repository(tmp_path):
     # Each absl command lists its own flags, e.g. pretrain's --model and export's --format.
     assert "--batch_size" in report["commands"]["pretrain"]["out"]
     assert "--format" in report["commands"]["export"]["out"]
+    # Flags of the shared groups (commands/_flags) are listed with the command's own.
+    for flag in ("--output_dir", "--sample_rate", "--data_dir", "--demo_clips", "--label_fraction"):
+        assert flag in report["commands"]["evaluate"]["out"], flag
+        assert flag in report["commands"]["supervised"]["out"], flag
+    assert "--checkpoint" in report["commands"]["cover"]["out"]
+    assert "--data_dir" in report["commands"]["pretrain"]["out"]
     assert "--top-k" in report["commands"]["tag"]["out"]
     assert "filters" in report["commands"]["explain"]["out"]
     assert report["heavy_imports"] == []

@@ -1,6 +1,49 @@
-"""Flag groups shared by several commands (defined at run time, like every command's flags)."""
+"""Flag groups shared by several commands (defined at run time, like every command's flags),
+and the keyword arguments a fit reads from them.
+
+The flags defined here belong to the command that calls the group (``disclaim_key_flags``), so
+``keras-clmr <command> --help`` lists them with the command's own flags.
+"""
 
 from absl import flags
+
+flags.disclaim_key_flags()
+
+PREPARED_SPLITS_HELP = "A directory prepared by keras_clmr.data.prepare (train/valid/test splits)."
+
+
+def define_checkpoint_flags(flag_values, compare_random_help):
+    """--checkpoint (the encoder under evaluation: ``keras_clmr.evaluation.load_encoder``), the
+    encoder flags of --checkpoint=random, and --compare_random."""
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "Encoder source: pretraining dir/.keras, preset folder/name, 'random'.",
+        flag_values=flag_values,
+    )
+    define_encoder_flags(
+        flag_values,
+        "Sample rate for --checkpoint=random and the demo corpus.",
+        "SampleCNN widths (11 ints) for --checkpoint=random.",
+    )
+    flags.DEFINE_bool("compare_random", False, compare_random_help, flag_values=flag_values)
+
+
+def define_data_flags(flag_values, data_dir_help=PREPARED_SPLITS_HELP):
+    """--dataset (the offline demo corpus by default) and --data_dir (real data)."""
+    flags.DEFINE_string(
+        "dataset",
+        "demo",
+        "'demo' (the offline synthetic corpus) when --data_dir is not given.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string("data_dir", None, data_dir_help, flag_values=flag_values)
+
+
+def define_demo_flags(flag_values, clips_help="Clips in the demo corpus (--dataset=demo)."):
+    """--demo_clips and --demo_seconds: the size of the offline demo corpus."""
+    flags.DEFINE_integer("demo_clips", 96, clips_help, flag_values=flag_values)
+    flags.DEFINE_float("demo_seconds", 6.0, "Seconds per demo clip.", flag_values=flag_values)
 
 
 def define_encoder_flags(flag_values, sample_rate_help, channels_help):
@@ -16,7 +59,15 @@ def define_encoder_flags(flag_values, sample_rate_help, channels_help):
 
 
 def define_training_flags(flag_values, output_dir):
-    """--output_dir, --jit_compile, --run_eagerly, --verbose, --tensorboard_dir of a fit."""
+    """--label_fraction, --batch_size, --output_dir, --jit_compile, --run_eagerly, --verbose,
+    --tensorboard_dir of a tagger's fit (read back by ``fit_arguments``)."""
+    flags.DEFINE_float(
+        "label_fraction",
+        1.0,
+        "Fraction of the training clips whose labels are used (seeded subset).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("batch_size", 48, "Training batch size.", flag_values=flag_values)
     flags.DEFINE_string(
         "output_dir",
         output_dir,
@@ -41,4 +92,23 @@ def define_training_flags(flag_values, output_dir):
         None,
         "Write TensorBoard logs of the training (loss, val_loss, learning rate) here.",
         flag_values=flag_values,
+    )
+
+
+def fit_arguments(values):
+    """The keywords ``train_probe`` and ``train_supervised`` share, read from parsed flags:
+    the training group, the schedule flags each command defines (--epochs, --learning_rate,
+    --weight_decay, --patience) and --seed."""
+    return dict(
+        label_fraction=values.label_fraction,
+        epochs=values.epochs,
+        learning_rate=values.learning_rate,
+        weight_decay=values.weight_decay,
+        batch_size=values.batch_size,
+        patience=values.patience,
+        seed=values.seed,
+        jit_compile="auto" if values.jit_compile else False,
+        run_eagerly=values.run_eagerly,
+        verbose=values.verbose,
+        tensorboard_dir=values.tensorboard_dir,
     )

@@ -22,29 +22,14 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values=FLAGS):
     """Define this command's flags (when it runs, so importing the module defines nothing)."""
-    flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "Encoder source: pretraining dir/.keras, preset folder/name, 'random'.",
-        flag_values=flag_values,
+    _flags.define_checkpoint_flags(
+        flag_values, "Also evaluate a randomly initialised encoder of the same architecture."
     )
     flags.DEFINE_string(
         "dataset", "demo", "'demo' when --csv is not given.", flag_values=flag_values
     )
     flags.DEFINE_string("csv", None, "CSV with path,group columns.", flag_values=flag_values)
-    _flags.define_encoder_flags(
-        flag_values,
-        "Sample rate for --checkpoint=random and the demo corpus.",
-        "SampleCNN widths (11 ints) for --checkpoint=random.",
-    )
-    flags.DEFINE_bool(
-        "compare_random",
-        False,
-        "Also evaluate a randomly initialised encoder of the same architecture.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_integer("demo_clips", 96, "Clips in the demo corpus.", flag_values=flag_values)
-    flags.DEFINE_float("demo_seconds", 6.0, "Seconds per demo clip.", flag_values=flag_values)
+    _flags.define_demo_flags(flag_values, "Clips in the demo corpus.")
     flags.DEFINE_integer("seed", 42, "Seed of a random encoder.", flag_values=flag_values)
     flags.DEFINE_string(
         "output_dir", "runs/cover_eval", "Where cover_results.json goes.", flag_values=flag_values

@@ -26,24 +26,10 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values=FLAGS):
     """Define this command's flags (when it runs, so importing the module defines nothing)."""
-    flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "Encoder source: pretraining dir/.keras, preset folder/name, 'random'.",
-        flag_values=flag_values,
+    _flags.define_checkpoint_flags(
+        flag_values, "Also probe a randomly initialised encoder of the same architecture."
     )
-    flags.DEFINE_string(
-        "dataset",
-        "demo",
-        "'demo' (the offline synthetic corpus) when --data_dir is not given.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_string(
-        "data_dir",
-        None,
-        "A directory prepared by keras_clmr.data.prepare (train/valid/test splits).",
-        flag_values=flag_values,
-    )
+    _flags.define_data_flags(flag_values)
     flags.DEFINE_enum(
         "head",
         "linear",
@@ -57,12 +43,6 @@ def define_flags(flag_values=FLAGS):
         "Train the encoder too (fresh random crops every epoch).",
         flag_values=flag_values,
     )
-    flags.DEFINE_float(
-        "label_fraction",
-        1.0,
-        "Fraction of the training clips whose labels are used (seeded subset).",
-        flag_values=flag_values,
-    )
     flags.DEFINE_integer(
         "epochs",
         200,
@@ -71,7 +51,6 @@ def define_flags(flag_values=FLAGS):
     )
     flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", flag_values=flag_values)
     flags.DEFINE_float("weight_decay", 1e-6, "Adam weight decay.", flag_values=flag_values)
-    flags.DEFINE_integer("batch_size", 48, "Training batch size.", flag_values=flag_values)
     flags.DEFINE_integer(
         "patience",
         10,
@@ -84,21 +63,7 @@ def define_flags(flag_values=FLAGS):
         "Random crops per training/validation clip for the static features.",
         flag_values=flag_values,
     )
-    _flags.define_encoder_flags(
-        flag_values,
-        "Sample rate for --checkpoint=random and the demo corpus.",
-        "SampleCNN widths (11 ints) for --checkpoint=random.",
-    )
-    flags.DEFINE_bool(
-        "compare_random",
-        False,
-        "Also probe a randomly initialised encoder of the same architecture.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_integer(
-        "demo_clips", 96, "Clips in the demo corpus (--dataset=demo).", flag_values=flag_values
-    )
-    flags.DEFINE_float("demo_seconds", 6.0, "Seconds per demo clip.", flag_values=flag_values)
+    _flags.define_demo_flags(flag_values)
     flags.DEFINE_integer(
         "seed",
         42,
@@ -156,19 +121,9 @@ def run(checkpoint, output_dir, random_baseline=False):
             multi_label=multi_label,
             head=FLAGS.head,
             finetune=FLAGS.finetune,
-            label_fraction=FLAGS.label_fraction,
-            epochs=FLAGS.epochs,
-            learning_rate=FLAGS.learning_rate,
-            weight_decay=FLAGS.weight_decay,
-            batch_size=FLAGS.batch_size,
-            patience=FLAGS.patience,
             crops_per_clip=FLAGS.crops_per_clip,
-            seed=FLAGS.seed,
             encoder_identity=ident,
-            jit_compile="auto" if FLAGS.jit_compile else False,
-            run_eagerly=FLAGS.run_eagerly,
-            verbose=FLAGS.verbose,
-            tensorboard_dir=FLAGS.tensorboard_dir,
+            **_flags.fit_arguments(FLAGS),
         )
         results["dataset"] = description
         target = (
@@ -197,7 +152,5 @@ def main(argv):
         io.atomic_write_text(os.path.join(FLAGS.output_dir, "comparison.md"), table)
     print()
     print(table)
-    written = sorted(
-        name for name in evaluation.RESULT_FILES if name in os.listdir(FLAGS.output_dir)
-    )
+    written = evaluation.written_result_files(FLAGS.output_dir)
     print(f"Results in {FLAGS.output_dir}/ ({', '.join(written)}).")
