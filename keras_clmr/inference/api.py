@@ -16,7 +16,7 @@ from keras_clmr.audio import AudioError
 from keras_clmr.batching import padded_size
 from keras_clmr.inference.engines import layer_predictor, predictor, resolve_model
 from keras_clmr.inference.progress import progress_bar
-from keras_clmr.inference.windows import WindowStream, describe
+from keras_clmr.inference.windows import WindowStream, describe, musicnn_patching
 from keras_clmr.models import encoder_of
 
 DEFAULT_BLOCK_SECONDS = 30.0
@@ -63,92 +63,6 @@ def _attribute(model, name, default=None):
     return default
 
 
-def _run(
-    sources,
-    predict,
-    *,
-    sample_rate,
-    window,
-    hop,
-    batch_size,
-    short,
-    on_error,
-    block_frames,
-    source_rate,
-    progress,
-):
-    outputs = [[] for _ in sources]
-    starts = [[] for _ in sources]
-    streams = [None] * len(sources)
-    errors = [None] * len(sources)
-    batch = np.zeros((batch_size, window), np.float32)
-    owners = []
-
-    def flush():
-        n = len(owners)
-        size = padded_size(n, batch_size, policy="power_of_two")
-        batch[n:size] = 0.0
-        out = np.asarray(predict(batch[:size]))[:n]
-        for row, owner in enumerate(owners):
-            outputs[owner].append(out[row])
-        owners.clear()
-
-    # One bar in seconds of audio, within long files and across many (file i/n as postfix).
-    total = _total_seconds(sources, sample_rate, source_rate) if progress is not False else None
-    bar = progress_bar(
-        total,
-        progress=progress,
-        desc="audio",
-        unit="s",
-        bar_format="{l_bar}{bar}| {n:.0f}/"
-        + ("{total:.0f}" if total is not None else "?")
-        + " s [{elapsed}<{remaining}{postfix}]",
-    )
-    try:
-        for i, source in enumerate(sources):
-            stream = WindowStream(
-                source, sample_rate, window, hop, short, block_frames, source_rate
-            )
-            streams[i] = stream
-            if len(sources) > 1:
-                bar.set_postfix_str(f"file {i + 1}/{len(sources)}")
-            shown = 0.0
-            try:
-                for start, chunk in stream:
-                    batch[len(owners)] = chunk
-                    owners.append(i)
-                    starts[i].append(start)
-                    if len(owners) == batch_size:
-                        flush()
-                        seen = stream.total / sample_rate
-                        bar.update(seen - shown)
-                        shown = seen
-            except (AudioError, ValueError) as error:
-                if on_error == "raise":
-                    raise
-                errors[i] = str(error)
-            bar.update(stream.total / sample_rate - shown)
-        if owners:
-            flush()
-    finally:
-        bar.close()
-    results = []
-    for i in range(len(sources)):
-        stream = streams[i]
-        if errors[i] is not None:
-            results.append((None, None, stream, errors[i]))
-        else:
-            results.append(
-                (
-                    np.stack(outputs[i]).astype(np.float32),
-                    np.asarray(starts[i]) / sample_rate,
-                    stream,
-                    None,
-                )
-            )
-    return results
-
-
 def _total_seconds(sources, sample_rate, source_rate):
     """The audio seconds of all sources (the bar's total), None when a file's is unknown."""
     total = 0.0
@@ -182,31 +96,84 @@ class _Plan:
     short: str
     on_error: str
     source_rate: int
+    patching: object = None  # windows.MelPatching for musicnn models
 
     def outputs(self, progress):
-        """Per source: (outputs [T, K] or None, times [T] or None, the result's common fields)."""
-        runs = _run(
-            self.sources,
-            self.predict,
-            sample_rate=self.rate,
-            window=self.window,
-            hop=self.hop,
-            batch_size=self.batch_size,
-            short=self.short,
-            on_error=self.on_error,
-            block_frames=self.block_frames,
-            source_rate=self.source_rate,
+        """Per source: (outputs [T, K] or None, times [T] or None, the result's common fields).
+
+        Windows of all sources share batches; ``progress`` is one bar in seconds of audio,
+        within long files and across many (file i/n as postfix)."""
+        sources, window, batch_size = self.sources, self.window, self.batch_size
+        outputs = [[] for _ in sources]
+        starts = [[] for _ in sources]
+        streams = [None] * len(sources)
+        errors = [None] * len(sources)
+        shape = (window,) if self.patching is None else self.patching.patch_shape
+        batch = np.zeros((batch_size, *shape), np.float32)
+        owners = []
+
+        def flush():
+            n = len(owners)
+            size = padded_size(n, batch_size, policy="power_of_two")
+            batch[n:size] = 0.0
+            out = np.asarray(self.predict(batch[:size]))[:n]
+            for row, owner in enumerate(owners):
+                outputs[owner].append(out[row])
+            owners.clear()
+
+        rate = self.rate
+        total = _total_seconds(sources, rate, self.source_rate) if progress is not False else None
+        bar = progress_bar(
+            total,
             progress=progress,
+            desc="audio",
+            unit="s",
+            bar_format="{l_bar}{bar}| {n:.0f}/"
+            + ("{total:.0f}" if total is not None else "?")
+            + " s [{elapsed}<{remaining}{postfix}]",
         )
-        for source, (out, times, stream, error) in zip(self.sources, runs):
+        try:
+            for i, source in enumerate(sources):
+                stream = WindowStream(
+                    source, rate, window, self.hop, self.short, self.block_frames,
+                    self.source_rate, self.patching,
+                )  # fmt: skip
+                streams[i] = stream
+                if len(sources) > 1:
+                    bar.set_postfix_str(f"file {i + 1}/{len(sources)}")
+                shown = 0.0
+                try:
+                    for start, chunk in stream:
+                        batch[len(owners)] = chunk
+                        owners.append(i)
+                        starts[i].append(start)
+                        if len(owners) == batch_size:
+                            flush()
+                            seen = stream.total / rate
+                            bar.update(seen - shown)
+                            shown = seen
+                except (AudioError, ValueError) as error:
+                    if self.on_error == "raise":
+                        raise
+                    errors[i] = str(error)
+                bar.update(stream.total / rate - shown)
+            if owners:
+                flush()
+        finally:
+            bar.close()
+        for i, source in enumerate(sources):
+            out = times = None
+            if errors[i] is None:
+                out = np.stack(outputs[i]).astype(np.float32)
+                times = np.asarray(starts[i]) / rate
             fields = dict(
                 source=describe(source),
-                sample_rate=self.rate,
-                window_seconds=self.window / self.rate,
-                hop_seconds=self.hop / self.rate,
-                duration=stream.total / self.rate,
-                padded=stream.padded,
-                error=error,
+                sample_rate=rate,
+                window_seconds=window / rate,
+                hop_seconds=self.hop / rate,
+                duration=streams[i].total / rate,
+                padded=streams[i].padded,
+                error=errors[i],
             )
             yield out, times, fields
 
@@ -253,6 +220,9 @@ def _prepare(
     hop_samples = window if hop is None else int(round(float(hop) * rate))
     if hop_samples < 1:
         raise ValueError(f"hop must be > 0 seconds, got {hop}.")
+    patching = musicnn_patching(model)  # musicnn: patches of one whole-file log-mel
+    if patching is not None:
+        hop_samples = patching.hop_samples(hop)
     block_frames = max(window, int(block_seconds * rate))
     if layer is None:
         predict, _ = predictor(net, engine)
@@ -272,6 +242,7 @@ def _prepare(
         short=short,
         on_error=on_error,
         source_rate=sample_rate,
+        patching=patching,
     )
 
 
