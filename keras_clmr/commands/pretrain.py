@@ -13,7 +13,6 @@ three are kept), TensorBoard logs in <output_dir>/logs, and at the end model.ker
 pretrainer) and encoder.keras (the backbone for evaluation and export).
 """
 
-import math
 import os
 import sys
 
@@ -322,12 +321,10 @@ def apply_cpc_defaults(flag_values):
         flag_values.augment = "none"
 
 
-def load_training_data(segment_samples, batch_size, steps_per_epoch, seed, replicas=1):
-    """(dataset of source segments for ``fit``, steps per epoch, a one-line description, the
-    batch size used): a batch larger than the clip count is lowered to it, with a warning
-    (``cap_batch_size``), for prepared shards as for audio folders and the demo corpus."""
+def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
+    """A dataset of source segments for ``fit`` and a one-line description of it."""
     from keras_clmr import audio
-    from keras_clmr.pretraining import SegmentBatches, cap_batch_size
+    from keras_clmr.pretraining import SegmentBatches
 
     if FLAGS.data_dir:
         prepared = _prepared_pipeline()
@@ -340,13 +337,6 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed, repli
                     f"--data_dir {FLAGS.data_dir} is prepared but holds no training clips (see "
                     "its manifest.json 'skipped'): prepare a folder with decodable audio."
                 )
-            known = count if isinstance(count, int) else None
-            try:
-                batch_size = cap_batch_size(
-                    batch_size, known, FLAGS.data_dir, replicas, warn=logging.warning
-                )
-            except ValueError as error:
-                raise app.UsageError(str(error)) from error
             dataset = prepared.pretraining_dataset(
                 FLAGS.data_dir,
                 segment_samples=segment_samples,
@@ -358,7 +348,7 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed, repli
                 steps_per_epoch = max(1, int(count or 0) // batch_size) if count else None
             if steps_per_epoch is None:
                 raise app.UsageError("Pass --steps_per_epoch for this prepared directory.")
-            return dataset, steps_per_epoch, f"prepared shards in {FLAGS.data_dir}", batch_size
+            return dataset, steps_per_epoch, f"prepared shards in {FLAGS.data_dir}"
         try:
             paths = audio.list_audio_files(FLAGS.data_dir)
         except FileNotFoundError as error:
@@ -382,7 +372,6 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed, repli
                 f"each needs at least {segment_samples} samples at {FLAGS.sample_rate} Hz."
             )
         description = f"{len(clips)} audio files from {FLAGS.data_dir} ({len(skipped)} skipped)"
-        source = FLAGS.data_dir
     else:
         if FLAGS.dataset != "demo":
             raise app.UsageError(
@@ -393,24 +382,12 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed, repli
         corpus = make_demo_corpus(n_clips=FLAGS.demo_clips, sample_rate=FLAGS.sample_rate)
         clips = list(corpus.subset("train").audio)
         description = f"demo corpus ({len(clips)} training clips)"
-        source = "The demo corpus (--demo_clips)"
-    try:
-        batch_size = cap_batch_size(batch_size, len(clips), source, replicas, warn=logging.warning)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    batch_size = min(batch_size, len(clips)) if steps_per_epoch is None else batch_size
     batches = SegmentBatches
     if FLAGS.view_source == "clip":
         from keras_clmr.data.views import ClipViewBatches as batches
     data = batches(clips, segment_samples, batch_size, steps_per_epoch=steps_per_epoch, seed=seed)
-    return data, len(data), description, batch_size
-
-
-def memory_probe():
-    """(available, total) bytes of memory: ``pretraining.available_memory`` (tests replace
-    this to check the warning)."""
-    from keras_clmr.pretraining import available_memory
-
-    return available_memory()
+    return data, len(data), description
 
 
 def _prepared_pipeline():
@@ -433,19 +410,15 @@ def main(argv):
         CheckpointError,
         EpochCheckpoint,
         NonFiniteGuard,
-        PretrainingRate,
         StepCheckpoint,
         TrainingDivergedError,
-        accelerator_visible,
         build_pretrainer,
         default_jit_compile,
-        encoder_passes,
         finished_outputs,
         fit_resumable,
         load_resume_point,
         read_state,
         save_final_outputs,
-        step_guidance,
     )
 
     checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
@@ -564,8 +537,8 @@ def main(argv):
         raise app.UsageError(
             f"--segment_samples={segment_samples} is shorter than the {crop}-sample crop."
         )
-    data, steps, description, batch_size = load_training_data(
-        segment_samples, FLAGS.batch_size, FLAGS.steps_per_epoch, FLAGS.seed, dist.num_replicas
+    data, steps, description = load_training_data(
+        segment_samples, FLAGS.batch_size, FLAGS.steps_per_epoch, FLAGS.seed
     )
     if hasattr(data, "epoch"):
         data.epoch = initial_epoch
@@ -579,7 +552,7 @@ def main(argv):
             model.compile(
                 optimizer=build_optimizer(
                     FLAGS.optimizer,
-                    batch_size=batch_size,
+                    batch_size=FLAGS.batch_size,
                     steps_per_epoch=steps,
                     epochs=FLAGS.epochs,
                     warmup_epochs=FLAGS.warmup_epochs,
@@ -588,29 +561,12 @@ def main(argv):
                 ),
                 jit_compile=jit_compile,
             )
-    if not model.built:
-        with dist.scope():
-            clip_mode = FLAGS.view_source == "clip"
-            model.build((None, 2, segment_samples) if clip_mode else (None, segment_samples))
-    trainable = sum(math.prod(w.shape) for w in model.encoder.trainable_weights)
-    frozen = sum(math.prod(w.shape) for w in model.encoder.non_trainable_weights)
     print(
-        f"Pretraining {FLAGS.model} ({trainable:,} trainable + {frozen:,} non-trainable encoder "
-        f"parameters) on {description}: batch {batch_size}, "
+        f"Pretraining {FLAGS.model} ({model.encoder.count_params():,} encoder parameters) on "
+        f"{description}: "
         f"{steps} steps/epoch, backend {backend}, jit_compile={jit_compile}, {dist}.",
         flush=True,
     )
-    clips = getattr(data, "clips", None) or ()
-    estimate, warning = step_guidance(
-        model,
-        batch_size // dist.num_replicas,
-        data_bytes=sum(clip.nbytes for clip in clips),
-        memory=memory_probe,
-        accelerator=accelerator_visible(backend),
-    )
-    print(estimate, flush=True)
-    if warning:
-        logging.warning(warning)
 
     try:  # only now that the flags, the model and the data are known to be good
         os.makedirs(checkpoint_dir, exist_ok=True)
@@ -631,7 +587,6 @@ def main(argv):
             write=dist.is_chief,
             guard=guard,
         ),
-        PretrainingRate(batch_size * encoder_passes(model)[1]),  # before TensorBoard: it logs
         keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "logs")),
     ]
     if FLAGS.checkpoint_every_steps:
