@@ -214,8 +214,11 @@ def resample(audio, orig_sr, target_sr):
     return soxr.resample(audio, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
-def load(path_or_file, sample_rate=DEFAULT_SAMPLE_RATE, mono=True):
+def load(path_or_file, sample_rate=DEFAULT_SAMPLE_RATE, mono=True, clip=True):
     """Decode an audio file to float32 in [-1, 1] at ``sample_rate`` Hz.
+
+    ``clip=False`` keeps samples beyond [-1, 1] (float files, resampling overshoot) as
+    librosa does (musicnn's windowing needs that).
 
     Returns [T] when ``mono`` (channels averaged), else [T, C]. ``sample_rate=None`` keeps
     the file's own rate. Reads wav/flac/ogg/opus/mp3 with soundfile and falls back to the
@@ -276,7 +279,9 @@ def load(path_or_file, sample_rate=DEFAULT_SAMPLE_RATE, mono=True):
         data = data[:, 0]
     if sample_rate is not None and rate != sample_rate:
         data = resample(data, rate, sample_rate)
-    return np.clip(data, -1.0, 1.0).astype(np.float32, copy=False)
+    if clip:
+        data = np.clip(data, -1.0, 1.0)
+    return data.astype(np.float32, copy=False)
 
 
 def _check_header(path, name):

@@ -5,7 +5,8 @@ the network is the tagger for ``tag`` and the encoder inside any model for ``emb
 ``predictor`` gives a ``batch -> numpy`` callable: ``engine="onnxruntime"`` runs the graph of
 ``keras_clmr.export.onnx`` (the one ONNX builder: SampleCNN and taggers on it, BatchNorm folded;
 same outputs to ~1e-5, ~2-3x faster on CPU), ``"keras"`` runs ``predict_on_batch``, ``"auto"``
-takes ONNX Runtime where the builder supports the model.
+takes ONNX Runtime where the builder supports the model. musicnn models take log-mel patches
+(``windows.MelPatching``) and run on Keras.
 """
 
 import hashlib
@@ -17,12 +18,14 @@ import numpy as np
 
 from keras_clmr.batching import keras_predictor
 from keras_clmr.models import encoder_of, is_tagger
+from keras_clmr.models.musicnn import Musicnn
 
 DEFAULT_MODEL = "clmr-mtat"
 ENGINES = ("auto", "keras", "onnxruntime")
 
 _LOADED = {}
 _ONNX_CACHE = {}
+_PATCH_MODELS = {}
 
 
 def resolve_model(model, task):
@@ -73,10 +76,32 @@ def cached_onnx_predictor(net):
     return predict
 
 
+def patch_model(net):
+    """``MusicnnOnPatches(net)``, built once per musicnn model (its predict function too)."""
+    from keras_clmr.models.musicnn import MusicnnOnPatches
+
+    entry = _PATCH_MODELS.get(id(net))
+    if entry is not None and entry[0]() is net:
+        return entry[1]
+    runner = MusicnnOnPatches(net)
+    _PATCH_MODELS[id(net)] = (weakref.ref(net), runner)
+    return runner
+
+
 def predictor(net, engine):
-    """(``batch -> numpy outputs``, engine used) for ``net``."""
+    """(``batch -> numpy outputs``, engine used) for ``net``.
+
+    musicnn models (a ``Musicnn`` encoder) take log-mel patch batches and run on Keras.
+    """
     if engine not in ENGINES:
         raise ValueError(f"engine must be 'auto', 'keras' or 'onnxruntime', got {engine!r}.")
+    if isinstance(encoder_of(net), Musicnn):
+        if engine == "onnxruntime":
+            raise ValueError(
+                "engine='onnxruntime' does not support musicnn models (they run on log-mel "
+                "patches cut from the whole file, as musicnn does); use engine='keras'."
+            )
+        return keras_predictor(patch_model(net)), "keras"
     if engine != "keras":
         try:
             return cached_onnx_predictor(net), "onnxruntime"
@@ -122,7 +147,8 @@ def _pooled(x):
 
 
 def layer_predictor(net, layer):
-    """``batch -> [B, D]`` features of ``layer`` of encoder ``net`` (see ``layer_names``).
+    """``batch -> [B, D]`` features of ``layer`` of encoder ``net`` (see ``layer_names``);
+    musicnn's batches are log-mel patches, SampleCNN's audio windows.
 
     Vector features (musicnn's ``max_pool``, ``mean_pool``, ``penultimate``) come as they
     are; time-varying ones (musicnn's ``timbral``/``cnn*``, vgg's ``pool*``, SampleCNN's
@@ -134,8 +160,13 @@ def layer_predictor(net, layer):
             f"layer={layer!r} is not a feature of {type(net).__name__}; choose one of "
             f"{list(names) or 'none (this model offers only its embedding)'} or layer=None."
         )
-    if hasattr(net, "logmel_features"):
-        return lambda batch: _pooled(net.features(keras.ops.convert_to_tensor(batch))[layer])
+    if hasattr(net, "logmel_features"):  # batches of log-mel patches (windows.MelPatching)
+
+        def predict_patches(batch):
+            patches = keras.ops.convert_to_tensor(batch)
+            return _pooled(net.logmel_features(patches, training=False)[layer])
+
+        return predict_patches
     prefix = f"block_{layer[len('block') :]}_"
     last = max(i for i, item in enumerate(net.stack) if item.name.startswith(prefix))
 

@@ -62,6 +62,11 @@ class MusicnnLogMel(layers.Layer):
             np.float32
         )
 
+    @property
+    def filterbank(self):
+        """librosa's Slaney filterbank [n_fft // 2 + 1, n_mels] in float32 (librosa's dtype)."""
+        return self._mel
+
     def compute_output_shape(self, input_shape):
         n = input_shape[1]
         return (input_shape[0], None if n is None else 1 + n // self.hop_length, self.n_mels)
@@ -362,6 +367,33 @@ class Musicnn(Backbone):
             float16_rounding=self.float16_rounding,
         )
         return config
+
+
+class MusicnnOnPatches(keras.Model):
+    """A musicnn tagger (tag probabilities) or backbone (embedding) run on log-mel patches
+    [B, frames, n_mels] instead of audio, sharing its weights.
+
+    What ``keras_clmr.tag`` / ``embed`` run for musicnn: they cut the patches from one
+    log-mel of the whole file, as musicnn's extractor does, instead of one per audio window.
+    """
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        from keras_clmr.models.roles import encoder_of, is_tagger
+
+        self.model = model
+        self.backbone = encoder_of(model)
+        self.tagger = model if is_tagger(model) else None
+        if not isinstance(self.backbone, Musicnn):
+            raise TypeError(
+                f"MusicnnOnPatches needs a Musicnn backbone, got {type(self.backbone).__name__}."
+            )
+
+    def call(self, patches):
+        embedding = self.backbone.logmel_embedding(patches, training=False)
+        if self.tagger is None:
+            return embedding
+        return self.tagger.activation(self.tagger.head(embedding, training=False))
 
 
 def musicnn_tagger(architecture="musicnn", tags=None, num_classes=50, **kwargs):
