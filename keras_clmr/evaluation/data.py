@@ -67,6 +67,19 @@ class PreparedSplit:
     def __len__(self):
         return len(self.ids)
 
+    def crops(self, crop_samples, batch_size, shuffle, seed):
+        """A tf.data dataset of (random crop [b, crop_samples], labels [b, C]) batches."""
+        from keras_clmr.data import pipeline
+
+        return pipeline.supervised_dataset(
+            self.data_dir,
+            self.split,
+            crop_samples=crop_samples,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+        )
+
 
 def demo_splits(n_clips=96, seconds=6.0, sample_rate=22050, seed=0):
     """The offline demo corpus as ``{"train", "valid", "test"}`` ClipSets, plus tag names."""
@@ -241,32 +254,12 @@ class CropBatches(keras.utils.PyDataset):
 def train_data(split, crop_samples, batch_size, seed, indices):
     if isinstance(split, ClipSet):
         return CropBatches(split.subset(indices), crop_samples, batch_size, seed=seed)
-    from keras_clmr.data import pipeline
-
     if len(indices) == len(split):
-        return pipeline.supervised_dataset(
-            split.data_dir,
-            split.split,
-            crop_samples=crop_samples,
-            batch_size=batch_size,
-            shuffle=True,
-            seed=seed,
-        )
+        return split.crops(crop_samples, batch_size, shuffle=True, seed=seed)
     import tensorflow as tf
 
     keep = tf.constant(np.isin(np.arange(len(split)), indices))
-    dataset = (
-        pipeline.supervised_dataset(
-            split.data_dir,
-            split.split,
-            crop_samples=crop_samples,
-            batch_size=1,
-            shuffle=False,
-            seed=None,
-        )
-        .unbatch()
-        .enumerate()
-    )
+    dataset = split.crops(crop_samples, 1, shuffle=False, seed=None).unbatch().enumerate()
     dataset = dataset.filter(lambda i, example: tf.gather(keep, i)).map(lambda i, example: example)
     return dataset.shuffle(len(indices), seed=seed).batch(batch_size).prefetch(-1)
 
@@ -275,13 +268,4 @@ def valid_data(split, crop_samples, batch_size, seed):
     if isinstance(split, ClipSet):
         x, owner = random_crops(split.clips, crop_samples, 1, seed)
         return x, split.labels[owner]
-    from keras_clmr.data import pipeline
-
-    return pipeline.supervised_dataset(
-        split.data_dir,
-        split.split,
-        crop_samples=crop_samples,
-        batch_size=batch_size,
-        shuffle=False,
-        seed=seed,
-    )
+    return split.crops(crop_samples, batch_size, shuffle=False, seed=seed)

@@ -4,10 +4,9 @@ Test protocol: each clip is cut into non-overlapping chunks of the encoder's inp
 partial chunk dropped) and per-chunk sigmoid (softmax) outputs are averaged per clip.
 """
 
-import keras
 import numpy as np
 
-from keras_clmr.batching import pad_rows, predict_batched
+from keras_clmr.batching import keras_predictor, pad_rows, predict_batched
 from keras_clmr.evaluation.data import ClipSet, random_crops
 from keras_clmr.inference.progress import progress_bar
 from keras_clmr.models.tagger import map_chunks
@@ -20,24 +19,13 @@ def embed_crops(encoder, split, crops_per_clip=1, seed=0, batch_size=64):
         audio, owner = random_crops(split.clips, n, crops_per_clip, seed)
         bar = progress_bar(len(audio), progress=None, desc="probe features", unit="crop")
         try:
-            predict = _counted(
-                lambda x: keras.ops.convert_to_numpy(encoder.predict_on_batch(x)), bar
-            )
+            predict = _counted(keras_predictor(encoder), bar)
             return predict_batched(predict, audio, batch_size), split.labels[owner], owner
         finally:
             bar.close()
-    from keras_clmr.data import pipeline
-
     features, labels = [], []
     for k in range(int(crops_per_clip)):
-        dataset = pipeline.supervised_dataset(
-            split.data_dir,
-            split.split,
-            crop_samples=n,
-            batch_size=batch_size,
-            shuffle=False,
-            seed=seed * 1009 + k,
-        )
+        dataset = split.crops(n, batch_size, shuffle=False, seed=seed * 1009 + k)
         for x, y in dataset.as_numpy_iterator():
             features.append(predict_batched(encoder, x, batch_size))
             labels.append(y)
@@ -91,12 +79,7 @@ def chunk_outputs(predict_batch, split, chunk_samples, batch_size=64, progress=N
 
 def clip_embeddings(encoder, split, batch_size=64):
     """Per-clip chunk embeddings: list of [k_i, D] (k_i non-overlapping chunks of clip i)."""
-    return chunk_outputs(
-        lambda x: keras.ops.convert_to_numpy(encoder.predict_on_batch(x)),
-        split,
-        int(encoder.input_samples),
-        batch_size,
-    )
+    return chunk_outputs(keras_predictor(encoder), split, int(encoder.input_samples), batch_size)
 
 
 def _activation(logits, multi_label):
@@ -109,12 +92,7 @@ def _activation(logits, multi_label):
 
 def predict_clips(tagger, split, batch_size=64):
     """Clip-level probabilities [N, C] of a MusicTagger: mean of per-chunk probabilities."""
-    per_clip = chunk_outputs(
-        lambda x: keras.ops.convert_to_numpy(tagger.predict_on_batch(x)),
-        split,
-        tagger.input_samples,
-        batch_size,
-    )
+    per_clip = chunk_outputs(keras_predictor(tagger), split, tagger.input_samples, batch_size)
     return np.stack([p.mean(axis=0) for p in per_clip])
 
 

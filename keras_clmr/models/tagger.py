@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from keras_clmr.batching import keras_predictor, pad_rows
 from keras_clmr.layers.initializers import (
     torch_default_bias_initializer,
     torch_default_kernel_initializer,
@@ -45,12 +46,7 @@ def map_chunks(predict_batch, clips, chunk_samples, batch_size=32):
     def flush():
         batch = np.concatenate(pending, axis=0)
         n = batch.shape[0]
-        if n < batch_size:
-            batch = np.concatenate(
-                [batch, np.zeros((batch_size - n, chunk_samples), np.float32)], axis=0
-            )
-        result = np.asarray(predict_batch(batch))[:n]
-        outputs.append(result)
+        outputs.append(np.asarray(predict_batch(pad_rows(batch, batch_size)))[:n])
         pending.clear()
 
     buffered = 0
@@ -176,12 +172,7 @@ class MusicTagger(Task):
         Each clip is cut into non-overlapping ``input_samples`` chunks (the last partial
         chunk dropped); the per-chunk probabilities are averaged.
         """
-        per_clip = map_chunks(
-            lambda x: ops.convert_to_numpy(self.predict_on_batch(x)),
-            clips,
-            self.input_samples,
-            batch_size,
-        )
+        per_clip = map_chunks(keras_predictor(self), clips, self.input_samples, batch_size)
         return (
             np.stack([p.mean(axis=0) for p in per_clip])
             if per_clip
