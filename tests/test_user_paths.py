@@ -268,13 +268,17 @@ def test_embed_layer_of_sample_cnn_matches_a_direct_computation():
 
 def test_embed_layer_of_musicnn():
     from keras_clmr import inference
+    from keras_clmr.inference.windows import WindowStream, musicnn_patching
     from keras_clmr.models import Musicnn
 
     net = Musicnn()
     rng = np.random.default_rng(2)
-    audio = rng.uniform(-0.5, 0.5, 2 * net.input_samples).astype("float32")
-    windows = audio.reshape(2, net.input_samples)
-    features = net.features(windows)
+    audio = rng.uniform(-0.5, 0.5, 2 * 187 * 256).astype("float32")  # two musicnn patches
+    patching = musicnn_patching(net)  # patches of the whole-file log-mel, as musicnn cuts them
+    stream = WindowStream(
+        audio, 16000, net.input_samples, 187 * 256, "pad", len(audio), None, patching
+    )
+    features = net.logmel_features(np.stack([patch for _, patch in stream]), training=False)
     for layer, dim in (("max_pool", 753), ("mean_pool", 753), ("penultimate", 200)):
         result = inference.embed(audio, model=net, layer=layer, progress=False)
         assert result.embeddings.shape == (2, dim)
