@@ -661,6 +661,25 @@ def build_augmentation(augment, sample_rate, seed, pitch_shift=True):
     )
 
 
+def accelerator_visible(backend):
+    """Whether the backend sees a GPU/TPU (the step estimate is calibrated on the CPU)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(
+            tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
+        )
+    if backend == "jax":
+        import jax
+
+        return any(device.platform != "cpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
 def default_jit_compile(backend):
     """XLA where it helps: always on JAX (its only compiled mode), on TF with an accelerator."""
     if backend == "jax":
@@ -691,3 +710,250 @@ def save_final_outputs(model, output_dir, checkpoint_dir=None, epoch=None):
     if checkpoint_dir is not None and os.path.exists(os.path.join(checkpoint_dir, STATE_FILE)):
         mark_finished(checkpoint_dir, epoch, FINAL_FILES)
     return paths
+
+
+def cap_batch_size(batch_size, clip_count, source, replicas=1, warn=logging.warning):
+    """The batch size to train with when the data holds only ``clip_count`` clips.
+
+    A batch larger than the clip count repeats clips within a batch: a clip's views then
+    meet another copy of the same clip as a negative (false negatives in NT-Xent). The batch
+    is lowered to the clip count (a multiple of ``replicas``), with a warning naming the
+    ``source``. Returns ``batch_size`` unchanged when the data is large enough or its size is
+    unknown (``clip_count`` None).
+    """
+    batch_size = int(batch_size)
+    if clip_count is None or batch_size <= int(clip_count):
+        return batch_size
+    capped = int(clip_count) - int(clip_count) % int(replicas)
+    if capped < 1:
+        raise ValueError(
+            f"{source} holds {clip_count} clips: fewer than the {replicas} replicas, so no "
+            "batch can give every replica a different clip. Add clips or use fewer devices."
+        )
+    warn(
+        "%s holds %d clips, fewer than --batch_size=%d: training with batches of %d instead "
+        "(a larger batch would repeat clips within a batch, whose copies would then count as "
+        "negatives).",
+        source,
+        clip_count,
+        batch_size,
+        capped,
+    )
+    return capped
+
+
+# Step estimates (``estimate_step``). Calibrated on this project's 2-core CPU machine, TF
+# backend, no XLA, float32, full-size CLMR (SampleCNN, 59049-sample crops, --augment=crop):
+# peak RSS of one warm-up + one timed ``train_on_batch`` (``python -m benchmarks.train_step
+# --backends=tensorflow --jit=off --steps=1 --batch=N``) was 2.35 GB at 8 pairs, 4.42 GB at 24
+# and 7.56 GB at 48 (README Benchmarks): linear, 65.1 MB per view on top of 1.31 GB. SampleCNN's
+# layers output 21.56 M floats per view (``layer_costs``), so a view costs 0.755 x its layer
+# outputs (what the backward pass keeps, less what TF frees early). Time: the README's 5.77
+# views/s at 48 pairs on 2 cores with 3.47 GFLOP per view forward (x3 for a train step) gives
+# 30 GFLOP/s per core. Other models, augmentation, XLA, mixed precision and GPUs are
+# extrapolations of the same formula: read them as the order of magnitude
+# (``python -m benchmarks.pretrain_estimate`` prints estimate and measurement side by side).
+STEP_BASE_BYTES = 1.31e9  # TF runtime, weights, optimizer slots, graph: independent of batch
+BYTES_PER_OUTPUT_FLOAT = 0.755 * 4  # peak bytes per float32 layer output of one view
+CORE_FLOPS_PER_SECOND = 30e9  # sustained FLOP/s of one CPU core on the train step (oneDNN)
+TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (gradients of inputs and of weights)
+
+
+def _leaf_layers(model):
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if not list(layer._flatten_layers(include_self=False, recursive=False))
+    ]
+
+
+def layer_costs(model):
+    """(floats output, FLOPs) of one example through ``model``'s built layers.
+
+    Read from each leaf layer's build shape and ``compute_output_shape`` (no tracing, any
+    backend). FLOPs count the multiply-adds of layers with a kernel (convolutions, dense,
+    recurrent cells over their time steps); other layers count one per output float.
+    Layers whose shapes are unknown (built on a shapeless input) are skipped.
+    """
+    floats = flops = 0
+    for layer in _leaf_layers(model):
+        shapes = getattr(layer, "_build_shapes_dict", None) or {}
+        if len(shapes) != 1:
+            continue
+        try:
+            output = layer.compute_output_shape(next(iter(shapes.values())))
+        except Exception:  # noqa: BLE001 (a layer that cannot say: left out of the estimate)
+            continue
+        if not isinstance(output, (tuple, list)) or not output or isinstance(output[0], tuple):
+            continue
+        dims = output[1:]
+        if any(d is None for d in dims):
+            continue
+        size = math.prod(int(d) for d in dims)
+        floats += size
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None and len(kernel.shape) >= 2:
+            recurrent = getattr(layer, "recurrent_kernel", None)
+            macs = math.prod(kernel.shape[:-1])
+            if recurrent is not None:  # a recurrent cell: per step, gates of input and state
+                macs += math.prod(recurrent.shape[:-1])
+                size = kernel.shape[-1]  # per time step; the steps are not in its shapes
+            flops += 2 * size * macs
+        else:
+            flops += size
+    return floats, flops
+
+
+def encoder_passes(model):
+    """(encoder passes, views) per example: CLMR 2 and 2, PEMR 3 (anchor, positive,
+    negative) and 2, CPC 1 and 1."""
+    name = type(model).__name__
+    return {"PEMR": (3, 2), "CPC": (1, 1)}.get(name, (2, 2))
+
+
+def available_memory():
+    """(bytes available to this process, bytes of memory in all), each None when unknown.
+
+    psutil when installed, else /proc/meminfo (MemAvailable, MemTotal); a cgroup limit
+    (containers) lowers both.
+    """
+    available = total = None
+    try:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        available, total = int(memory.available), int(memory.total)
+    except ImportError:
+        try:
+            with open("/proc/meminfo", encoding="ascii") as file:
+                fields = dict(line.split(":", 1) for line in file if ":" in line)
+            available = int(fields["MemAvailable"].split()[0]) * 1024
+            total = int(fields["MemTotal"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as file:
+            limit = file.read().strip()
+        if limit.isdigit():
+            with open("/sys/fs/cgroup/memory.current", encoding="ascii") as file:
+                used = int(file.read().strip())
+            total = min(total or int(limit), int(limit))
+            available = min(available or int(limit), max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return available, total
+
+
+def cpu_cores():
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class StepEstimate:
+    """Peak host memory and seconds of one CPU train step (see ``estimate_step``)."""
+
+    def __init__(self, peak_bytes, seconds, views, cores, data_bytes=0):
+        self.peak_bytes = float(peak_bytes)
+        self.seconds = float(seconds)
+        self.views = int(views)
+        self.cores = int(cores)
+        self.data_bytes = float(data_bytes)
+
+    def describe(self):
+        data = (
+            f" (+{self.data_bytes / 1e9:.2f} GB of clips held in memory)" if self.data_bytes else ""
+        )
+        return (
+            f"Estimated train step ({self.views} views): peak memory ~{self.peak_bytes / 1e9:.1f} "
+            f"GB{data}, ~{self.seconds:.0f} s/step on {self.cores} CPU core"
+            f"{'s' if self.cores != 1 else ''} (TF, no XLA, float32 calibration; see the README's "
+            "'Pretraining on a CPU' for settings that fit)."
+        )
+
+
+def estimate_step(model, batch_size, cores=None, data_bytes=0):
+    """A ``StepEstimate`` of ``model`` (a built pretrainer) training on ``batch_size``
+    examples: memory = base + views x layer outputs per view x a calibrated factor, time =
+    train FLOPs / (cores x a calibrated per-core rate). See the constants above for the
+    calibration; ``data_bytes``: clips already held in memory, added to the peak."""
+    passes, views = encoder_passes(model)
+    encoder_floats, encoder_flops = layer_costs(model.encoder)
+    all_floats, all_flops = layer_costs(model)
+    other_floats, other_flops = all_floats - encoder_floats, all_flops - encoder_flops
+    per_example_floats = passes * encoder_floats + views * other_floats
+    per_example_flops = passes * encoder_flops + views * other_flops
+    itemsize = 2 if "16" in str(getattr(model, "compute_dtype", "float32")) else 4
+    batch = int(batch_size)
+    peak = (
+        STEP_BASE_BYTES
+        + batch * per_example_floats * BYTES_PER_OUTPUT_FLOAT * itemsize / 4
+        + float(data_bytes)
+    )
+    cores = int(cores or cpu_cores())
+    seconds = TRAIN_FLOPS_PER_FORWARD * batch * per_example_flops / (CORE_FLOPS_PER_SECOND * cores)
+    return StepEstimate(peak, seconds, batch * views, cores, data_bytes)
+
+
+def step_guidance(
+    model, batch_size, cores=None, data_bytes=0, memory=available_memory, accelerator=False
+):
+    """(the estimate's line, a warning or None): the warning when the estimated peak exceeds
+    the memory ``memory()`` reports as available, with the batch that would fit. With an
+    ``accelerator`` the activations live in device memory: only a note, no warning."""
+    estimate = estimate_step(model, batch_size, cores=cores, data_bytes=data_bytes)
+    if accelerator:
+        return (
+            f"{estimate.describe()} An accelerator is visible: the activations go to its memory "
+            "and steps are much faster than this CPU figure (see the README's table).",
+            None,
+        )
+    available, total = memory()
+    if available is None or estimate.peak_bytes <= available:
+        return estimate.describe(), None
+    per_example = (estimate.peak_bytes - STEP_BASE_BYTES - float(data_bytes)) / int(batch_size)
+    fits = int((available - STEP_BASE_BYTES - float(data_bytes)) // max(per_example, 1.0))
+    advice = (
+        f"--batch_size={fits} would fit, or a smaller encoder (--channels)"
+        if fits >= 2
+        else "use a machine with more memory or a smaller encoder (--channels)"
+    )
+    in_all = f" of {total / 1e9:.1f} GB" if total else ""
+    warning = (
+        f"The estimated peak memory of a train step ({estimate.peak_bytes / 1e9:.1f} GB at "
+        f"--batch_size={batch_size}) exceeds the memory available ({available / 1e9:.1f} GB"
+        f"{in_all}): the run may be killed or swap. {advice[0].upper()}{advice[1:]}."
+    )
+    return estimate.describe(), warning
+
+
+class PretrainingRate(keras.callbacks.Callback):
+    """Adds ``views_per_second`` to each epoch's logs (so TensorBoard, placed after it, plots
+    it): encoder views trained per second of wall time between the first and the last step
+    of the epoch (the first step, which includes tracing, is left out when there are more)."""
+
+    def __init__(self, views_per_step):
+        super().__init__()
+        self.views_per_step = int(views_per_step)
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import time
+
+        self.times = [time.perf_counter()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        import time
+
+        self.times.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or len(self.times) < 2:
+            return
+        steps, elapsed = len(self.times) - 1, self.times[-1] - self.times[0]
+        if steps > 1:
+            steps, elapsed = steps - 1, self.times[-1] - self.times[1]
+        if elapsed > 0:
+            logs["views_per_second"] = self.views_per_step * steps / elapsed

@@ -13,6 +13,7 @@ three are kept), TensorBoard logs in <output_dir>/logs, and at the end model.ker
 pretrainer) and encoder.keras (the backbone for evaluation and export).
 """
 
+import math
 import os
 import sys
 
@@ -321,10 +322,12 @@ def apply_cpc_defaults(flag_values):
         flag_values.augment = "none"
 
 
-def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
-    """A dataset of source segments for ``fit`` and a one-line description of it."""
+def load_training_data(segment_samples, batch_size, steps_per_epoch, seed, replicas=1):
+    """(dataset of source segments for ``fit``, steps per epoch, a one-line description, the
+    batch size used): a batch larger than the clip count is lowered to it, with a warning
+    (``cap_batch_size``), for prepared shards as for audio folders and the demo corpus."""
     from keras_clmr import audio
-    from keras_clmr.pretraining import SegmentBatches
+    from keras_clmr.pretraining import SegmentBatches, cap_batch_size
 
     if FLAGS.data_dir:
         prepared = _prepared_pipeline()
@@ -337,6 +340,13 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
                     f"--data_dir {FLAGS.data_dir} is prepared but holds no training clips (see "
                     "its manifest.json 'skipped'): prepare a folder with decodable audio."
                 )
+            known = count if isinstance(count, int) else None
+            try:
+                batch_size = cap_batch_size(
+                    batch_size, known, FLAGS.data_dir, replicas, warn=logging.warning
+                )
+            except ValueError as error:
+                raise app.UsageError(str(error)) from error
             dataset = prepared.pretraining_dataset(
                 FLAGS.data_dir,
                 segment_samples=segment_samples,
@@ -348,7 +358,7 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
                 steps_per_epoch = max(1, int(count or 0) // batch_size) if count else None
             if steps_per_epoch is None:
                 raise app.UsageError("Pass --steps_per_epoch for this prepared directory.")
-            return dataset, steps_per_epoch, f"prepared shards in {FLAGS.data_dir}"
+            return dataset, steps_per_epoch, f"prepared shards in {FLAGS.data_dir}", batch_size
         try:
             paths = audio.list_audio_files(FLAGS.data_dir)
         except FileNotFoundError as error:
@@ -372,6 +382,7 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
                 f"each needs at least {segment_samples} samples at {FLAGS.sample_rate} Hz."
             )
         description = f"{len(clips)} audio files from {FLAGS.data_dir} ({len(skipped)} skipped)"
+        source = FLAGS.data_dir
     else:
         if FLAGS.dataset != "demo":
             raise app.UsageError(
@@ -382,12 +393,24 @@ def load_training_data(segment_samples, batch_size, steps_per_epoch, seed):
         corpus = make_demo_corpus(n_clips=FLAGS.demo_clips, sample_rate=FLAGS.sample_rate)
         clips = list(corpus.subset("train").audio)
         description = f"demo corpus ({len(clips)} training clips)"
-    batch_size = min(batch_size, len(clips)) if steps_per_epoch is None else batch_size
+        source = "The demo corpus (--demo_clips)"
+    try:
+        batch_size = cap_batch_size(batch_size, len(clips), source, replicas, warn=logging.warning)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
     batches = SegmentBatches
     if FLAGS.view_source == "clip":
         from keras_clmr.data.views import ClipViewBatches as batches
     data = batches(clips, segment_samples, batch_size, steps_per_epoch=steps_per_epoch, seed=seed)
-    return data, len(data), description
+    return data, len(data), description, batch_size
+
+
+def memory_probe():
+    """(available, total) bytes of memory: ``pretraining.available_memory`` (tests replace
+    this to check the warning)."""
+    from keras_clmr.pretraining import available_memory
+
+    return available_memory()
 
 
 def _prepared_pipeline():
@@ -410,15 +433,19 @@ def main(argv):
         CheckpointError,
         EpochCheckpoint,
         NonFiniteGuard,
+        PretrainingRate,
         StepCheckpoint,
         TrainingDivergedError,
+        accelerator_visible,
         build_pretrainer,
         default_jit_compile,
+        encoder_passes,
         finished_outputs,
         fit_resumable,
         load_resume_point,
         read_state,
         save_final_outputs,
+        step_guidance,
     )
 
     checkpoint_dir = os.path.join(FLAGS.output_dir, "checkpoints")
@@ -537,8 +564,8 @@ def main(argv):
         raise app.UsageError(
             f"--segment_samples={segment_samples} is shorter than the {crop}-sample crop."
         )
-    data, steps, description = load_training_data(
-        segment_samples, FLAGS.batch_size, FLAGS.steps_per_epoch, FLAGS.seed
+    data, steps, description, batch_size = load_training_data(
+        segment_samples, FLAGS.batch_size, FLAGS.steps_per_epoch, FLAGS.seed, dist.num_replicas
     )
     if hasattr(data, "epoch"):
         data.epoch = initial_epoch
@@ -552,7 +579,7 @@ def main(argv):
             model.compile(
                 optimizer=build_optimizer(
                     FLAGS.optimizer,
-                    batch_size=FLAGS.batch_size,
+                    batch_size=batch_size,
                     steps_per_epoch=steps,
                     epochs=FLAGS.epochs,
                     warmup_epochs=FLAGS.warmup_epochs,
@@ -561,12 +588,29 @@ def main(argv):
                 ),
                 jit_compile=jit_compile,
             )
+    if not model.built:
+        with dist.scope():
+            clip_mode = FLAGS.view_source == "clip"
+            model.build((None, 2, segment_samples) if clip_mode else (None, segment_samples))
+    trainable = sum(math.prod(w.shape) for w in model.encoder.trainable_weights)
+    frozen = sum(math.prod(w.shape) for w in model.encoder.non_trainable_weights)
     print(
-        f"Pretraining {FLAGS.model} ({model.encoder.count_params():,} encoder parameters) on "
-        f"{description}: "
+        f"Pretraining {FLAGS.model} ({trainable:,} trainable + {frozen:,} non-trainable encoder "
+        f"parameters) on {description}: batch {batch_size}, "
         f"{steps} steps/epoch, backend {backend}, jit_compile={jit_compile}, {dist}.",
         flush=True,
     )
+    clips = getattr(data, "clips", None) or ()
+    estimate, warning = step_guidance(
+        model,
+        batch_size // dist.num_replicas,
+        data_bytes=sum(clip.nbytes for clip in clips),
+        memory=memory_probe,
+        accelerator=accelerator_visible(backend),
+    )
+    print(estimate, flush=True)
+    if warning:
+        logging.warning(warning)
 
     try:  # only now that the flags, the model and the data are known to be good
         os.makedirs(checkpoint_dir, exist_ok=True)
@@ -587,6 +631,7 @@ def main(argv):
             write=dist.is_chief,
             guard=guard,
         ),
+        PretrainingRate(batch_size * encoder_passes(model)[1]),  # before TensorBoard: it logs
         keras.callbacks.TensorBoard(os.path.join(FLAGS.output_dir, "logs")),
     ]
     if FLAGS.checkpoint_every_steps:

@@ -308,6 +308,17 @@ class CPC(Pretrainer):
         )
         return self.finish_loss(loss)
 
+    def positive_pair(self, y_pred):
+        """CPC's positive pairs (for ``positive_cosine``): each prediction W_k c_t with its
+        target z_{t+k}, over every step k, as ``info_nce`` pairs them."""
+        depth = y_pred["targets"].shape[-1]
+        predicted, targets = [], []
+        for k in range(1, self.prediction_steps + 1):
+            targets.append(ops.reshape(y_pred["targets"][:, k:, :], (-1, depth)))
+            step = y_pred["predictions"][:, :-k, (k - 1) * depth : k * depth]
+            predicted.append(ops.reshape(step, (-1, depth)))
+        return ops.concatenate(predicted, axis=0), ops.concatenate(targets, axis=0)
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -32,6 +32,16 @@ def build_projector(input_dim, hidden_dim, projection_dim, name="projector"):
     return projector
 
 
+def positive_cosine(first, second):
+    """Cosine similarity of each row of ``first`` with the same row of ``second`` [P], in
+    float32 (float64 inputs stay float64); an all-zero row gives 0."""
+    dtype = "float64" if ops.dtype(first) == "float64" else "float32"
+    first, second = ops.cast(first, dtype), ops.cast(second, dtype)
+    dot = ops.sum(first * second, axis=-1)
+    norms = ops.sqrt(ops.sum(ops.square(first), axis=-1) * ops.sum(ops.square(second), axis=-1))
+    return dot / ops.maximum(norms, 1e-12)
+
+
 class Pretrainer(keras.Model):
     """Contrastive pretrainer over an encoder. Input either view pairs [B, 2, S] (whole-clip
     mode: the data already cropped each example's two views independently from its clip, as
@@ -54,6 +64,9 @@ class Pretrainer(keras.Model):
         self.input_samples = self.encoder.input_samples
         self.crop = RandomCrop(self.input_samples, seed=seed, name="crop")
         self.augmentation = augmentation
+        # Mean cosine of the positive pairs' projections: a cheap health signal in the logs
+        # (near 1 for every pair together with a flat loss = collapse).
+        self.positive_cosine_tracker = keras.metrics.Mean(name="positive_cosine")
 
     @staticmethod
     def default_encoder():
@@ -103,6 +116,21 @@ class Pretrainer(keras.Model):
             view_1 = self.augmentation(view_1, training=True)
             view_2 = self.augmentation(view_2, training=True)
         return view_1, view_2
+
+    def positive_pair(self, y_pred):
+        """The projections of the positive pairs, two [P, D] tensors (row p pairs row p).
+
+        ``y_pred`` is ``call``'s output: [B, 2, D] or a dict whose "projections" [B, V, D]
+        hold the two views first. Pretrainers with other outputs override this.
+        """
+        projections = y_pred["projections"] if isinstance(y_pred, dict) else y_pred
+        return projections[:, 0], projections[:, 1]
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Keras' metrics plus ``positive_cosine`` (mean over the batch's positive pairs)."""
+        first, second = self.positive_pair(y_pred)
+        self.positive_cosine_tracker.update_state(positive_cosine(first, second))
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def finish_loss(self, loss):
         """Add the layers' own losses and scale for tf.distribute replicas (Keras un-scales
