@@ -161,6 +161,22 @@ def atomic_folder(target, overwrite=False, own_files=None):
         raise
 
 
+@contextlib.contextmanager
+def scratch_folder(next_to):
+    """Yield an empty temporary folder next to ``next_to``, removed on exit (probes, trials).
+
+    Named like :func:`atomic_folder`'s temporaries, so that ``recover_folder(next_to)`` removes
+    it when the writer was killed.
+    """
+    directory, prefix = _temporary_name(next_to, "tmp")
+    os.makedirs(directory, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=prefix + "-", dir=directory)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _pid_alive(pid):
     if pid == os.getpid():
         return True
@@ -249,6 +265,7 @@ __all__ = [
     "make_readable",
     "recover_entries",
     "recover_folder",
+    "scratch_folder",
     "sha256_file",
     "to_jsonable",
 ]

@@ -7,12 +7,11 @@ check (``FLOAT16_NOTE``).
 """
 
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 
+from keras_clmr import io
 from keras_clmr.export.onnx import export_onnx, onnx_session, run_onnx
 from keras_clmr.export.savedmodel import export_savedmodel, savedmodel_outputs
 from keras_clmr.export.signature import (
@@ -127,19 +126,18 @@ def checked_parity(fmt, model, path, *, batches=PARITY_BATCHES, atol=PARITY_ATOL
         rounding = _float16_layers(model)
         if not rounding:
             raise
-    scratch = tempfile.mkdtemp(
-        prefix=".keras_clmr_parity-", dir=os.path.dirname(os.path.abspath(path))
-    )
-    probe = os.path.join(scratch, os.path.basename(os.path.abspath(path)))
     for layer in rounding:
         layer.float16_rounding = False
+    # The probe lies next to ``path`` under io's temporary name: removed here, or by the next
+    # run's io.recover_folder(path) if this process is killed.
     try:
-        (export_onnx if fmt == "onnx" else export_savedmodel)(model, probe)
-        exact = check(model, probe, batches=batches, atol=atol)
+        with io.scratch_folder(path) as scratch:
+            probe = os.path.join(scratch, os.path.basename(os.path.abspath(path)))
+            (export_onnx if fmt == "onnx" else export_savedmodel)(model, probe)
+            exact = check(model, probe, batches=batches, atol=atol)
     finally:
         for layer in rounding:
             layer.float16_rounding = True
-        shutil.rmtree(scratch, ignore_errors=True)
     shipped = check(model, path, batches=batches, atol=FLOAT16_ATOL)
     shipped.update(float16_atol=FLOAT16_ATOL, without_float16_rounding=exact, note=FLOAT16_NOTE)
     return shipped

@@ -15,9 +15,8 @@ names the URL to fetch by hand and the ``keras-clmr convert`` command that fills
 
 import importlib
 import os
-import shutil
-import tempfile
 
+from keras_clmr import io
 from keras_clmr.hub import release
 from keras_clmr.hub.folder import PresetIntegrityError, load_preset, verify_preset
 from keras_clmr.hub.hf_cache import snapshot
@@ -58,6 +57,7 @@ def _built_path(preset, task):
 def _verified_cache_entry(preset, task):
     """The cached folder of ``preset``/``task`` if present, checked against its metadata."""
     folder = _built_path(preset, task)
+    io.recover_folder(folder)  # a build killed between its renames: its old copy comes back
     if not os.path.isdir(folder):
         return None
     try:
@@ -70,26 +70,25 @@ def _verified_cache_entry(preset, task):
     return folder
 
 
-def _build_into_cache(preset, task, write):
-    """Run ``write(folder)`` into a temporary folder; verified, it moves into the cache."""
+def _build_into_cache(preset, task, write, overwrite=False):
+    """Run ``write(folder)`` (a folder that does not exist yet) inside a staging folder next to
+    the cache entry; verified, it replaces the entry whole (``keras_clmr.io.atomic_folder``).
+
+    The writer's own temporaries stay inside the staging folder, so a kill leaves only that,
+    which the next build removes (``io.recover_folder``); an entry being replaced stays until
+    the new one is complete.
+    """
     target = _built_path(preset, task)
-    if os.path.isdir(target):
+    io.recover_folder(target)
+    if os.path.isdir(target) and not overwrite:
         return target
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    # The builder writes a folder that must not exist yet; it moves into place once verified.
-    work = tempfile.mkdtemp(dir=parent, prefix=f".{preset.name}-{task}.build-")
-    try:
-        built = os.path.join(work, "preset")
+    with io.atomic_folder(target, overwrite=True) as staging:
+        built = os.path.join(staging, ".build")
         write(built)
         verify_preset(built)
-        try:
-            os.replace(built, target)
-        except OSError:
-            if not os.path.isdir(target):  # another process won the race otherwise
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for name in os.listdir(built):
+            os.replace(os.path.join(built, name), os.path.join(staging, name))
+        os.rmdir(built)
     return target
 
 
@@ -124,16 +123,16 @@ def convert_into_cache(name, files, task="embed", overwrite=False, progress=True
         )
     assets = release.describe_local_files(preset, task, files)
     target = _built_path(preset, task)
-    if os.path.isdir(target):
-        if not overwrite:
-            raise FileExistsError(
-                f"{target} already holds {preset.name!r} ({task}); pass --overwrite to replace it."
-            )
-        shutil.rmtree(target)
+    io.recover_folder(target)
+    if os.path.isdir(target) and not overwrite:
+        raise FileExistsError(
+            f"{target} already holds {preset.name!r} ({task}); pass --overwrite to replace it."
+        )
     return _build_into_cache(
         preset,
         task,
         lambda folder: release.convert_files(preset, task, assets, folder, progress=progress),
+        overwrite=True,
     )
 
 
