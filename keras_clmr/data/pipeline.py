@@ -82,22 +82,28 @@ def shard_files(data_dir, split, manifest=None):
     return [_join(str(data_dir), name) for name in entry["shards"]]
 
 
-def clip_table(data_dir, split):
-    """The clips of ``split`` by clip index.
-
-    dict(ids [n], labels float32 [n, L], num_samples int64 [n], positions int64 [n]).
-    ``labels`` is multi-hot (multilabel) or one-hot (multiclass).
-    """
-    tf = _tf()
-    manifest = load_manifest(data_dir)
+def _split_rows(data_dir, split, manifest):
+    """The clips.tsv rows of ``split`` (dicts of strings) by clip index."""
     _split_entry(manifest, split, data_dir)
-    with tf.io.gfile.GFile(_join(str(data_dir), manifest.get("clips_file", CLIPS)), "r") as file:
+    path = _join(str(data_dir), manifest.get("clips_file", CLIPS))
+    with _tf().io.gfile.GFile(path, "r") as file:
         rows = [
             r
             for r in csv.DictReader(io.StringIO(file.read()), delimiter="\t")
             if r["split"] == split
         ]
     rows.sort(key=lambda r: int(r["index"]))
+    return rows
+
+
+def clip_table(data_dir, split):
+    """The clips of ``split`` by clip index.
+
+    dict(ids [n], labels float32 [n, L], num_samples int64 [n], positions int64 [n]).
+    ``labels`` is multi-hot (multilabel) or one-hot (multiclass).
+    """
+    manifest = load_manifest(data_dir)
+    rows = _split_rows(data_dir, split, manifest)
     labels = np.zeros((len(rows), len(manifest["labels"])), np.float32)
     for i, row in enumerate(rows):
         for j in filter(None, row["labels"].split(";")):
@@ -107,6 +113,97 @@ def clip_table(data_dir, split):
         "labels": labels,
         "num_samples": np.array([int(r["num_samples"]) for r in rows], np.int64),
         "positions": np.array([int(r["position"]) for r in rows], np.int64),
+    }
+
+
+def _is_local(path):
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def _local(path):
+    return str(path)[len("file://") :] if str(path).startswith("file://") else str(path)
+
+
+def _reprepare_hint(data_dir):
+    return (
+        f"re-run the `keras-clmr prepare ... --output={data_dir}` command that made it (it "
+        "rewrites damaged shards and keeps intact ones)"
+    )
+
+
+def pcm_index(data_dir, split, manifest=None):
+    """Where every clip of ``split`` sits in its local shard, for reading views directly.
+
+    dict(files: shard paths [F], file int64 [n], offset int64 [n] (byte offset of the clip's
+    int16 PCM in its shard), num_samples int64 [n]) in clip-index order. Read from clips.tsv
+    (``shard``/``offset`` columns) or, for preparations made before those columns, found by
+    scanning the shards' record headers. Raises ``records.ShardLayoutError`` naming the
+    command that re-prepares the data when a shard does not match its manifest.
+    """
+    from keras_clmr.data import records
+
+    manifest = manifest or load_manifest(data_dir)
+    rows = _split_rows(data_dir, split, manifest)
+    names = _split_entry(manifest, split, data_dir)["shards"]
+    files = [_local(_join(str(data_dir), name)) for name in names]
+    expected = {s["file"]: s for s in manifest.get("shards", [])}
+    sizes = []
+    for name, path in zip(names, files):
+        try:
+            size = _tf().io.gfile.stat(path).length
+        except Exception:
+            raise records.ShardLayoutError(
+                f"{path} is missing; {_reprepare_hint(data_dir)}."
+            ) from None
+        wanted = expected.get(name, {}).get("bytes")
+        if wanted is not None and int(wanted) != size:
+            raise records.ShardLayoutError(
+                f"{path} has {size} bytes, its manifest says {wanted}; {_reprepare_hint(data_dir)}."
+            )
+        sizes.append(size)
+    num_samples = np.array([int(r["num_samples"]) for r in rows], np.int64)
+    if rows and all(r.get("shard") and r.get("offset") for r in rows):
+        position = {name: i for i, name in enumerate(names)}
+        unknown = sorted({r["shard"] for r in rows} - set(position))
+        if unknown:
+            raise records.ShardLayoutError(
+                f"{data_dir}: clips.tsv names shards {unknown[:3]} that the manifest does not "
+                f"list for {split!r}; {_reprepare_hint(data_dir)}."
+            )
+        file = np.array([position[r["shard"]] for r in rows], np.int64)
+        offset = np.array([int(r["offset"]) for r in rows], np.int64)
+    else:  # prepared before clips.tsv had the offsets: find them in the record headers
+        file, offset, scanned = [], [], []
+        for i, (name, path) in enumerate(zip(names, files)):
+            offsets, lengths = records.scan_shard(path)
+            records_expected = expected.get(name, {}).get("records")
+            if records_expected is not None and int(records_expected) != len(offsets):
+                raise records.ShardLayoutError(
+                    f"{path} holds {len(offsets)} records, its manifest says "
+                    f"{records_expected}; {_reprepare_hint(data_dir)}."
+                )
+            file.append(np.full(len(offsets), i, np.int64))
+            offset.append(offsets)
+            scanned.append(lengths)
+        file, offset = np.concatenate(file), np.concatenate(offset)
+        if not np.array_equal(np.concatenate(scanned), num_samples):
+            raise records.ShardLayoutError(
+                f"{data_dir}: the shards' clips are not those of clips.tsv; "
+                f"{_reprepare_hint(data_dir)}."
+            )
+    end = offset + 2 * num_samples
+    beyond = np.flatnonzero(end > np.asarray(sizes, np.int64)[file]) if len(file) else []
+    if len(beyond):
+        raise records.ShardLayoutError(
+            f"{files[file[beyond[0]]]}: clip {rows[beyond[0]]['id']!r} lies beyond the end of "
+            f"the file; {_reprepare_hint(data_dir)}."
+        )
+    return {
+        "files": files,
+        "sizes": np.asarray(sizes, np.int64),
+        "file": file,
+        "offset": offset,
+        "num_samples": num_samples,
     }
 
 
@@ -239,6 +336,119 @@ def _report_short_clips(data_dir, split, samples, short_clips, view_source):
     return counts
 
 
+READERS = ("auto", "index", "records")
+
+
+def _clip_entries(tf, index, keep, *, repeat, seed, input_context, group, copies, mix):
+    """(file, offset, num_samples) entries of the clips where ``keep``, ``copies`` per clip.
+
+    Shard order is reshuffled every pass; the clips of each ``group`` consecutive shards are
+    then pooled and, when ``mix``, put in a random order (a full shuffle over the group, with
+    the siblings of ``copies`` > 1 spread apart), otherwise left in order.
+    """
+    file, offset, num_samples = (index[k][keep] for k in ("file", "offset", "num_samples"))
+    count = len(index["files"])
+    bounds = np.searchsorted(file, np.arange(count + 1)).astype(np.int64)
+    columns = {
+        "file": tf.constant(file, tf.int64),
+        "offset": tf.constant(offset, tf.int64),
+        "num_samples": tf.constant(num_samples, tf.int64),
+    }
+    bounds_t, sizes = tf.constant(bounds), tf.constant(index["sizes"], tf.int64)
+    shards = tf.data.Dataset.from_tensor_slices((index["files"], np.arange(count, dtype=np.int64)))
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        if count < input_context.num_input_pipelines:
+            raise ValueError(
+                f"{count} shards cannot be split across {input_context.num_input_pipelines} "
+                "input pipelines; prepare with smaller --shard_mb."
+            )
+        shards = shards.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+    def probe(path, shard):
+        # Reading each shard's first byte (once: cached) puts a file reader into the graph, so
+        # tf.distribute's FILE auto-sharding gives each worker its own shards, as with records.
+        first = tf.data.FixedLengthRecordDataset(
+            path, record_bytes=1, footer_bytes=tf.maximum(sizes[shard] - 1, 0)
+        )
+        return first.take(1).map(lambda _: shard)
+
+    shards = shards.flat_map(probe).cache().shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        shards = shards.repeat()
+    groups = shards.batch(group)
+
+    def pooled(ids, seed_pair):
+        rows = tf.ragged.range(tf.gather(bounds_t, ids), tf.gather(bounds_t, ids + 1)).flat_values
+        rows = tf.repeat(rows, copies)
+        if mix:
+            noise = tf.random.stateless_uniform(tf.shape(rows), seed=seed_pair)
+            rows = tf.gather(rows, tf.argsort(noise))
+        return {name: tf.gather(column, rows) for name, column in columns.items()}
+
+    group_seed = None if seed is None else seed + 1
+    return _with_seeds(tf, groups, group_seed).map(pooled).unbatch()
+
+
+def _pretraining_from_index(
+    tf,
+    index,
+    segment_samples,
+    batch_size,
+    *,
+    view_source,
+    short_clips,
+    segments_per_clip,
+    shuffle_buffer,
+    seed,
+    deterministic,
+    repeat,
+    input_context,
+    cycle_length,
+):
+    """``pretraining_dataset`` reading only the views' bytes from memory-mapped shards.
+
+    Shuffling and batching work on (file, offset, length) entries; each batch's views are then
+    cut in one tf.numpy_function call (``records.ViewReader``) with a per-batch seed pair.
+    """
+    from keras_clmr.data import records
+
+    mix = bool(shuffle_buffer and shuffle_buffer > 1)
+    keep = np.ones(len(index["file"]), bool)
+    if short_clips == "skip":
+        keep = index["num_samples"] >= segment_samples
+    entries = _clip_entries(
+        tf,
+        index,
+        keep,
+        repeat=repeat,
+        seed=seed,
+        input_context=input_context,
+        group=cycle_length or 8,
+        copies=segments_per_clip,
+        mix=mix,
+    )
+    if mix:
+        entries = entries.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    entries = entries.batch(batch_size, drop_remainder=True)
+    per_item = 2 if view_source == "clip" else 1
+    reader = records.ViewReader(index["files"], segment_samples, per_item)
+    shape = [batch_size, 2, segment_samples] if per_item == 2 else [batch_size, segment_samples]
+
+    def views(batch, seed_pair):
+        cut = tf.numpy_function(
+            reader,
+            [batch["file"], batch["offset"], batch["num_samples"], seed_pair],
+            tf.float32,
+            stateful=False,
+        )
+        return tf.reshape(cut, shape)
+
+    dataset = _with_seeds(tf, entries, seed).map(
+        views, num_parallel_calls=AUTOTUNE, deterministic=deterministic
+    )
+    return dataset.prefetch(AUTOTUNE).with_options(_options(tf, deterministic))
+
+
 def pretraining_dataset(
     data_dir,
     segment_samples,
@@ -253,6 +463,7 @@ def pretraining_dataset(
     input_context=None,
     cycle_length=None,
     view_source="clip",
+    reader="auto",
 ):
     """Batches for the contrastive pretrainers (x only).
 
@@ -284,6 +495,13 @@ def pretraining_dataset(
         raise ValueError(f"short_clips must be 'skip' or 'pad', got {short_clips!r}.")
     if view_source not in VIEW_SOURCES:
         raise ValueError(f"view_source must be one of {VIEW_SOURCES}, got {view_source!r}.")
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}.")
+    if reader == "index" and not _is_local(data_dir):
+        raise ValueError(
+            f"reader='index' memory-maps local shards; {data_dir} is remote: use "
+            "reader='records' (or 'auto'), or copy the prepared directory to a local disk."
+        )
     segment_samples, batch_size = int(segment_samples), int(batch_size)
     if segment_samples < 1 or batch_size < 1:
         raise ValueError("segment_samples and batch_size must be >= 1.")
@@ -295,6 +513,22 @@ def pretraining_dataset(
         raise ValueError(
             f"{data_dir}: no {split!r} clip has {segment_samples} samples (the longest has "
             f"{counts['longest']}); use shorter segments or short_clips='pad'."
+        )
+    if reader == "index" or (reader == "auto" and _is_local(data_dir)):
+        return _pretraining_from_index(
+            tf,
+            pcm_index(data_dir, split, manifest),
+            segment_samples,
+            batch_size,
+            view_source=view_source,
+            short_clips=short_clips,
+            segments_per_clip=segments_per_clip,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+            deterministic=deterministic,
+            repeat=repeat,
+            input_context=input_context,
+            cycle_length=cycle_length,
         )
     records = _records(
         tf,

@@ -13,8 +13,9 @@ is skipped and listed (with the reason) in the manifest, never fatal and never s
 
 Output layout: ``<split>-NNNNN-of-MMMMM.tfrecord`` (one tf.train.Example per clip: audio =
 int16 little-endian PCM bytes, id, position, labels = label indices, split, num_samples,
-sample_rate), ``plan.json``, ``progress/``, ``clips.tsv`` (one row per prepared clip) and
-``manifest.json`` (written last: a directory is prepared when it has one).
+sample_rate), ``plan.json``, ``progress/``, ``clips.tsv`` (one row per prepared clip, with its
+shard and the byte offset of its PCM there: ``keras_clmr.data.records``) and ``manifest.json``
+(written last: a directory is prepared when it has one).
 """
 
 import collections
@@ -33,7 +34,7 @@ import numpy as np
 
 from keras_clmr import audio
 from keras_clmr import io as atomic_io
-from keras_clmr.data import datasets
+from keras_clmr.data import datasets, records
 
 FORMAT = "keras_clmr.prepared/1"
 MANIFEST = "manifest.json"
@@ -211,25 +212,30 @@ def _write_shard(tf, output, shard, results, sample_rate, source, progress):
     final = _join(output, shard["name"])
     temporary = _join(output, f".{shard['name']}.tmp")
     written, skipped = [], []
+    record_start = 0  # where the next record starts in the (uncompressed) TFRecord file
     try:
         with tf.io.TFRecordWriter(temporary) as writer:
             for position, clip_id, path, label_indices in shard["clips"]:
                 result = next(results)
                 if result[0] == "ok":
                     _, pcm_bytes, num_samples = result
-                    writer.write(
-                        _example(
-                            tf,
-                            position,
-                            clip_id,
-                            label_indices,
-                            shard["split"],
-                            pcm_bytes,
-                            num_samples,
-                            sample_rate,
-                        )
+                    example = _example(
+                        tf,
+                        position,
+                        clip_id,
+                        label_indices,
+                        shard["split"],
+                        pcm_bytes,
+                        num_samples,
+                        sample_rate,
                     )
-                    written.append([position, clip_id, num_samples, label_indices])
+                    writer.write(example)
+                    start, length = records.audio_span(example)
+                    if length != len(pcm_bytes):
+                        raise RuntimeError(f"{clip_id}: the serialized audio field is misplaced")
+                    pcm_offset = records.data_offset(record_start) + start
+                    record_start += records.record_overhead(len(example))
+                    written.append([position, clip_id, num_samples, label_indices, pcm_offset])
                 else:
                     skipped.append(
                         {"id": clip_id, "path": _relative(path, source), "reason": result[1]}
@@ -354,7 +360,7 @@ def _assemble(output, plan, source):
         entry["shards"].append(marker["file"])
         shards.append({k: marker[k] for k in ("file", "split", "records", "bytes", "sha256")})
         skipped.extend(marker["skipped"])
-        for position, clip_id, num_samples, label_indices in marker["clips"]:
+        for position, clip_id, num_samples, label_indices, *pcm_offset in marker["clips"]:
             rows.append(
                 (
                     split,
@@ -363,13 +369,17 @@ def _assemble(output, plan, source):
                     clip_id,
                     num_samples,
                     ";".join(str(i) for i in label_indices),
+                    marker["file"],
+                    pcm_offset[0] if pcm_offset else "",  # markers of older runs lack it
                 )
             )
             entry["count"] += 1
             entry["seconds"] += num_samples / sample_rate
     table = io.StringIO()
     writer = csv.writer(table, delimiter="\t", lineterminator="\n")
-    writer.writerow(("split", "index", "position", "id", "num_samples", "labels"))
+    writer.writerow(
+        ("split", "index", "position", "id", "num_samples", "labels", "shard", "offset")
+    )
     writer.writerows(rows)
     _write_atomic(_join(output, CLIPS), table.getvalue())
     for entry in splits.values():
