@@ -163,6 +163,43 @@ def test_flag_catalogue(sandbox, command, args, status, words):
     assert not out.exists()
 
 
+# The documented scripts (python -m training.* / export.*), each in a fresh interpreter: the
+# same validation at the edge (status 1, the value and the range named, one usage line, no
+# traceback, nothing written). Flags are checked before TensorFlow is imported, so each is quick.
+SCRIPT_CASES = [
+    ("training.pretrain", ["--epochs=0", "--output_dir={out}"], ["--epochs=0", "[1, "]),
+    ("training.linear_eval", ["--label_fraction=0"], ["--label_fraction=0", "(0, 1]"]),
+    ("training.supervised", ["--dropout=1"], ["--dropout=1", "[0, 1)"]),
+    ("training.cover_eval", ["--strides=3,-3"], ["--strides=3,-3", ">= 1"]),
+    ("export.export", ["--opset=3", "--output={out}"], ["--opset=3", "[7, 30]"]),
+    ("export.convert_checkpoint", ["--sample_rate=0", "--output={out}"], ["--sample_rate=0"]),
+    ("export.publish", ["--attempts=0"], ["--attempts=0", "[1, 100]"]),
+]
+
+
+@pytest.mark.parametrize(
+    "script, args, words", SCRIPT_CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in SCRIPT_CASES]
+)
+def test_script_catalogue(sandbox, script, args, words):
+    before = snapshot(sandbox)
+    out = sandbox / "out"
+    args = [a.format(out=out) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", script, *args],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"python -m {script}: error: " in done.stderr
+    for word in words:
+        assert word in done.stderr, (word, done.stderr)
+    assert "Traceback" not in done.stderr + done.stdout
+    assert snapshot(sandbox) == before and not out.exists()
+
+
 def test_debug_shows_the_traceback_of_a_user_error(monkeypatch):
     from keras_clmr.commands import prepare as command
 
@@ -842,6 +879,21 @@ def test_export_copies_only_the_listed_files_of_another_preset(earlier_preset, t
     assert not (out / "notes.txt").exists() and not (out / "data").exists()
     assert "model.onnx" in hub.verify_preset(out)["files"]
     assert (earlier_preset / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_convert_checks_the_output_before_converting(sandbox, overwrite):
+    """An existing --output is refused without --overwrite; a file as --output always. Both
+    before the checkpoint is read (it does not even exist here), and nothing changes."""
+    before = snapshot(sandbox)
+    target = sandbox / ("a_file" if overwrite else "")
+    args = ["--source=" + str(sandbox / "none.pt"), f"--output={target}"]
+    code, _, stderr = call("convert", *args, *(["--overwrite"] if overwrite else []))
+    assert code == 1, stderr
+    words = ["is a file, not a folder"] if overwrite else ["already exists", "--overwrite"]
+    assert all(word in stderr for word in words), stderr
+    assert "Traceback" not in stderr and "none.pt" not in stderr
+    assert snapshot(sandbox) == before
 
 
 # ----------------------------------------------------------------------------- kill -9

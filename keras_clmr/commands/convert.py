@@ -126,12 +126,58 @@ def convert(
     parity_audio=None,
     overwrite=False,
 ):
-    """Convert and write the preset; returns a JSON-able summary (parity, parameter counts)."""
+    """Convert and write the preset; returns a JSON-able summary (parity, parameter counts).
+
+    An existing ``output`` is refused unless ``overwrite``; then only the files its
+    metadata.json lists are replaced (the user's own files there stay, unlisted), and the new
+    preset is built aside and swapped in whole (a kill leaves the old one or the new one).
+    """
+    import os
+
+    from keras_clmr import io
+    from keras_clmr.export.preset import staged_output, user_entries_to_keep
+
+    output = os.path.abspath(os.fspath(output))
+    io.recover_folder(output)
+    if os.path.lexists(output) and not overwrite:
+        raise io.OutputExistsError(f"{output} already exists; pass --overwrite to replace it.")
+    keep = user_entries_to_keep(output, overwrite=True)
+    name = name or os.path.basename(os.path.normpath(output))
+    with staged_output(output, keep=keep) as work:
+        metadata = _convert_into(
+            work,
+            source,
+            format=format,
+            finetuner=finetuner,
+            name=name,
+            description=description,
+            source_url=source_url,
+            sample_rate=sample_rate,
+            tags=tags,
+            keep_projector=keep_projector,
+            parity_audio=parity_audio,
+        )
+    return _summary(output, metadata)
+
+
+def _convert_into(
+    output,
+    source,
+    format,
+    finetuner,
+    name,
+    description,
+    source_url,
+    sample_rate,
+    tags,
+    keep_projector,
+    parity_audio,
+):
+    """Convert ``source`` and save it as a preset at ``output`` (a new folder)."""
     import os
 
     from keras_clmr.conversion.report import save_converted
 
-    name = name or os.path.basename(os.path.normpath(output))
     if source.startswith("musicnn:"):
         from keras_clmr.conversion import musicnn
 
@@ -145,7 +191,7 @@ def convert(
         model, metadata = musicnn.convert_musicnn(model_name, audio=audio, audio_label=label)
         preset = next((p for p, info in musicnn.PRESET_INFO.items() if info[0] == model_name), None)
         scores = musicnn.reported_scores(preset) if preset else ()
-        path = save_converted(
+        save_converted(
             model,
             metadata,
             output,
@@ -154,7 +200,6 @@ def convert(
             reported_scores=scores,
             license_id="isc",
             source_url=source_url,
-            overwrite=overwrite,
         )
     else:
         from keras_clmr.conversion import convert_checkpoint
@@ -162,16 +207,20 @@ def convert(
         model, metadata = convert_checkpoint(
             source, format=format, finetuner=finetuner, sample_rate=sample_rate, tags=tags
         )
-        path = save_converted(
+        save_converted(
             model,
             metadata,
             output,
             name=name,
             description=description,
             source_url=source_url,
-            overwrite=overwrite,
             encoder_only=False if keep_projector else None,
         )
+    return metadata
+
+
+def _summary(path, metadata):
+    """The JSON-able summary of a conversion written to ``path``."""
     parity = {"model": metadata.get("parity", {}).get("max_abs_diff")}
     if metadata.get("finetuner", {}).get("parity"):
         parity["finetuner"] = metadata["finetuner"]["parity"]["max_abs_diff"]
@@ -268,11 +317,8 @@ def main(argv, flag_values=flags.FLAGS):
             parity_audio=FLAGS.parity_audio,
             overwrite=FLAGS.overwrite,
         )
-    except FileExistsError:
-        print(
-            f"convert_checkpoint: {FLAGS.output} already exists; pass --overwrite to replace it.",
-            file=sys.stderr,
-        )
+    except FileExistsError as error:  # io.OutputExistsError: names the folder and the fix
+        print(f"convert_checkpoint: {error}", file=sys.stderr)
         return 1
     except (ConversionError, FileNotFoundError) as error:
         print(f"convert_checkpoint: {error}", file=sys.stderr)
