@@ -377,3 +377,72 @@ def test_demo_preset_round_trip_and_tags(tmp_path, monkeypatch):
     assert os.path.isdir(tmp_path / "demo" / "hf_cache" / "models--test-org--demo" / "snapshots")
     assert os.environ.get("HF_HUB_OFFLINE") is None
     json.dumps(summary)
+
+
+def _variables_by_path(model):
+    """Stored variables by path (seed-generator states are not stored, and numbered globally)."""
+    return {
+        v.path: keras.ops.convert_to_numpy(v)
+        for v in model.variables
+        if "seed_generator" not in v.path
+    }
+
+
+@pytest.mark.parametrize("kind", ["sample_cnn", "tagger", "fcn", "cpc_encoder"])
+def test_fast_load_equals_the_plain_keras_path(tmp_path, monkeypatch, kind):
+    """Variables created straight from the weights file (no random init, no assign) hold
+    exactly what Keras' own build + load_weights gives, for every kind of preset model."""
+    from keras_clmr.hub import folder as preset_folder
+    from keras_clmr.models import FCN
+    from keras_clmr.models.cpc import CPCEncoder
+
+    keras.utils.set_random_seed(3)
+    model = {
+        "sample_cnn": lambda: tiny_sample_cnn(sample_rate=8000),
+        "tagger": _tagger,
+        "fcn": lambda: FCN(channels=(4, 8, 8, 8)),
+        "cpc_encoder": lambda: CPCEncoder(
+            strides=(4, 2),
+            filter_sizes=(8, 4),
+            paddings=(2, 1),
+            latent_dim=16,
+            context_dim=8,
+            input_samples=512,
+        ),
+    }[kind]()
+    x = _audio(model)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    folder = hub.save_preset(model, tmp_path / kind)
+
+    built = []
+    fast_builder = preset_folder._build_with_stored_weights
+    monkeypatch.setattr(
+        preset_folder,
+        "_build_with_stored_weights",
+        lambda *args: built.append(fast_builder(*args)) or built[-1],
+    )
+    fast = hub.load_preset(folder)
+    assert built and built[-1] is fast  # the fast path ran and was kept
+    monkeypatch.setattr(preset_folder, "_build_with_stored_weights", lambda *args: None)
+    plain = hub.load_preset(folder)
+
+    fast_vars, plain_vars = _variables_by_path(fast), _variables_by_path(plain)
+    assert sorted(fast_vars) == sorted(plain_vars) == sorted(_variables_by_path(model))
+    for path, value in plain_vars.items():
+        np.testing.assert_array_equal(fast_vars[path], value, err_msg=path)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fast(x, training=False)), expected)
+    # Nothing is left deferred for Keras to initialise later.
+    from keras.src.backend.common import global_state
+
+    assert not global_state.get_global_attribute("uninitialized_variables", [])
+
+
+def test_fast_load_of_a_mismatched_weights_file_keeps_the_clear_error(saved, tmp_path):
+    folder, _, _ = saved
+    other = hub.save_preset(tiny_sample_cnn(sample_rate=8000, channels=(4,) * 11), tmp_path / "o")
+    shutil.copyfile(os.path.join(other, hub.WEIGHTS_FILE), os.path.join(folder, hub.WEIGHTS_FILE))
+    with pytest.raises(hub.PresetIntegrityError, match="does not fit config.json"):
+        hub.load_preset(folder, verify=False)
+    from keras.src.backend.common import global_state
+
+    assert not global_state.get_global_attribute("uninitialized_variables", [])
