@@ -4,7 +4,8 @@ Any ``tf.io.gfile`` path works (local, ``gs://``, ...). Three views of the same 
 
 - ``pretraining_dataset``: view pairs [B, 2, S] cropped independently from each whole clip
   (default, as CLMR does), or random source segments [B, S] (``view_source="segment"``) for
-  the contrastive pretrainers. Clips shorter than S are skipped (as CLMR's
+  the contrastive pretrainers, read straight from the views' bytes in local shards
+  (``keras_clmr.data.records``). Clips shorter than S are skipped (as CLMR's
   ContrastiveDataset does) or zero-padded with ``short_clips="pad"``.
 - ``evaluation_dataset``: every non-overlapping chunk of every clip, in clip order, with
   the clip's index and label vector, so an evaluator can average predictions per clip.
@@ -469,10 +470,15 @@ def pretraining_dataset(
 
     ``view_source="clip"`` (default, as CLMR and PEMR do): view pairs, float32
     [batch_size, 2, segment_samples]: each clip gives two views at independent uniformly
-    random starts anywhere in the whole clip (any length). Only the two views' byte ranges
-    are decoded from the record. ``view_source="segment"``: one random source segment per
-    clip, float32 [batch_size, segment_samples], from which the pretrainer crops both views
-    (so they start at most segment_samples - crop apart).
+    random starts anywhere in the whole clip (any length). ``view_source="segment"``: one
+    random source segment per clip, float32 [batch_size, segment_samples], from which the
+    pretrainer crops both views (so they start at most segment_samples - crop apart).
+
+    ``reader``: "index" reads only the views' bytes from memory-mapped local shards
+    (``records.ViewReader``; offsets from clips.tsv, or from the record headers of older
+    preparations): shuffling and batching move (shard, offset, length) entries and each batch
+    is cut in one call. "records" reads and parses whole records (MTAT: 1.3 MB per clip),
+    several times slower. "auto" (default): "index" for local directories, else "records".
 
     Passes over the shards repeat forever when ``repeat`` (file order reshuffled each pass).
     Clips shorter than ``segment_samples`` are skipped (``short_clips="skip"``, CLMR's
@@ -480,12 +486,14 @@ def pretraining_dataset(
     one view long gives two identical views (warned once). Batches are full
     (drop_remainder). With ``seed`` and ``deterministic=True`` the stream is reproducible.
     ``input_context`` (from ``tf.distribute``'s ``distribute_datasets_from_function``)
-    shards the files per input pipeline; otherwise tf.distribute auto-shards the dataset.
+    shards the files per input pipeline; otherwise tf.distribute auto-shards by file.
+    With the index reader, the clips of ``cycle_length`` (default 8) shards are pooled and
+    fully shuffled before the ``shuffle_buffer``; ``shuffle_buffer`` <= 1 turns both off.
 
-    Streaming is bound by reading whole records (MTAT: 1.3 MB each). ``segments_per_clip=k``
-    takes k independent items (pairs or segments) from each clip read, k times the items/s,
+    ``segments_per_clip=k`` takes k independent items (pairs or segments) per clip and pass,
     at the cost of CLMR's one-item-per-clip sampling: siblings can meet in a batch (as false
-    negatives in NT-Xent) with probability about batch_size / shuffle_buffer per pair.
+    negatives in NT-Xent). It multiplies the records reader's items/s; the index reader
+    gains little from it.
     """
     tf = _tf()
     segments_per_clip = int(segments_per_clip)
