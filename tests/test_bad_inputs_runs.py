@@ -881,6 +881,20 @@ def test_export_copies_only_the_listed_files_of_another_preset(earlier_preset, t
     assert (earlier_preset / "notes.txt").read_text() == "mine"
 
 
+def test_in_place_export_refuses_a_users_file_under_a_name_it_writes(keras_file, tmp_path):
+    """In place, the user's unlisted files stay; one named like an export is refused (named)."""
+    from keras_clmr import io
+    from keras_clmr.export import export_preset, sources
+
+    folder = tmp_path / "preset"
+    sources.save_as_preset(sources.identify(str(keras_file)), folder)
+    (folder / "model.onnx").write_bytes(b"the user's own onnx file")
+    before = _tree_bytes(tmp_path)
+    with pytest.raises(io.OutputExistsError, match=r"holds model.onnx, not listed.*overwrite"):
+        export_preset(str(folder), None, "onnx")
+    assert _tree_bytes(tmp_path) == before
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_convert_checks_the_output_before_converting(sandbox, overwrite):
     """An existing --output is refused without --overwrite; a file as --output always. Both

@@ -29,6 +29,7 @@ from keras_clmr.models import encoder_of, is_tagger
 
 # The files keras_clmr writes into a preset folder (hashed when present).
 TOOL_FILES = (hub.CONFIG_FILE, hub.WEIGHTS_FILE, hub.README_FILE, "model.json", ONNX_FILE)
+WRITTEN_NAMES = frozenset((*TOOL_FILES, SAVEDMODEL_DIR, hub.METADATA_FILE))
 
 
 def update_metadata(preset_dir, *, add=(), remove=(), **fields):
@@ -101,6 +102,13 @@ def user_entries_to_keep(output, overwrite=False, in_place=False):
     if os.path.lexists(output) and not os.path.isdir(output):
         raise io.OutputExistsError(f"{output} is a file, not a folder; choose another output.")
     strays = unlisted_entries(output)
+    clashes = [name for name in strays if name in WRITTEN_NAMES]
+    if clashes and not overwrite:  # in place too: a file of the user's under a name we write
+        raise io.OutputExistsError(
+            f"{output} holds {', '.join(clashes)}, not listed in its metadata.json, where "
+            "keras_clmr writes its own; move them out or pass overwrite=True (--overwrite) to "
+            "replace them."
+        )
     if strays and not (overwrite or in_place):
         shown = ", ".join(strays[:8]) + (f" and {len(strays) - 8} more" if len(strays) > 8 else "")
         raise io.OutputExistsError(
