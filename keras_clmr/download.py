@@ -16,13 +16,13 @@ import hashlib
 import http.client
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from keras_clmr.io import fsync_directory, make_readable
+from keras_clmr.progress import progress_bar
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 DEFAULT_TIMEOUT = 60.0
@@ -101,23 +101,6 @@ def _remove(path):
         os.remove(path)
 
 
-def _progress_bar(progress, total, initial, name):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=name,
-        file=sys.stderr,
-        leave=False,
-    )
-
-
 def _attempt(url, part, *, offset, expected_size, max_bytes, timeout, progress, expect_binary, fix):
     """One request; appends to ``part``. Returns ``"done"`` or ``"restart"`` (416 at full size)."""
     headers = {"User-Agent": "keras-clmr (python urllib)", "Accept-Encoding": "identity"}
@@ -171,7 +154,15 @@ def _attempt(url, part, *, offset, expected_size, max_bytes, timeout, progress, 
                 f"changed or the server sent something else. Check the URL, or {fix}.",
                 url,
             )
-        bar = _progress_bar(progress, total, offset, os.path.basename(part)[: -len(".part")])
+        bar = progress_bar(
+            total,
+            progress=bool(progress),
+            desc=os.path.basename(part)[: -len(".part")],
+            unit="B",
+            initial=offset,
+            unit_scale=True,
+            unit_divisor=1024,
+        )
         received = 0
         try:
             with open(part, mode) as sink:
@@ -211,13 +202,11 @@ def _attempt(url, part, *, offset, expected_size, max_bytes, timeout, progress, 
                             url,
                         )
                     sink.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
+                    bar.update(len(chunk))
                 sink.flush()
                 os.fsync(sink.fileno())
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         if length is not None and received < length:
             raise _Transient(f"connection closed after {offset + received:,} of {total:,} bytes")
     return "done"

@@ -1,4 +1,5 @@
-"""Progress bars for long work (inference, evaluation): tqdm on stderr, quiet when piped.
+"""Progress bars for long work (downloads, inference, evaluation): tqdm on stderr, quiet when
+piped.
 
 ``progress``: ``None`` (default) shows a bar only when stderr is a terminal, ``True`` forces
 one (logs, notebooks), ``False`` never shows one.
@@ -29,7 +30,8 @@ class _NoBar:
 
 
 def progress_bar(total=None, *, progress=None, desc=None, unit="it", **kwargs):
-    """A tqdm bar on stderr per ``progress`` (None: only on a terminal; True; False)."""
+    """A tqdm bar on stderr per ``progress`` (None: only on a terminal; True; False); other
+    keywords go to tqdm (the bar is removed when done unless ``leave=True``)."""
     if progress is False:
         return _NoBar()
     try:
@@ -39,9 +41,8 @@ def progress_bar(total=None, *, progress=None, desc=None, unit="it", **kwargs):
     disable = None if progress is None else False
     if disable is None and not sys.stderr.isatty():
         return _NoBar()
-    return tqdm(
-        total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, leave=False, **kwargs
-    )
+    kwargs.setdefault("leave", False)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, **kwargs)
 
 
 def iterate(items, *, progress=None, desc=None, unit="it", total=None):

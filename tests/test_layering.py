@@ -30,6 +30,7 @@ LAYERS = {
     "keras_clmr.optimizers": 0,
     "keras_clmr.distributed": 0,
     "keras_clmr.batching": 0,
+    "keras_clmr.progress": 0,
     "keras_clmr.models": 1,
     "keras_clmr.data": 1,
     "keras_clmr.presets": 2,

@@ -9,7 +9,7 @@ import numpy as np
 from keras_clmr import metrics as metrics_lib
 from keras_clmr.evaluation.data import ClipSet, demo_splits
 from keras_clmr.evaluation.features import clip_embeddings
-from keras_clmr.inference.progress import iterate
+from keras_clmr.progress import iterate
 
 
 def cover_song_eval(encoder, clipset, batch_size=64, top_k=10):

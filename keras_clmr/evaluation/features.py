@@ -8,8 +8,8 @@ import numpy as np
 
 from keras_clmr.batching import keras_predictor, pad_rows, predict_batched
 from keras_clmr.evaluation.data import ClipSet, random_crops
-from keras_clmr.inference.progress import progress_bar
 from keras_clmr.models.tagger import map_chunks
+from keras_clmr.progress import progress_bar
 
 
 def embed_crops(encoder, split, crops_per_clip=1, seed=0, batch_size=64):

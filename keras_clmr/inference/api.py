@@ -15,9 +15,9 @@ from keras_clmr import audio as audio_lib
 from keras_clmr.audio import AudioError
 from keras_clmr.batching import padded_size
 from keras_clmr.inference.engines import layer_predictor, predictor, resolve_model
-from keras_clmr.inference.progress import progress_bar
 from keras_clmr.inference.windows import WindowStream, describe, musicnn_patching
 from keras_clmr.models import encoder_of
+from keras_clmr.progress import progress_bar
 
 DEFAULT_BLOCK_SECONDS = 30.0
 

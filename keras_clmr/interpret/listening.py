@@ -18,6 +18,8 @@ import warnings
 
 import numpy as np
 
+from keras_clmr.progress import progress_bar
+
 PAGE = "index.html"
 DATA = "listening.json"
 AUDIO_DIR = "audio"
@@ -394,11 +396,9 @@ def listening_page(
     if getattr(net, "embedding_dim", None) is not None:
         _feature_indices(features, int(net.embedding_dim))  # fail before the long pass
     topk, chosen, meta, skipped = None, None, None, []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), unit="file", desc="listening page")
+    bar = progress_bar(
+        len(items), progress=bool(progress), desc="listening page", unit="file", leave=True
+    )
     try:
         for index, source in _clips(items, range(len(items)), model_rate, decode_files=False):
             item = items[index]
@@ -409,8 +409,7 @@ def listening_page(
                 )
             for warning in caught:
                 warnings.warn(f"{item.name}: {warning.message}", stacklevel=2)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if result.error is not None:
                 skipped.append((item.name, result.error))
                 warnings.warn(f"Skipping {item.name}: {result.error}", stacklevel=2)
@@ -425,8 +424,7 @@ def listening_page(
                 }
             topk.update(item.collection, index, result.embeddings, best_window_only)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if topk is None:
         raise ListeningInputError(
             f"None of the {len(items)} inputs could be embedded: {skipped[:3]} ..."
