@@ -114,14 +114,15 @@ def test_pretraining_is_reproducible_with_a_seed(prepared):
     assert not np.array_equal(first(7), first(8))
 
 
-def test_pretraining_shards_files_across_input_pipelines(prepared):
+@pytest.mark.parametrize("reader", ["index", "records"])
+def test_pretraining_shards_files_across_input_pipelines(prepared, reader):
     import tensorflow as tf
 
     clips = []
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
         dataset = pipeline.pretraining_dataset(
-            prepared, 500, 2, seed=0, input_context=context, view_source="segment"
+            prepared, 500, 2, seed=0, input_context=context, view_source="segment", reader=reader
         )
         clips.append({_identify(w)[0] for b in dataset.take(20) for w in b.numpy()})
     assert clips[0] and clips[1] and not clips[0] & clips[1]
@@ -203,7 +204,8 @@ def test_several_segments_per_clip_read(prepared):
     assert len(set(starts)) > 1  # independent starts within a clip
 
 
-def test_tf_distribute_auto_shards_by_file(prepared):
+@pytest.mark.parametrize("reader", ["index", "records"])
+def test_tf_distribute_auto_shards_by_file(prepared, reader):
     """What tf.distribute does to the dataset on each of 2 workers.
 
     Every worker reads its own shards.
@@ -215,7 +217,7 @@ def test_tf_distribute_auto_shards_by_file(prepared):
     seen = []
     for worker in range(2):
         dataset = pipeline.pretraining_dataset(
-            prepared, 500, 2, seed=0, shuffle_buffer=64, view_source="segment"
+            prepared, 500, 2, seed=0, shuffle_buffer=64, view_source="segment", reader=reader
         )
         dataset = _AutoShardDataset(dataset, num_workers=2, index=worker)
         seen.append({_identify(w)[0] for b in dataset.take(20) for w in b.numpy()})
@@ -234,8 +236,11 @@ def test_segments_longer_than_every_clip_are_refused(prepared):
 # Whole-clip views (the default): two independent crops per clip from anywhere in the clip.
 
 
-def test_clip_views_are_independent_crops_of_the_whole_clip(prepared):
-    dataset = pipeline.pretraining_dataset(prepared, 1000, 4, seed=0, shuffle_buffer=8)
+@pytest.mark.parametrize("reader", ["index", "records"])
+def test_clip_views_are_independent_crops_of_the_whole_clip(prepared, reader):
+    dataset = pipeline.pretraining_dataset(
+        prepared, 1000, 4, seed=0, shuffle_buffer=8, reader=reader
+    )
     assert dataset.element_spec.shape.as_list() == [4, 2, 1000]
     gaps, starts = [], {}
     for batch in dataset.take(60):
@@ -267,9 +272,10 @@ def test_clip_views_log_skipped_and_identical_clips(prepared, caplog):
     }
 
 
-def test_clip_views_pad_short_clips_when_asked(prepared):
+@pytest.mark.parametrize("reader", ["index", "records"])
+def test_clip_views_pad_short_clips_when_asked(prepared, reader):
     dataset = pipeline.pretraining_dataset(
-        prepared, 1200, 6, seed=1, short_clips="pad", repeat=False, shuffle_buffer=0
+        prepared, 1200, 6, seed=1, short_clips="pad", repeat=False, shuffle_buffer=0, reader=reader
     )
     (batch,) = [b.numpy() for b in dataset]
     padded = [pair for pair in batch if pair[0][-1] == 0.0]
@@ -285,7 +291,8 @@ def test_clip_views_longer_than_every_clip_are_refused_not_hung(prepared):
         pipeline.pretraining_dataset(prepared, 1000, 2, view_source="whole")
 
 
-def test_clip_view_pairs_several_per_clip_read(prepared):
+@pytest.mark.parametrize("reader", ["index", "records"])
+def test_clip_view_pairs_several_per_clip_read(prepared, reader):
     dataset = pipeline.pretraining_dataset(
         prepared,
         1000,
@@ -295,6 +302,7 @@ def test_clip_view_pairs_several_per_clip_read(prepared):
         shuffle_buffer=0,
         segments_per_clip=3,
         deterministic=True,
+        reader=reader,
     )
     batches = [b.numpy() for b in dataset]
     assert len(batches) == 5 and batches[0].shape == (3, 2, 1000)
