@@ -268,7 +268,9 @@ def embed(
             or a preset folder (default ``"clmr-mtat"``).
         sample_rate: the rate of array inputs (default: the model's rate). Files are
             resampled to the model's rate.
-        hop: seconds between window starts (default: one window, no overlap).
+        hop: seconds between window starts (default: one window, no overlap). musicnn
+            models window as musicnn's extractor: 187-frame patches of one whole-file
+            log-mel, every 187 frames by default, a hop rounded to whole frames.
         batch_size: windows per forward pass.
         short: a clip shorter than one window is zero-padded ("pad", with a warning) or
             raises ``ClipTooShortError`` ("error").

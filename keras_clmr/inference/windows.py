@@ -229,8 +229,9 @@ class WindowStream:
             self._too_short()
             yield 0, np.pad(buffer, (0, window - len(buffer)))
 
-    def _too_short(self):
-        """Raise ``ClipTooShortError`` (short="error") or warn that the clip is zero-padded."""
+    def _too_short(self, depth=0):
+        """Raise ``ClipTooShortError`` (short="error") or warn that the clip is zero-padded
+        (``depth``: generator frames between ``__iter__`` and here, for the warning's line)."""
         seconds = self.total / self.sample_rate
         message = (
             f"only {self.total} samples ({seconds:.2f} s at {self.sample_rate} Hz), shorter "
@@ -238,7 +239,7 @@ class WindowStream:
         )
         if self.short == "error":
             raise ClipTooShortError(self.name, message + "; pass short='pad' to zero-pad it")
-        warnings.warn(f"{self.name}: {message}; zero-padded to one window.", stacklevel=5)
+        warnings.warn(f"{self.name}: {message}; zero-padded to one window.", stacklevel=5 + depth)
         self.padded = True
 
     def _reflect_padded(self, blocks):
@@ -256,7 +257,7 @@ class WindowStream:
             raise EmptyAudioError(self.name, "decodes to zero samples")
         start = np.concatenate(head)
         if len(start) < self.window:
-            self._too_short()
+            self._too_short(depth=2)
             start = np.pad(start, (0, self.window - len(start)))
         yield start[1 : pad + 1][::-1]
         yield start
