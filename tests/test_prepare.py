@@ -398,6 +398,29 @@ def test_resume_after_interrupted_run_gives_same_manifest(small_corpus, tmp_path
     assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
 
 
+def test_pcm_offsets_in_clips_tsv_also_after_markers_of_an_older_version(small_corpus, tmp_path):
+    from keras_clmr.data import records
+
+    reference = _prepare_small(small_corpus, tmp_path / "out")
+    index = pipeline.pcm_index(str(tmp_path / "out"), "train")
+    scanned = [records.scan_shard(path) for path in index["files"]]
+    np.testing.assert_array_equal(index["offset"], np.concatenate([o for o, _ in scanned]))
+    np.testing.assert_array_equal(index["num_samples"], np.concatenate([n for _, n in scanned]))
+    # An earlier version's progress markers list clips without the PCM offset; a resumed run
+    # assembles them (empty offsets in clips.tsv) and the pipeline finds the offsets itself.
+    marker_path = tmp_path / "out" / "progress" / "train-00000-of-00004.tfrecord.json"
+    marker = json.loads(marker_path.read_text())
+    marker["clips"] = [clip[:4] for clip in marker["clips"]]
+    marker_path.write_text(json.dumps(marker))
+    assert _prepare_small(small_corpus, tmp_path / "out") == reference
+    with open(tmp_path / "out" / "clips.tsv") as file:
+        rows = [r for r in csv.DictReader(file, delimiter="\t") if r["split"] == "train"]
+    assert [r["offset"] == "" for r in rows] == [True, True] + [False] * (len(rows) - 2)
+    again = pipeline.pcm_index(str(tmp_path / "out"), "train")
+    for key in ("file", "offset", "num_samples"):
+        np.testing.assert_array_equal(again[key], index[key])
+
+
 def test_deleted_marker_redoes_the_shard(small_corpus, tmp_path):
     reference = _prepare_small(small_corpus, tmp_path / "out")
     shard = tmp_path / "out" / "valid-00000-of-00001.tfrecord"
