@@ -226,6 +226,7 @@ def describe_metadata(metadata, config=None, exports=()):
     info["architecture"] = backbone_class(metadata, config)
     info["has_onnx"] = "onnx" in exports
     info["has_savedmodel"] = "savedmodel" in exports
+    info["parameter_split"] = parameter_split(config)
     registry = registry_entry(metadata, info["architecture"])
     if registry is not None:
         info.setdefault("registry_name", registry.name)
@@ -240,6 +241,67 @@ def describe_metadata(metadata, config=None, exports=()):
             "converted_from": metadata["source_checkpoint"],
         }
     return info
+
+
+def _split(model):
+    """(trainable, non-trainable) counts of ``model`` with every layer trainable: what stays
+    non-trainable are BatchNorm's moving statistics (Keras' "Non-trainable params")."""
+    import math
+
+    model.trainable = True
+    count = lambda weights: sum(math.prod(w.shape) for w in weights)  # noqa: E731
+    return int(count(model.trainable_weights)), int(count(model.non_trainable_weights))
+
+
+def parameter_split(config):
+    """(trainable, non-trainable) parameters of the model ``config`` (a preset's config.json)
+    describes, built without weights; None when it cannot be built."""
+    if not isinstance(config, dict) or "class_name" not in config:
+        return None
+    try:
+        import keras
+
+        import keras_clmr.models  # noqa: F401  (registers the classes)
+
+        return _split(keras.saving.deserialize_keras_object(config))
+    except Exception:  # noqa: BLE001 (a card renders without the split)
+        return None
+
+
+def registry_parameter_split(preset, task):
+    """(trainable, non-trainable) parameters of a registry preset's Keras model (its
+    architecture built without weights, plus the 50-tag head for ``task="tag"``)."""
+    from keras_clmr import models
+
+    builders = {
+        "SampleCNN": lambda: models.SampleCNN.for_sample_rate(preset.sample_rate),
+        "FCN": lambda: models.FCN(sample_rate=preset.sample_rate),
+        "Musicnn": lambda: models.Musicnn(
+            architecture="vgg" if preset.name.startswith("vgg") else "musicnn"
+        ),
+    }
+    if preset.architecture not in builders:
+        return None
+    backbone = builders[preset.architecture]()
+    if not backbone.built:
+        backbone.build((None, preset.input_samples))
+    trainable, frozen = _split(backbone)
+    if task == "tag":
+        trainable += backbone.embedding_dim * 50 + 50  # Dense(50) on the embedding
+    return trainable, frozen
+
+
+def parameters_text(info):
+    """The card's parameter figure: trainable + non-trainable when the split is known."""
+    split = info.get("parameter_split")
+    if not split:
+        total = info.get("parameter_count")
+        return "-" if total is None else f"{total:,} (trainable and non-trainable)"
+    trainable, frozen = split
+    return (
+        f"{trainable + frozen:,} = {trainable:,} trainable + {frozen:,} non-trainable "
+        "(BatchNorm moving statistics)"
+    )
 
 
 def head_classes(info):
@@ -287,6 +349,7 @@ def describe_registry(name, task):
     if stored_task not in preset.tasks:
         raise ModelCardError(f"Preset {name!r} has no {task!r} variant.")
     arch = ARCHITECTURES.get(preset.architecture, {})
+    split = registry_parameter_split(preset, stored_task)
     tags = None
     if stored_task == "tag" and preset.architecture == "SampleCNN":
         from keras_clmr.data.datasets import MTAT_TAGS
@@ -301,7 +364,10 @@ def describe_registry(name, task):
         "class_name": "MusicTagger" if stored_task == "tag" else preset.architecture,
         "architecture": preset.architecture,
         "task": stored_task,
-        "parameter_count": preset.params.get(stored_task),
+        # All parameters, as count_params() of the preset's Keras model (the registry's figure
+        # when the architecture is unknown here).
+        "parameter_count": sum(split) if split else preset.params.get(stored_task),
+        "parameter_split": split,
         "sample_rate": preset.sample_rate,
         "input_samples": preset.input_samples,
         "embedding_dim": arch.get("embedding_dim"),
@@ -457,7 +523,7 @@ def _card_text(info, card_data, repo_id, registry, results, training):
         "| | |",
         "|---|---|",
         f"| architecture | {info.get('architecture')}{head} |",
-        f"| parameters | {_fmt(info.get('parameter_count'))} |",
+        f"| parameters | {parameters_text(info)} |",
         f"| input | mono float32 audio, {rate} Hz, windows of {samples} samples ({seconds}) |",
         f"| outputs | `embedding` [batch, {info.get('embedding_dim')}]"
         + (f", `tags` [batch, {sidecar['num_classes']}] sigmoid probabilities" if tagger else "")

@@ -304,3 +304,36 @@ def test_small_prepared_set_caps_the_batch_and_the_run_warns_of_memory(
     found = scalars(tmp_path / "run" / "logs")
     for tag in ("epoch_views_per_second", "epoch_learning_rate", "epoch_positive_cosine"):
         assert tag in found, sorted(found)
+
+
+# ------------------------------------------------------------------ parameter counts in cards
+
+
+def test_cards_state_trainable_plus_non_trainable_parameters():
+    from keras_clmr import cards
+
+    encoder = SampleCNN(channels=TINY_CHANNELS)
+    config = keras.saving.serialize_keras_object(encoder)
+    trainable = sum(int(np.prod(w.shape)) for w in encoder.trainable_weights)
+    frozen = sum(int(np.prod(w.shape)) for w in encoder.non_trainable_weights)
+    assert frozen == 2 * sum(TINY_CHANNELS)  # BatchNorm moving mean and variance per channel
+    assert cards.parameter_split(config) == (trainable, frozen)
+    info = cards.describe_metadata(
+        {"class_name": "SampleCNN", "parameter_count": encoder.count_params()}, config
+    )
+    text = cards.parameters_text(info)
+    assert text == (
+        f"{trainable + frozen:,} = {trainable:,} trainable + {frozen:,} non-trainable "
+        "(BatchNorm moving statistics)"
+    )
+    assert f"| parameters | {text} |" in str(cards.render_card(info))
+    # Without a buildable config: the total, saying what it counts.
+    assert cards.parameters_text({"parameter_count": 1234}) == "1,234 (trainable and non-trainable)"
+
+
+def test_registry_card_counts_match_the_registry():
+    from keras_clmr import cards, presets
+
+    info = cards.describe_registry("pemr-mtat", "embed")
+    assert info["parameter_split"] == (370_562, 898)  # FCN: the original's 370,562 + BN stats
+    assert info["parameter_count"] == presets.get_preset("pemr-mtat").params["embed"]
