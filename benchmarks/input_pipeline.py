@@ -7,9 +7,11 @@
 3. ``keras_clmr.data.prepare`` with 1 and with ``--workers`` processes: audio hours per
    wall minute and x real time per worker.
 4. ``pretraining_dataset`` from the local shards at batch 96: view pairs/s with the default
-   settings (whole-clip views: two independent 59049-sample crops per clip, only their byte
-   ranges decoded), and segments/s in segment mode for segments of 59049 samples and of
-   2 x 59049 (from which the pretrainer crops a pair of views), with 1 and 4 items per clip.
+   settings (whole-clip views: two independent 59049-sample crops per clip, read from the
+   memory-mapped shards' bytes: ``reader="index"``), the same with ``reader="records"`` (whole
+   records read and parsed, as for remote shards), and segments/s in segment mode for
+   segments of 59049 samples and of 2 x 59049 (from which the pretrainer crops a pair of
+   views), with 1 and 4 items per clip.
 
 ``--pipeline_only`` skips the decode and preparation timings (the shards are still written).
 
@@ -101,6 +103,7 @@ def _pipeline_speed(
     warmup,
     segments_per_clip=1,
     view_source="segment",
+    reader="auto",
 ):
     from keras_clmr.data import pipeline
 
@@ -111,6 +114,7 @@ def _pipeline_speed(
         seed=0,
         segments_per_clip=segments_per_clip,
         view_source=view_source,
+        reader=reader,
     )
     iterator = iter(dataset)
     for _ in range(warmup):
@@ -124,6 +128,7 @@ def _pipeline_speed(
     if view_source == "clip":
         return {
             "view_source": "clip",
+            "reader": reader,
             "view_samples": segment_samples,
             "pairs_per_clip": segments_per_clip,
             "batch_size": batch_size,
@@ -190,6 +195,9 @@ def main():
         # The default: whole-clip view pairs, one pair per clip read.
         result["pretraining_default"] = _pipeline_speed(
             prepared, 59049, 96, args.batches, args.warmup, 1, view_source="clip"
+        )
+        result["pretraining_records_reader"] = _pipeline_speed(
+            prepared, 59049, 96, args.batches, args.warmup, 1, view_source="clip", reader="records"
         )
         result["pretraining"] = [
             _pipeline_speed(prepared, s, 96, args.batches, args.warmup, k)
