@@ -550,9 +550,23 @@ def test_cli_tag_default_model_online_then_offline(server, online, monkeypatch, 
     assert _cli(["tag", str(wav), "--no-progress"]) == 0
     from keras_clmr.data.datasets import MTAT_TAGS
 
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "song.wav" in printed and any(name in printed for name in MTAT_TAGS)
     assert server.count() == 2
+    # --no-progress silences the first use too: no download bar, no conversion messages.
+    assert "keras_clmr:" not in captured.err and "%|" not in captured.err, captured.err
+
+    assert _cli(["embed", str(wav), "--no-progress"]) == 0  # converts the embed variant
+    captured = capsys.readouterr()
+    assert "song.wav" in captured.out and "keras_clmr:" not in captured.err, captured.err
+    assert server.count() == 2  # the encoder file was downloaded once, for both variants
+
+    import shutil
+
+    shutil.rmtree(hub.cached_preset_path("clmr-mtat", "embed"))
+    assert _cli(["embed", str(wav)]) == 0  # without the flag the conversion is reported
+    assert "keras_clmr: converting clmr_checkpoint_10000.zip" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- full size

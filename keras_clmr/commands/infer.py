@@ -237,7 +237,8 @@ def main(argv=None):
         print("error: no audio files to process", file=sys.stderr)
         return 2
     try:
-        model = load_pretrained(args.model, task=args.command)
+        # --no-progress also silences a first use's download and conversion messages.
+        model = load_pretrained(args.model, task=args.command, progress=not args.no_progress)
     except (PresetError, OSError, ValueError) as error:
         print(f"error: cannot load model {args.model!r}: {error}", file=sys.stderr)
         return 2
