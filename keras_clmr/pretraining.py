@@ -755,6 +755,11 @@ def cap_batch_size(batch_size, clip_count, source, replicas=1, warn=logging.warn
 # (``python -m benchmarks.pretrain_estimate`` prints estimate and measurement side by side).
 STEP_BASE_BYTES = 1.31e9  # TF runtime, weights, optimizer slots, graph: independent of batch
 BYTES_PER_OUTPUT_FLOAT = 0.755 * 4  # peak bytes per float32 layer output of one view
+# CLMR's augmentation chain (--augment=clmr) keeps its own temporaries (FFTs, the pitch
+# shifter's grains): 2.68 vs 2.38 GB at 8 pairs, 19 MB per 59049-sample view, 322 bytes per
+# sample of the crop. At 48 pairs this gives 9.4 GB; issue 18's run of the README command
+# (48 pairs, --augment=clmr, an older BatchNorm) peaked at 9.85 GB.
+AUGMENTATION_BYTES_PER_SAMPLE = 322
 CORE_FLOPS_PER_SECOND = 30e9  # sustained FLOP/s of one CPU core on the train step (oneDNN)
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (gradients of inputs and of weights)
 
@@ -887,9 +892,14 @@ def estimate_step(model, batch_size, cores=None, data_bytes=0):
     per_example_flops = passes * encoder_flops + views * other_flops
     itemsize = 2 if "16" in str(getattr(model, "compute_dtype", "float32")) else 4
     batch = int(batch_size)
+    augmentation = (
+        views * model.input_samples * AUGMENTATION_BYTES_PER_SAMPLE
+        if getattr(model, "augmentation", None) is not None
+        else 0
+    )
     peak = (
         STEP_BASE_BYTES
-        + batch * per_example_floats * BYTES_PER_OUTPUT_FLOAT * itemsize / 4
+        + batch * (per_example_floats * BYTES_PER_OUTPUT_FLOAT * itemsize / 4 + augmentation)
         + float(data_bytes)
     )
     cores = int(cores or cpu_cores())

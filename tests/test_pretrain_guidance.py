@@ -196,11 +196,16 @@ def test_estimate_scales_with_the_batch_and_the_cores():
 
 
 def test_full_size_clmr_estimate_is_near_the_calibration_points():
-    # The calibration measured 2.35 GB at 8 pairs and 7.56 GB at 48 pairs (README, benchmark).
-    model = pretraining.build_pretrainer("clmr", augment="crop", seed=0)
-    for pairs, measured in ((8, 2.35e9), (48, 7.56e9)):
-        estimate = pretraining.estimate_step(model, pairs, cores=2)
-        assert abs(estimate.peak_bytes - measured) <= 0.1 * measured, (pairs, estimate.peak_bytes)
+    # Measured (keras_clmr/pretraining.py, README): crop only 2.35 GB at 8 pairs, 4.42 GB at
+    # 24, 7.56 GB at 48; CLMR's augmentation chain 2.68 GB at 8 pairs.
+    for augment, points in (
+        ("crop", ((8, 2.35e9), (24, 4.42e9), (48, 7.56e9))),
+        ("clmr", ((8, 2.68e9),)),
+    ):
+        model = pretraining.build_pretrainer("clmr", augment=augment, seed=0)
+        for pairs, measured in points:
+            estimate = pretraining.estimate_step(model, pairs, cores=2).peak_bytes
+            assert abs(estimate - measured) <= 0.05 * measured, (augment, pairs, estimate)
 
 
 def test_warning_when_the_estimate_exceeds_the_memory():
