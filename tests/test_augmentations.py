@@ -522,29 +522,3 @@ def test_random_crop_api_unchanged():
     x = np.arange(2 * 300, dtype="float32").reshape(2, 300)
     y = np_(crop(x))
     assert y.shape == (2, 100) and (np.diff(y, axis=1) == 1).all()
-
-
-def test_reverb_late_energy_against_recorded_sox_responses():
-    """Energy after 300 ms of the Reverb response against libsox 14.4.2's, per setting of a grid
-    (tests/data/sox_reverb_energy.npz, recorded by tests/data/record_sox_reverb.py). Issue 14's
-    target is 90 % of settings within 2x; the current model reaches less (the figure is
-    asserted as a floor so that it cannot silently get worse)."""
-    import pathlib
-
-    data = np.load(pathlib.Path(__file__).parent / "data" / "sox_reverb_energy.npz")
-    rate = int(data["sample_rate"])
-    length, step = int(1.5 * rate), int(0.01 * rate)
-    within = []
-    for (reverberance, damping, room, gain), sox_energy in zip(data["settings"], data["energy"]):
-        layer = Reverb(rate, wet_gain_db=float(gain))
-
-        def t(v):
-            return ops.convert_to_tensor(np.array([v], "int32"))
-
-        response = np_(layer.impulse_response(length, t(reverberance), t(damping), t(room)))[0]
-        energy = np.add.reduceat(response.astype(np.float64) ** 2, np.arange(0, length, step))
-        ours, theirs = energy[30:].sum(), float(sox_energy[30:].sum())
-        within.append(ours < 1e-9 if theirs < 1e-9 else 0.5 < ours / theirs < 2.0)
-    fraction = float(np.mean(within))
-    print("reverb: settings within 2x of sox's energy after 300 ms:", fraction)
-    assert fraction >= 0.75, fraction  # measured: 42 of 54 (0.78)

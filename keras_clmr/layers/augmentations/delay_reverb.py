@@ -1,4 +1,4 @@
-"""Delay (static shifts) and reverb (sox's Freeverb as a synthetic impulse response)."""
+"""Delay (static shifts) and reverb (libsox's Freeverb as its exact transfer function)."""
 
 import math
 
@@ -7,7 +7,6 @@ import numpy as np
 from keras import ops
 
 from keras_clmr.layers.augmentations.base import (
-    _fft_convolve,
     _fft_size,
     _ParametricAugmentation,
     _static_length,
@@ -75,34 +74,55 @@ class Delay(_ParametricAugmentation):
         return config
 
 
-def _exp_ramp(rate, length, block=256):
-    """exp(rate * t) for t in [0, length) and per-example rates [B, 1], from B * (length / block
-    + block) exps instead of B * length (exps are slow on XLA's CPU backend)."""
-    blocks = -(-length // block)
-    coarse = ops.exp(rate * (block * ops.arange(blocks, dtype="float32"))[None, :])
-    fine = ops.exp(rate * ops.arange(block, dtype="float32")[None, :])
-    ramp = coarse[:, :, None] * fine[:, None, :]
-    return ops.reshape(ramp, (-1, blocks * block))[:, :length]
-
-
-# sox reverb.c (Freeverb): comb lengths at 44.1 kHz and the wet gain of its filter array.
+# libsox 14.4.2 reverb.c (Freeverb): comb and allpass delays in samples at 44.1 kHz, the stereo
+# spread of the second channel's delays and the wet gain of the filter array.
 _SOX_COMB_LENGTHS = (1116, 1188, 1277, 1356, 1422, 1491, 1557, 1617)
+_SOX_ALLPASS_LENGTHS = (225, 341, 441, 556)
+_SOX_STEREO_ADJUST = 12
 _SOX_WET_SCALE = 0.015
-# sox's "allpass" stages (out = buf - in, buf = in + 0.5 buf) are not allpass: each multiplies
-# the mean energy by 7/3; the two decorrelated stereo channels averaged to mono halve it. This
-# matches sox's tail energy within ~25% (libsox 14.4.2 impulse responses, see the tests).
-_REVERB_ENERGY_SCALE = (7.0 / 3.0) ** 4 / 2.0
-_REVERB_BAND_EDGES_HZ = (250.0, 700.0, 1600.0, 3500.0, 7000.0)
+
+
+def _sox_delays(lengths, rate_scale, offset):
+    """``r * (length + 12 * offset)`` per filter, the offset's sign flipping from one filter to
+    the next (sox's filter_array_create, which rounds ``scale *`` that); returns (delays, the
+    offset after the last filter)."""
+    delays = []
+    for length in lengths:
+        delays.append(rate_scale * (length + _SOX_STEREO_ADJUST * offset))
+        offset = -offset
+    return delays, offset
+
+
+def _complex_multiply(a, b):
+    return a[0] * b[0] - a[1] * b[1], a[0] * b[1] + a[1] * b[0]
+
+
+def _inverse_delay_spectrum(size, fft_length, log_window):
+    """u^-N on the rfft grid, u = exp(-log_window - 2 pi i k / fft_length), for per-example
+    delays N [B, 1]: (real, imag) [B, fft_length // 2 + 1]. The phase k N / fft_length mod 1
+    is taken in exact int32 maths (N split in bytes so that no product overflows)."""
+    k = ops.arange(fft_length // 2 + 1, dtype="int32")[None, :]
+    high, low = size // 256, size % 256
+    turns = (((k * high) % fft_length) * 256 + k * low) % fft_length
+    phase = ops.cast(turns, "float32") * (2.0 * math.pi / fft_length)
+    magnitude = ops.exp(log_window * ops.cast(size, "float32"))  # [B, 1]
+    return magnitude * ops.cos(phase), magnitude * ops.sin(phase)
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
 class Reverb(_ParametricAugmentation):
-    """Reverb with reverberance, damping and room size drawn per example as integers in
-    [min, max) (the original's ``torch.randint(0, 100)``), output length preserved.
+    """libsox 14.4.2's ``reverb R D S`` followed by ``channels 1`` (torchaudio-augmentations'
+    Reverb), with reverberance R, HF damping D and room size S drawn per example as integers in
+    [min, max) (the original's ``torch.randint(0, 100)``); output length preserved.
 
-    Deviation: the original runs libsox ``reverb`` sample by sample; here each example is
-    convolved (one batched FFT) with a synthetic sox-like impulse response, output clipped to
-    [-1, 1]. The model and its measured error against sox are in docs/fidelity.md.
+    sox runs Freeverb sample by sample: per stereo channel 8 feedback combs with a one-pole
+    low-pass in the loop (lengths scaled by the room size, feedback from the reverberance,
+    damping from D) summed into 4 sox "allpass" stages, times ``0.015 * wet gain``; the dry
+    signal plus the mean of the two channels' wet parts is the output. The filters are linear
+    and time-invariant, so here their exact transfer function is evaluated on the FFT grid and
+    applied to the clip in one batched FFT (exponentially windowed so that the long tail does
+    not wrap around; ``epsilon`` is the wrap-around attenuation). Deviation: sox clips each
+    stereo channel to [-1, 1] before averaging, here the mono sum is clipped.
     """
 
     def __init__(
@@ -115,6 +135,8 @@ class Reverb(_ParametricAugmentation):
         room_size_min=0,
         room_size_max=100,
         wet_gain_db=0.0,
+        stereo_depth=100.0,
+        pre_delay_ms=0.0,
         epsilon=1e-3,
         seed=None,
         **kwargs,
@@ -137,10 +159,17 @@ class Reverb(_ParametricAugmentation):
                     f"Reverb needs 0 <= {name}_min < {name}_max <= 100, got {low}, {high}."
                 )
         self.wet_gain_db = float(wet_gain_db)
+        self.stereo_depth = float(stereo_depth)
+        if not 0 <= self.stereo_depth <= 100:
+            raise ValueError(
+                f"Reverb needs 0 <= stereo_depth <= 100 (sox's %), got {stereo_depth}."
+            )
+        self.pre_delay_ms = float(pre_delay_ms)
+        if not 0 <= self.pre_delay_ms <= 500:
+            raise ValueError(f"Reverb needs 0 <= pre_delay_ms <= 500 (as sox), got {pre_delay_ms}.")
         self.epsilon = float(epsilon)
         if not 0 < self.epsilon < 1:
             raise ValueError(f"Reverb needs 0 < epsilon < 1, got {epsilon}.")
-        self._noise = {}  # length -> (bands, centres, shares)
 
     def draw(self, batch):
         def randint(low, high):
@@ -152,62 +181,102 @@ class Reverb(_ParametricAugmentation):
             "room_size": randint(self.room_size_min, self.room_size_max),
         }
 
-    def _tail_bands(self, length):
-        """A fixed seeded white noise split into frequency bands [K, length] (their sum is the
-        noise), the bands' centre frequencies (rad/sample) and shares of the spectrum."""
-        if length not in self._noise:
-            noise = np.random.default_rng(44100).standard_normal(length)
-            spectrum = np.fft.rfft((noise - noise.mean()) / noise.std())
-            freqs = np.fft.rfftfreq(length, 1.0 / self.sample_rate)
-            edges = [0.0, *[e for e in _REVERB_BAND_EDGES_HZ if e < self.sample_rate / 2], np.inf]
-            bands, centres, shares = [], [], []
-            for low, high in zip(edges[:-1], edges[1:]):
-                mask = (freqs >= low) & (freqs < high)
-                bands.append(np.fft.irfft(spectrum * mask, length))
-                top = min(high, self.sample_rate / 2)
-                centres.append(
-                    2 * np.pi * (top / 2 if low == 0 else math.sqrt(low * top)) / self.sample_rate
-                )
-                shares.append(mask.mean())
-            self._noise[length] = (
-                np.stack(bands).astype("float32"),
-                np.array(centres, "float32"),
-                np.array(shares, "float32"),
+    def _channel_offsets(self):
+        """sox's per-channel delay offsets: one filter array for mono, two (0 and the depth)
+        when stereo_depth > 0 (a mono input then gives stereo output)."""
+        depth = self.stereo_depth / 100.0
+        return [0.0] if depth == 0 else [0.0, depth]
+
+    def comb_lengths(self, room_size):
+        """The 8 comb delays per channel [B, channels, 8] (int32) for room sizes [B], as sox."""
+        room_scale = ops.cast(room_size, "float32")[:, None, None] / 100.0 * 0.9 + 0.1
+        rate_scale = self.sample_rate / 44100.0
+        per_channel = [
+            _sox_delays(_SOX_COMB_LENGTHS, rate_scale, offset)[0]
+            for offset in self._channel_offsets()
+        ]  # [channels, 8] at room scale 1
+        sizes = ops.convert_to_tensor(np.array(per_channel, "float32"))[None]
+        # Same floats as sox's double maths for every integer room size (checked in the tests).
+        return ops.cast(ops.floor(room_scale * sizes + 0.5), "int32")
+
+    def _fixed_response(self, fft_length, log_window):
+        """The allpass stages times the pre-delay, per channel, on the FFT grid ([channels, K]
+        float64 real and imaginary parts): they do not depend on the random draws."""
+        u = np.exp(-log_window) * np.exp(-2j * np.pi * np.arange(fft_length // 2 + 1) / fft_length)
+        pre_delay = int(self.pre_delay_ms / 1000 * self.sample_rate + 0.5)
+        rate_scale = self.sample_rate / 44100.0
+        responses = []
+        for offset in self._channel_offsets():
+            offset = _sox_delays(_SOX_COMB_LENGTHS, rate_scale, offset)[1]
+            delays, _ = _sox_delays(_SOX_ALLPASS_LENGTHS, rate_scale, offset)
+            response = u**pre_delay
+            for delay in delays:
+                power = u ** int(delay + 0.5)  # sox: out = buf - in, buf = in + 0.5 * buf
+                response = response * (power / (1.0 - 0.5 * power) - 1.0)
+            responses.append(response)
+        return np.stack(responses)
+
+    def frequency_response(self, fft_length, reverberance, damping, room_size, log_window=0.0):
+        """The mono wet transfer function at ``exp(log_window) * exp(2 pi i k / fft_length)``
+        (the DFT of the wet impulse response times ``exp(-log_window * t)``, wrapped around every
+        fft_length samples), as (real, imag) [B, fft_length // 2 + 1] float32."""
+        if fft_length > 1 << 22:
+            raise ValueError(
+                f"Reverb supports FFTs up to 2**22 samples (clips up to ~3 minutes at 22.05 kHz), "
+                f"got {fft_length}: crop the audio first."
             )
-        return self._noise[length]
+        reverberance = ops.cast(reverberance, "float32")[:, None]
+        damping = ops.cast(damping, "float32")[:, None]
+        a = -1.0 / math.log(1.0 - 0.3)  # feedback 0.3 at reverberance 0
+        b = 100.0 / (math.log(1.0 - 0.98) * a + 1.0)  # and 0.98 at 100
+        feedback = 1.0 - ops.exp((reverberance - b) / (a * b))  # [B, 1]
+        hf_damping = damping / 100.0 * 0.3 + 0.2
+        bins = fft_length // 2 + 1
+        k = np.arange(bins)
+        radius = math.exp(-log_window)
+        # The comb loop's low-pass, P(u) = (1 - d) / (1 - d u) with u = radius * exp(-i w).
+        u = (
+            ops.convert_to_tensor((radius * np.cos(2 * np.pi * k / fft_length)).astype("float32")),
+            ops.convert_to_tensor((-radius * np.sin(2 * np.pi * k / fft_length)).astype("float32")),
+        )
+        den = (1.0 - hf_damping * u[0][None, :], -hf_damping * u[1][None, :])
+        den_sq = ops.square(den[0]) + ops.square(den[1])
+        gain = feedback * (1.0 - hf_damping)  # f (1 - d)
+        loop = (gain * den[0] / den_sq, -gain * den[1] / den_sq)  # f P(u), [B, K]
+        sizes = self.comb_lengths(room_size)  # [B, C, 8]
+        fixed = self._fixed_response(fft_length, log_window)
+        wet = 10.0 ** (self.wet_gain_db / 20.0) * _SOX_WET_SCALE / len(fixed)
+        total = (0.0, 0.0)
+        for channel in range(len(fixed)):
+            combs = (0.0, 0.0)
+            for comb in range(len(_SOX_COMB_LENGTHS)):
+                size = sizes[:, channel, comb : comb + 1]  # [B, 1]
+                # A comb, u^N / (1 - f P(u) u^N) = 1 / (u^-N - f P(u)).
+                inverse = _inverse_delay_spectrum(size, fft_length, log_window)
+                d_re, d_im = inverse[0] - loop[0], inverse[1] - loop[1]
+                d_sq = ops.square(d_re) + ops.square(d_im)
+                comb_response = (d_re / d_sq, -d_im / d_sq)
+                combs = (combs[0] + comb_response[0], combs[1] + comb_response[1])
+            fixed_channel = (
+                ops.convert_to_tensor((wet * fixed[channel].real).astype("float32"))[None, :],
+                ops.convert_to_tensor((wet * fixed[channel].imag).astype("float32"))[None, :],
+            )
+            channel_response = _complex_multiply(combs, fixed_channel)
+            total = (total[0] + channel_response[0], total[1] + channel_response[1])
+        return total
 
     def impulse_response(self, length, reverberance, damping, room_size, log_window=0.0):
         """The wet part [B, length] of the responses (the dry impulse is added separately),
-        times ``exp(-log_window * t)``."""
-        reverberance = ops.cast(reverberance, "float32")[:, None]
-        damping = ops.cast(damping, "float32")[:, None]
-        room_size = ops.cast(room_size, "float32")[:, None]
-        a = -1.0 / math.log(1.0 - 0.3)
-        b = 100.0 / (math.log(1.0 - 0.98) * a + 1.0)
-        feedback = 1.0 - ops.exp((reverberance - b) / (a * b))
-        hf_damping = damping / 100.0 * 0.3 + 0.2
-        scale = (room_size / 100.0 * 0.9 + 0.1) * (self.sample_rate / 44100.0)
-        loop = scale * float(np.mean(_SOX_COMB_LENGTHS))
-        onset = ops.floor(scale * _SOX_COMB_LENGTHS[0])
-        bands, centres, _ = self._tail_bands(length)
-        # Per band k: loop gain f |H(w_k)| of sox's one-pole loop filter H = (1 - d) / (1 - d z^-1),
-        # a per-sample decay rate, and the comb array's energy there, sum_m (f |H|)^(2m) per comb.
-        loop_gain_sq = (
-            ops.square(feedback)
-            * ops.square(1.0 - hf_damping)
-            / (1.0 - 2.0 * hf_damping * ops.cos(centres)[None, :] + ops.square(hf_damping))
-        )  # [B, K]
-        rates = 0.5 * ops.log(loop_gain_sq) / loop
-        wet = _SOX_WET_SCALE * 10.0 ** (self.wet_gain_db / 20.0)
-        energy = _REVERB_ENERGY_SCALE * wet**2 * len(_SOX_COMB_LENGTHS) / (1.0 - loop_gain_sq)
-        amplitude = ops.sqrt(energy * (1.0 - ops.exp(2.0 * rates))) * ops.exp(-rates * onset)
-        tail = 0.0
-        for k in range(bands.shape[0]):
-            # exp(rate * (t - onset)) as an outer product of two short exps (see _exp_ramp).
-            envelope = _exp_ramp(rates[:, k : k + 1] - log_window, length) * amplitude[:, k : k + 1]
-            tail = tail + envelope * ops.convert_to_tensor(bands[k])[None, :]
-        t = ops.arange(length, dtype="float32")[None, :]
-        return ops.where(t >= onset, tail, 0.0)
+        times ``exp(-log_window * t)``: the inverse FFT of the transfer function on a grid of
+        at least twice the length, damped by 1e-5 over it so that the tail beyond does not
+        wrap around (a 1e-5 relative error), the damping undone after."""
+        fft_length = _fft_size(2 * length)
+        extra = math.log(1e5) / fft_length
+        spectrum = self.frequency_response(
+            fft_length, reverberance, damping, room_size, log_window + extra
+        )
+        undamp = np.exp(extra * np.arange(length, dtype=np.float64)).astype("float32")
+        return ops.irfft(spectrum, fft_length)[:, :length] * ops.convert_to_tensor(undamp)[None]
 
     def transform(self, audio, reverberance, damping, room_size):
         length = _static_length(audio, "Reverb")
@@ -216,8 +285,9 @@ class Reverb(_ParametricAugmentation):
         t = np.arange(length, dtype=np.float64)
         window = ops.convert_to_tensor(np.exp(-log_window * t).astype("float32"))[None, :]
         unwindow = ops.convert_to_tensor(np.exp(log_window * t).astype("float32"))[None, :]
-        response = self.impulse_response(length, reverberance, damping, room_size, log_window)
-        wet = _fft_convolve(audio * window, response, fft_length)[:, :length] * unwindow
+        response = self.frequency_response(fft_length, reverberance, damping, room_size, log_window)
+        spectrum = _complex_multiply(ops.rfft(audio * window, fft_length), response)
+        wet = ops.irfft(spectrum, fft_length)[:, :length] * unwindow
         return ops.clip(audio + wet, -1.0, 1.0)
 
     def get_config(self):
@@ -231,6 +301,8 @@ class Reverb(_ParametricAugmentation):
             room_size_min=self.room_size_min,
             room_size_max=self.room_size_max,
             wet_gain_db=self.wet_gain_db,
+            stereo_depth=self.stereo_depth,
+            pre_delay_ms=self.pre_delay_ms,
             epsilon=self.epsilon,
         )
         return config
