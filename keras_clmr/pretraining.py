@@ -748,11 +748,13 @@ def cap_batch_size(batch_size, clip_count, source, replicas=1, warn=logging.warn
 # --backends=tensorflow --jit=off --steps=1 --batch=N``) was 2.35 GB at 8 pairs, 4.42 GB at 24
 # and 7.56 GB at 48 (README Benchmarks): linear, 65.1 MB per view on top of 1.31 GB. SampleCNN's
 # layers output 21.56 M floats per view (``layer_costs``), so a view costs 0.755 x its layer
-# outputs (what the backward pass keeps, less what TF frees early). Time: the README's 5.77
-# views/s at 48 pairs on 2 cores with 3.47 GFLOP per view forward (x3 for a train step) gives
-# 30 GFLOP/s per core. Other models, augmentation, XLA, mixed precision and GPUs are
-# extrapolations of the same formula: read them as the order of magnitude
-# (``python -m benchmarks.pretrain_estimate`` prints estimate and measurement side by side).
+# outputs (what the backward pass keeps, less what TF frees early). Time: the process's CPU
+# seconds per step (``python -m benchmarks.pretrain_estimate --batches=8`` and ``=24``: 9.75 s
+# for 16 views, 26.76 s for 48) against 3.47 GFLOP per view forward (x3 for a train step) give
+# 17-19 GFLOP/s per core, on a machine whose other processes used 91-93 % of the CPU; the
+# README's 5.77 views/s (48 pairs, a quieter run) would be 30. The estimate uses 18: expect
+# up to 1.7x faster on an idle machine. Other models, XLA, mixed precision and GPUs are
+# extrapolations of the same formula: read them as the order of magnitude.
 STEP_BASE_BYTES = 1.31e9  # TF runtime, weights, optimizer slots, graph: independent of batch
 BYTES_PER_OUTPUT_FLOAT = 0.755 * 4  # peak bytes per float32 layer output of one view
 # CLMR's augmentation chain (--augment=clmr) keeps its own temporaries (FFTs, the pitch
@@ -760,7 +762,7 @@ BYTES_PER_OUTPUT_FLOAT = 0.755 * 4  # peak bytes per float32 layer output of one
 # sample of the crop. At 48 pairs this gives 9.4 GB; issue 18's run of the README command
 # (48 pairs, --augment=clmr, an older BatchNorm) peaked at 9.85 GB.
 AUGMENTATION_BYTES_PER_SAMPLE = 322
-CORE_FLOPS_PER_SECOND = 30e9  # sustained FLOP/s of one CPU core on the train step (oneDNN)
+CORE_FLOPS_PER_SECOND = 18e9  # sustained FLOP/s of one CPU core on the train step (oneDNN)
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (gradients of inputs and of weights)
 
 
@@ -874,8 +876,8 @@ class StepEstimate:
         return (
             f"Estimated train step ({self.views} views): peak memory ~{self.peak_bytes / 1e9:.1f} "
             f"GB{data}, ~{self.seconds:.0f} s/step on {self.cores} CPU core"
-            f"{'s' if self.cores != 1 else ''} (TF, no XLA, float32 calibration; see the README's "
-            "'Pretraining on a CPU' for settings that fit)."
+            f"{'s' if self.cores != 1 else ''} (TF, no XLA, float32 calibration; the README's "
+            "'Sizing a run' has settings that fit)."
         )
 
 
