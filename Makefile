@@ -36,19 +36,22 @@ demo: $(STAMP)
 	$(PY) -m training.demo
 
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
+# Two test processes (pytest-xdist), one per core; a test file stays on one process, so its
+# module fixtures are built once. `make test XDIST=` runs in one process.
+XDIST ?= -n 2 --dist loadfile
 
 # The default tier on TensorFlow (the default backend), then its multi-backend tests on JAX and
 # PyTorch. Tests marked `large` are left to `make test-large`.
 test: lint test-tf test-jax test-torch
 
 test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PYTEST) -m "not large" tests
+	KERAS_BACKEND=tensorflow $(PYTEST) $(XDIST) -m "not large" tests
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PYTEST) -m "multibackend and not large" tests
+	KERAS_BACKEND=jax $(PYTEST) $(XDIST) -m "multibackend and not large" tests
 
 test-torch: $(STAMP)
-	KERAS_BACKEND=torch $(PYTEST) -m "multibackend and not large" tests
+	KERAS_BACKEND=torch $(PYTEST) $(XDIST) -m "multibackend and not large" tests
 
 # The large tier: every test marked `large` on TensorFlow (the distributed tests start their own
 # JAX workers), then the large multi-backend ones on JAX and PyTorch.
