@@ -1,5 +1,6 @@
 """Flag groups shared by several commands (defined at run time, like every command's flags),
-and the keyword arguments a fit reads from them.
+and what those commands read from them: the encoder of --checkpoint, the labelled splits of
+--dataset/--data_dir, the keyword arguments of a fit (errors a user can fix as UsageError).
 
 The flags defined here belong to the command that calls the group (``disclaim_key_flags``), so
 ``keras-clmr <command> --help`` lists them with the command's own flags.
@@ -29,6 +30,26 @@ def define_checkpoint_flags(flag_values, compare_random_help):
     flags.DEFINE_bool("compare_random", False, compare_random_help, flag_values=flag_values)
 
 
+def checkpoint_encoder(values, checkpoint=None):
+    """(encoder, identity record) of --checkpoint (or ``checkpoint``), a random one built from
+    the encoder flags; ``app.UsageError`` when it is missing or cannot be loaded."""
+    from absl import app
+
+    checkpoint = checkpoint or values.checkpoint
+    if not checkpoint:
+        raise app.UsageError(
+            "--checkpoint is required (a pretraining dir or .keras file, a preset, or 'random')."
+        )
+    from keras_clmr import evaluation
+
+    try:
+        return evaluation.load_encoder(
+            checkpoint, values.sample_rate, values.channels, values.seed, values.strides
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from error
+
+
 def define_data_flags(flag_values, data_dir_help=PREPARED_SPLITS_HELP):
     """--dataset (the offline demo corpus by default) and --data_dir (real data)."""
     flags.DEFINE_string(
@@ -38,6 +59,21 @@ def define_data_flags(flag_values, data_dir_help=PREPARED_SPLITS_HELP):
         flag_values=flag_values,
     )
     flags.DEFINE_string("data_dir", None, data_dir_help, flag_values=flag_values)
+
+
+def labelled_splits(values, sample_rate):
+    """``evaluation.load_splits`` of --dataset/--data_dir and the demo flags: (splits, tags,
+    multi_label, description); ``app.UsageError`` when the data cannot be used."""
+    from absl import app
+
+    from keras_clmr import evaluation
+
+    try:
+        return evaluation.load_splits(
+            values.dataset, values.data_dir, sample_rate, values.demo_clips, values.demo_seconds
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from error
 
 
 def define_demo_flags(flag_values, clips_help="Clips in the demo corpus (--dataset=demo)."):

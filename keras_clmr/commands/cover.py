@@ -38,16 +38,10 @@ def define_flags(flag_values=FLAGS):
 
 def main(argv):
     del argv
-    if not FLAGS.checkpoint:
-        raise app.UsageError(
-            "--checkpoint is required (a pretraining dir or .keras file, a preset, or 'random')."
-        )
+    encoder, identity = _flags.checkpoint_encoder(FLAGS)
     from keras_clmr import evaluation
 
     try:
-        encoder, identity = evaluation.load_encoder(
-            FLAGS.checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed, FLAGS.strides
-        )
         sample_rate = getattr(encoder, "sample_rate", None) or FLAGS.sample_rate
         if FLAGS.csv:
             clipset, description = evaluation.load_cover_csv(FLAGS.csv, sample_rate), FLAGS.csv

@@ -17,7 +17,7 @@ results.md and tagger.keras, and prints the Markdown table. Protocol: keras_clmr
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from keras_clmr.commands import _flags
 
@@ -74,21 +74,11 @@ def define_flags(flag_values=FLAGS):
 
 
 def run(checkpoint, output_dir, random_baseline=False):
+    encoder, identity = _flags.checkpoint_encoder(FLAGS, checkpoint)
     from keras_clmr import evaluation
 
-    try:
-        encoder, identity = evaluation.load_encoder(
-            checkpoint, FLAGS.sample_rate, FLAGS.channels, FLAGS.seed, FLAGS.strides
-        )
-    except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error)) from error
     sample_rate = getattr(encoder, "sample_rate", None) or FLAGS.sample_rate
-    try:
-        splits, tags, multi_label, description = evaluation.load_splits(
-            FLAGS.dataset, FLAGS.data_dir, sample_rate, FLAGS.demo_clips, FLAGS.demo_seconds
-        )
-    except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error)) from error
+    splits, tags, multi_label, description = _flags.labelled_splits(FLAGS, sample_rate)
     mode = "fine-tuning" if FLAGS.finetune else f"{FLAGS.head} probe"
     print(
         f"{mode} of {identity['class_name']} ({identity['parameters']:,} parameters, "
@@ -138,13 +128,9 @@ def run(checkpoint, output_dir, random_baseline=False):
 
 def main(argv):
     del argv
-    if not FLAGS.checkpoint:
-        raise app.UsageError(
-            "--checkpoint is required (a pretraining dir or .keras file, a preset, or 'random')."
-        )
+    rows = run(FLAGS.checkpoint, FLAGS.output_dir, FLAGS.compare_random)
     from keras_clmr import evaluation
 
-    rows = run(FLAGS.checkpoint, FLAGS.output_dir, FLAGS.compare_random)
     table = evaluation.markdown_table(rows)
     if len(rows) > 1:
         from keras_clmr import io

@@ -54,11 +54,9 @@ def main(argv):
         encoder = evaluation.random_encoder(
             FLAGS.sample_rate, FLAGS.channels, FLAGS.seed, strides=FLAGS.strides
         )
-        splits, tags, multi_label, description = evaluation.load_splits(
-            FLAGS.dataset, FLAGS.data_dir, FLAGS.sample_rate, FLAGS.demo_clips, FLAGS.demo_seconds
-        )
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
+    splits, tags, multi_label, description = _flags.labelled_splits(FLAGS, FLAGS.sample_rate)
     print(
         f"Supervised SampleCNN ({encoder.count_params():,} parameters) on {description}; "
         f"label fraction {FLAGS.label_fraction:g}.",
