@@ -19,7 +19,7 @@ def draw_negative_indices(num_negatives, num_latents, seed=None):
     return ops.cast(ops.argsort(noise, axis=-1), "int32")
 
 
-def info_nce(predictions, targets, latents, negative_indices):
+def info_nce(predictions, targets, latents, negative_indices, groups=1):
     """The CPC InfoNCE loss, the mean over prediction steps of the per-step cross-entropy.
 
     Args:
@@ -37,7 +37,30 @@ def info_nce(predictions, targets, latents, negative_indices):
     ``logsumexp([pos, negs]) - pos`` and each step averages over its R rows. As in the
     original, a negative may by chance be the positive itself. Computed in float32 (float64
     for float64 inputs) whatever the compute dtype.
+
+    ``groups`` > 1 splits the batch into that many equal slices, each contrasted only with its
+    own latents (``negative_indices`` [N, B/groups * T] index into every slice alike), and
+    averages their losses: per-replica negatives in an SPMD program (JAX ``DataParallel``),
+    as ``tf.distribute`` replicas and the original's per-GPU loss have them.
     """
+    if groups > 1:
+        batch = latents.shape[0]
+        if batch is None or batch % groups:
+            raise ValueError(
+                f"info_nce: a batch of {batch} cannot be split into {groups} equal replica "
+                "slices; use a global batch size divisible by the number of devices."
+            )
+        size = batch // groups
+        losses = [
+            info_nce(
+                predictions[g * size : (g + 1) * size],
+                targets[g * size : (g + 1) * size],
+                latents[g * size : (g + 1) * size],
+                negative_indices,
+            )
+            for g in range(groups)
+        ]
+        return sum(losses[1:], losses[0]) / groups
     dtype = "float64" if ops.dtype(predictions) == "float64" else "float32"
     predictions = ops.cast(predictions, dtype)
     targets = ops.cast(targets, dtype)

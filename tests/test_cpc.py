@@ -157,6 +157,30 @@ def test_info_nce_rejects_a_window_too_short_for_the_steps():
         )
 
 
+def test_info_nce_groups_contrast_each_slice_with_its_own_latents():
+    """groups=2 (per-replica negatives in an SPMD program) = the mean of the original loss on
+    each half of the batch with the same permutations; a batch that does not split is refused."""
+    rng = np.random.default_rng(1)
+    batch, length, depth, steps, negatives = 4, 10, 3, 2, 5
+    full_z = 2 * rng.standard_normal((batch, length, depth))
+    wc = 2 * rng.standard_normal((batch, length, depth * steps))
+    permutations = np.stack([rng.permutation(2 * length) for _ in range(negatives)])
+    want = np.mean(
+        [
+            numpy_info_nce(wc[s], full_z[s], full_z[s], permutations)
+            for s in (slice(0, 2), slice(2, 4))
+        ]
+    )
+    whole = numpy_info_nce(
+        wc, full_z, full_z, np.stack([rng.permutation(batch * length) for _ in range(negatives)])
+    )
+    assert abs(want - whole) > 1e-2  # the grouping changes the loss
+    got = info_nce(wc, full_z, full_z, permutations.astype("int32"), groups=2)
+    assert float(keras.ops.convert_to_numpy(got)) == pytest.approx(want, rel=1e-10)
+    with pytest.raises(ValueError, match="divisible"):
+        info_nce(wc[:3], full_z[:3], full_z[:3], permutations.astype("int32"), groups=2)
+
+
 @pytest.mark.multibackend
 def test_negative_indices_are_independent_permutations():
     indices = keras.ops.convert_to_numpy(

@@ -43,8 +43,33 @@ def numpy_nt_xent(z_i, z_j, temperature=0.5):
     return total / (2 * n)
 
 
-def run_worker(tmp_path, backend, replicas):
-    script = os.path.join(WORKERS, "distributed_step.py")
+def numpy_cpc_info_nce(y_pred, replicas, shift, num_negatives):
+    """CPC's InfoNCE in float64, one loss per replica slice (its own latents as negatives:
+    cyclic shifts by ``shift * (n + 1)``, as the worker pins them), averaged over replicas."""
+    wc, z, full_z = (
+        np.asarray(y_pred[k], np.float64) for k in ("predictions", "targets", "latents")
+    )
+    depth = z.shape[-1]
+    steps = wc.shape[-1] // depth
+    losses = []
+    for part in np.split(np.arange(len(z)), replicas):
+        flat = full_z[part].reshape(-1, depth)
+        m = len(flat)
+        total = 0.0
+        for k in range(1, steps + 1):
+            z_k = z[part, k:].reshape(-1, depth)
+            wc_k = wc[part, :-k, (k - 1) * depth : k * depth].reshape(-1, depth)
+            rows = np.arange(m - len(z_k), m)  # negatives taken from the end of the permutation
+            negatives = [flat[(rows + shift * (n + 1)) % m] for n in range(num_negatives)]
+            logits = np.stack([np.sum(wc_k * z_k, 1)] + [np.sum(wc_k * g, 1) for g in negatives], 1)
+            top = logits.max(1)
+            total += np.mean(np.log(np.exp(logits - top[:, None]).sum(1)) + top - logits[:, 0])
+        losses.append(total / steps)
+    return float(np.mean(losses))
+
+
+def run_worker(tmp_path, backend, replicas, worker="distributed_step.py"):
+    script = os.path.join(WORKERS, worker)
     env = dict(
         os.environ,
         KERAS_BACKEND=backend,
@@ -89,6 +114,26 @@ def test_distributed_step_matches_single_device(tmp_path, backend, replicas):
         assert row["max_weight_diff"] < 2e-4 * max(1.0, row["max_update"]), row["max_weight_diff"]
     # The two modes differ, so the comparison above can tell them apart.
     assert abs(results["global"]["loss"] - results["local"]["loss"]) > 1e-2
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_cpc_distributed_step_matches_single_device(tmp_path, backend):
+    """CPC under MirroredStrategy / DataParallel on 2 logical CPUs: each replica contrasts its
+    own slice (as the original's per-GPU loss), so the step equals the single-device step whose
+    loss is the mean of the per-slice InfoNCE losses; checked against float64 numpy too."""
+    pytest.importorskip(backend)
+    replicas = 2
+    row = run_worker(tmp_path, backend, replicas, worker="distributed_cpc_step.py")
+    assert row["replicas"] == replicas
+    assert row["variable_devices"] == replicas, "the variables were not placed on every replica"
+    expected = numpy_cpc_info_nce(row["y_pred"], replicas, row["shift"], row["negative_samples"])
+    whole_batch = numpy_cpc_info_nce(row["y_pred"], 1, row["shift"], row["negative_samples"])
+    assert abs(expected - whole_batch) > 1e-3  # per-replica and global negatives differ
+    np.testing.assert_allclose(row["reference_loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(row["loss"], expected, rtol=1e-5)
+    assert row["max_update"] > 1e-3
+    assert row["max_weight_diff"] < 2e-4 * max(1.0, row["max_update"]), row["max_weight_diff"]
+    assert np.isfinite(row["random_negatives_loss"]) and row["random_negatives_max_update"] > 0
 
 
 def test_kill_and_resume_continues_from_the_saved_step(tmp_path):

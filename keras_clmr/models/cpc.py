@@ -13,6 +13,7 @@ import math
 import keras
 from keras import layers, ops
 
+from keras_clmr import distributed
 from keras_clmr.layers.initializers import (
     torch_default_bias_initializer,
     torch_default_kernel_initializer,
@@ -292,8 +293,11 @@ class CPC(Pretrainer):
             targets = ops.slice(latents, (0, start, 0), (batch, length, self.encoder.latent_dim))
             context = ops.slice(context, (0, start, 0), (batch, length, self.encoder.context_dim))
         predictions = self.predictor(context)
+        # Negatives come from the replica's own slice of the batch (tf.distribute replicas see
+        # only theirs; in an SPMD program, JAX DataParallel, info_nce groups the slices).
+        replica_batch = batch // distributed.data_parallel_size()
         negative_indices = draw_negative_indices(
-            self.negative_samples, batch * num_latents, seed=self.seed_generator
+            self.negative_samples, replica_batch * num_latents, seed=self.seed_generator
         )
         return {
             "latents": latents,
@@ -304,7 +308,11 @@ class CPC(Pretrainer):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = info_nce(
-            y_pred["predictions"], y_pred["targets"], y_pred["latents"], y_pred["negative_indices"]
+            y_pred["predictions"],
+            y_pred["targets"],
+            y_pred["latents"],
+            y_pred["negative_indices"],
+            groups=distributed.data_parallel_size(),
         )
         return self.finish_loss(loss)
 
