@@ -1,7 +1,8 @@
 """The Reverb augmentation against libsox 14.4.2's ``reverb`` (torchaudio-augmentations' Reverb):
 responses recorded from sox (tests/data/sox_reverb_*.npz, made by
 tests/data/record_sox_reverb.py) and an independent float64 formulation of sox's reverb.c
-(its combs and allpass stages as scipy IIR filters). Needs no sox; runs on every backend."""
+(its combs and allpass stages as scipy IIR filters). Needs no sox; the maths run on every
+backend (the recorded-grid test on the default one only: same maths, most time)."""
 
 import math
 import pathlib
@@ -13,8 +14,6 @@ from keras import ops
 from scipy import signal
 
 from keras_clmr.layers import Reverb
-
-pytestmark = pytest.mark.multibackend
 
 DATA = pathlib.Path(__file__).parent / "data"
 SR = 22050
@@ -70,10 +69,13 @@ def test_reference_is_sox():
         impulse = np.zeros(len(head))
         impulse[0] = 1.0
         want = sox_reverb_wet(impulse, SR, r, d, s, gain)
-        np.testing.assert_allclose(head, want, atol=1e-5 * np.abs(want).max())  # measured: 3e-6
+        error = np.abs(head - want).max() / np.abs(want).max()
+        print(f"sox {(r, d, s, gain)}: float64 reverb.c within {error:.1e} of the peak")
+        assert error < 1e-5  # measured: 3.6e-6
         assert np.abs(head).max() > 1e-3
 
 
+@pytest.mark.multibackend
 @pytest.mark.parametrize(
     "settings, options",
     [
@@ -96,10 +98,12 @@ def test_impulse_response_equals_sox_reverb(settings, options):
             depth=options.get("stereo_depth", 100.0),
             pre_ms=options.get("pre_delay_ms", 0.0),
         )
-        # measured: 2.5e-6 of the peak (float32 FFTs)
-        assert np.abs(response - want).max() < 2e-5 * np.abs(want).max(), row
+        error = np.abs(response - want).max() / np.abs(want).max()
+        print(f"reverb {row} {options}: response within {error:.1e} of the peak")
+        assert error < 2e-5, row  # measured: <= 3.5e-6 (float32 FFTs)
 
 
+@pytest.mark.multibackend
 def test_transform_equals_sox_reverb_on_noise():
     rng = np.random.default_rng(3)
     n = 16000
@@ -112,9 +116,11 @@ def test_transform_equals_sox_reverb_on_noise():
         want = np.clip(x[i] + wet, -1.0, 1.0)
         assert np.abs(wet).max() > 0.05  # a real effect
         error = np.abs(got[i] - want).max()
-        assert error < 3e-4, (row, error)  # measured: 6.5e-5 at reverberance 99 (wrap-around)
+        print(f"reverb {row} on noise: max error {error:.1e}")
+        assert error < 3e-4, (row, error)  # measured: 1.0e-4 at reverberance 99 (wrap-around)
 
 
+@pytest.mark.multibackend
 def test_comb_lengths_are_sox_for_every_room_size():
     rooms = np.arange(101)
     for sr in (16000, 22050, 44100, 48000):
@@ -170,6 +176,7 @@ def test_late_energy_against_recorded_sox_responses():
     assert np.abs(total - 1).max() < 0.005  # measured: 6e-4
 
 
+@pytest.mark.multibackend
 def test_wet_rms_on_music_against_recorded_sox():
     data = np.load(DATA / "sox_reverb_music.npz")
     music = data["excerpt"].astype("float32") / 32768.0
@@ -188,6 +195,7 @@ def test_wet_rms_on_music_against_recorded_sox():
     assert np.abs(wet - 1).max() < 0.01 and np.abs(total - 1).max() < 0.01  # measured: 1e-4
 
 
+@pytest.mark.multibackend
 def test_new_options_serialize_and_bad_values_are_rejected():
     layer = Reverb(16000, stereo_depth=40.0, pre_delay_ms=12.0, wet_gain_db=-3.0, seed=4)
     clone = Reverb.from_config(layer.get_config())
