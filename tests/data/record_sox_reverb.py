@@ -47,8 +47,10 @@ def record_impulse_responses():
     for r, d, s, g in grid:
         y = sox_reverb("imp.wav", ["-w", r, d, s, 100, 0, g]) / 0.5
         bins.append(np.add.reduceat(y**2, np.arange(0, n, int(0.01 * SR))))  # energy per 10 ms
-    heads = [sox_reverb("imp.wav", ["-w", r, d, s, 100, 0, g])[:2048] / 0.5 for r, d, s, g in
-             IMPULSE_SETTINGS]
+    heads = [
+        sox_reverb("imp.wav", ["-w", r, d, s, 100, 0, g])[:2048] / 0.5
+        for r, d, s, g in IMPULSE_SETTINGS
+    ]
     np.savez_compressed(
         "sox_reverb_energy.npz",
         settings=np.array(grid, np.float32),
