@@ -170,8 +170,9 @@ def throughput_figures(args):
     report.update({f"{engine}_windows_per_s": runs[engine] for engine in ("keras", "onnxruntime")})
     for engine in ("keras", "onnxruntime"):
         report[f"{engine}_median"] = statistics.median(runs[engine])
-    if runs["reference"] and "error" not in runs["reference"][0]:
-        torch_eager = statistics.median(r["torch_eager_views_per_s"] for r in runs["reference"])
+    measured = [r for r in runs["reference"] if "error" not in r]
+    if measured:
+        torch_eager = statistics.median(r["torch_eager_views_per_s"] for r in measured)
         report.update(
             reference_runs=runs["reference"],
             reference_torch_eager_median=torch_eager,
