@@ -93,3 +93,34 @@ def test_sample_cnn_weight_paths_unchanged(tmp_path):
         keras.ops.convert_to_numpy(model(x, training=False)),
         rtol=1e-6,
     )
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused path is TensorFlow's")
+def test_fused_training_path_on_nhwc_matches_float64_reference():
+    """FCN's Conv2D blocks: statistics over batch, height and width (numpy on the [B, H*W, C]
+    reshape, which normalises the same elements)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    x = (2.0 * rng.standard_normal((3, 5, 8, 4)) - 0.5).astype("float32")
+    upstream = rng.standard_normal(x.shape).astype("float32")
+    gamma = rng.standard_normal(4).astype("float32")
+    layer = BatchNormalization(epsilon=1e-5, momentum=0.9)
+    layer.build(x.shape)
+    layer.gamma.assign(gamma)
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = layer(inputs, training=True)
+        loss = tf.reduce_sum(outputs * upstream)
+    grad_x = tape.gradient(loss, inputs)
+    flat = x.reshape(3, 40, 4).astype("float64")
+    _, expected, mean, variance = _numpy_bn(flat, gamma, 0.0, 1e-5)
+    np.testing.assert_allclose(
+        outputs.numpy().reshape(flat.shape), expected, atol=1e-5 * np.abs(expected).max()
+    )
+    expected_gx = _numpy_input_gradient(flat, gamma, upstream.reshape(flat.shape), 1e-5)
+    np.testing.assert_allclose(
+        grad_x.numpy().reshape(flat.shape), expected_gx, atol=1e-5 * np.abs(expected_gx).max()
+    )
+    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.9 + 0.1 * variance, rtol=1e-5)

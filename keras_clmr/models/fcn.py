@@ -11,6 +11,7 @@ from keras_clmr.layers.initializers import (
     torch_default_kernel_initializer,
 )
 from keras_clmr.models.backbone import Backbone
+from keras_clmr.models.sample_cnn import BatchNormalization  # fused on TF training (memory)
 
 DEFAULT_CHANNELS = (64, 128, 128, 128)
 DEFAULT_POOLS = ((2, 4), (2, 4), (2, 4), (4, 5))
@@ -91,9 +92,7 @@ class FCN(Backbone):
         self.output_grid = (freq, time)
         self.embedding_dim = self.channels[-1] * freq * time
 
-        self.spec_bn = layers.BatchNormalization(
-            epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="spec_bn"
-        )
+        self.spec_bn = BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="spec_bn")
         self.blocks = []
         in_channels = 1
         for i, (width, pool) in enumerate(zip(self.channels, self.pools), start=1):
@@ -107,7 +106,7 @@ class FCN(Backbone):
                         kernel_initializer=torch_default_kernel_initializer(),
                         bias_initializer=torch_default_bias_initializer(9 * in_channels),
                     ),
-                    layers.BatchNormalization(
+                    BatchNormalization(
                         epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"layer{i}_bn"
                     ),
                     layers.ReLU(name=f"layer{i}_relu"),

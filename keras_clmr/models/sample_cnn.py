@@ -43,8 +43,8 @@ class BatchNormalization(layers.BatchNormalization):
             and not self.renorm
             and self.scale
             and self.center
-            and len(inputs.shape) == 3
-            and self.axis in (-1, 2)
+            and len(inputs.shape) in (3, 4)  # [B, T, C] or NHWC (FCN's Conv2D blocks)
+            and self.axis in (-1, len(inputs.shape) - 1)
         )
         if not fusable:
             return super().call(inputs, training=training, mask=mask)
@@ -52,7 +52,7 @@ class BatchNormalization(layers.BatchNormalization):
 
         x = tf.cast(inputs, "float32")
         y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=tf.expand_dims(x, 1),  # [B, 1, T, C]: NHWC
+            x=tf.expand_dims(x, 1) if len(inputs.shape) == 3 else x,  # NHWC
             scale=tf.cast(self.gamma, "float32"),
             offset=tf.cast(self.beta, "float32"),
             mean=tf.zeros([0], "float32"),
@@ -62,7 +62,7 @@ class BatchNormalization(layers.BatchNormalization):
             data_format="NHWC",
             is_training=True,
         )
-        count = tf.cast(tf.shape(x)[0] * tf.shape(x)[1], "float32")
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
         variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
         self.moving_mean.assign(
             tf.cast(self.moving_mean, "float32") * self.momentum + mean * (1.0 - self.momentum)
@@ -71,7 +71,7 @@ class BatchNormalization(layers.BatchNormalization):
             tf.cast(self.moving_variance, "float32") * self.momentum
             + variance * (1.0 - self.momentum)
         )
-        return tf.cast(tf.squeeze(y, 1), self.compute_dtype)
+        return tf.cast(tf.squeeze(y, 1) if len(inputs.shape) == 3 else y, self.compute_dtype)
 
 
 def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
@@ -88,6 +88,47 @@ def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
         BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn"),
         layers.ReLU(name=f"{name}_relu"),
     ]
+
+
+def _torch_batch_norm(layer, x, training):
+    """``layer`` (a channels-last BatchNormalization) applied to x [B, C, T] by torch's kernel.
+
+    In training, torch reports the unbiased batch variance; Keras' moving variance uses the
+    biased one, so it is rescaled by (n - 1) / n before the update.
+    """
+    import torch
+
+    if not training:
+        return torch.nn.functional.batch_norm(
+            x,
+            layer.moving_mean.value,
+            layer.moving_variance.value,
+            layer.gamma.value,
+            layer.beta.value,
+            training=False,
+            eps=layer.epsilon,
+        )
+    channels = x.shape[1]
+    batch_mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+    unbiased_variance = torch.ones(channels, dtype=x.dtype, device=x.device)
+    y = torch.nn.functional.batch_norm(
+        x,
+        batch_mean,  # momentum 1: overwritten with the batch statistics
+        unbiased_variance,
+        layer.gamma.value,
+        layer.beta.value,
+        training=True,
+        momentum=1.0,
+        eps=layer.epsilon,
+    )
+    count = x.shape[0] * x.shape[2]
+    variance = unbiased_variance * ((count - 1) / max(count, 1))
+    momentum = layer.momentum
+    layer.moving_mean.assign(layer.moving_mean.value * momentum + batch_mean * (1.0 - momentum))
+    layer.moving_variance.assign(
+        layer.moving_variance.value * momentum + variance * (1.0 - momentum)
+    )
+    return y
 
 
 @keras.saving.register_keras_serializable(package="keras_clmr")
@@ -193,6 +234,8 @@ class SampleCNN(Backbone):
 
     def call(self, audio, training=None):
         self._check_shape(audio.shape)
+        if self._runs_channels_first():
+            return self._call_channels_first(audio, training)
         x = audio if len(audio.shape) == 3 else ops.expand_dims(audio, -1)
         for layer in self.stack:
             x = (
@@ -201,6 +244,61 @@ class SampleCNN(Backbone):
                 else layer(x)
             )
         return self.flatten(x)
+
+    def _runs_channels_first(self):
+        """True on PyTorch with float32 layers and plain BatchNorm (the fast path's scope)."""
+        return (
+            keras.backend.backend() == "torch"
+            and all(layer.compute_dtype == "float32" for layer in self.stack)
+            and all(
+                layer.scale and layer.center and not layer.renorm and not layer.synchronized
+                for layer in self.stack
+                if isinstance(layer, layers.BatchNormalization)
+            )
+        )
+
+    def _call_channels_first(self, audio, training):
+        """The stack on [B, C, T] tensors with the layers' own weights (PyTorch backend).
+
+        Why: Keras' layers are channels-last, so on PyTorch every Conv1D and MaxPooling1D
+        transposes its input and output, and BatchNormalization runs as a composite of
+        full-size ops; here the input is transposed once, convolutions and pooling run
+        channels-first and BatchNorm is torch's fused kernel, as in the original CLMR. Same
+        maths as the layer path: biased batch variance for the output and the moving variance.
+        The layers stay channels-last for callers that run ``stack`` themselves.
+        """
+        import torch
+
+        x = ops.expand_dims(audio, 1) if len(audio.shape) == 2 else ops.transpose(audio, (0, 2, 1))
+        for layer in self.stack:
+            if isinstance(layer, layers.Conv1D):
+                x = ops.conv(
+                    x,
+                    layer.kernel,
+                    strides=layer.strides,
+                    padding=layer.padding,
+                    data_format="channels_first",
+                    dilation_rate=layer.dilation_rate,
+                )
+                if layer.use_bias:
+                    x = x + ops.reshape(layer.bias, (1, -1, 1))
+            elif isinstance(layer, layers.BatchNormalization):
+                x = _torch_batch_norm(layer, x, training=bool(training) and layer.trainable)
+            elif isinstance(layer, layers.MaxPooling1D):
+                x = ops.max_pool(
+                    x,
+                    layer.pool_size,
+                    strides=layer.strides,
+                    padding=layer.padding,
+                    data_format="channels_first",
+                )
+            elif isinstance(layer, layers.ZeroPadding1D):
+                x = ops.pad(x, ((0, 0), (0, 0), tuple(layer.padding)))
+            elif isinstance(layer, layers.ReLU):
+                x = layer(x)  # elementwise: layout-free
+            else:
+                raise TypeError(f"No channels-first rule for {type(layer).__name__} {layer.name}.")
+        return torch.flatten(x, 1)  # [B, C, 1] -> [B, C], as Flatten on [B, 1, C]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.embedding_dim)
