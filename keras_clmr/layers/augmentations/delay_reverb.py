@@ -254,9 +254,8 @@ class Reverb(_ParametricAugmentation):
                 # A comb, u^N / (1 - f P(u) u^N) = 1 / (u^-N - f P(u)).
                 inverse = _inverse_delay_spectrum(size, fft_length, log_window)
                 d_re, d_im = inverse[0] - loop[0], inverse[1] - loop[1]
-                d_sq = ops.square(d_re) + ops.square(d_im)
-                comb_response = (d_re / d_sq, -d_im / d_sq)
-                combs = (combs[0] + comb_response[0], combs[1] + comb_response[1])
+                scale = 1.0 / (ops.square(d_re) + ops.square(d_im))
+                combs = (combs[0] + d_re * scale, combs[1] - d_im * scale)
             fixed_channel = (
                 ops.convert_to_tensor((wet * fixed[channel].real).astype("float32"))[None, :],
                 ops.convert_to_tensor((wet * fixed[channel].imag).astype("float32"))[None, :],
