@@ -569,6 +569,19 @@ def test_cli_tag_default_model_online_then_offline(server, online, monkeypatch, 
     assert "keras_clmr: converting clmr_checkpoint_10000.zip" in capsys.readouterr().err
 
 
+def test_embed_progress_false_silences_the_first_use(server, online, monkeypatch, capsys):
+    from keras_clmr.inference import embed, engines
+
+    _, _, files = clmr_2_0_files()
+    _point(monkeypatch, server, "clmr-mtat", {"embed": files["embed"]})
+    monkeypatch.setattr(engines, "_LOADED", {})  # no model kept from another test
+    audio = _music(3 * 7776, batch=1, seed=2)[0]
+    result = embed(audio, model="clmr-mtat", sample_rate=22050, progress=False)
+    assert result.embeddings.shape == (3, 16) and server.count() == 1
+    err = capsys.readouterr().err
+    assert "keras_clmr:" not in err and "%|" not in err, err
+
+
 # ----------------------------------------------------------------------------- full size
 
 

@@ -194,6 +194,7 @@ def _prepare(
     block_seconds,
     engine,
     layer=None,
+    progress=None,
 ):
     single = not isinstance(audio_or_path, (list, tuple))
     sources = [audio_or_path] if single else list(audio_or_path)
@@ -210,7 +211,7 @@ def _prepare(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if sample_rate is not None:
         audio_lib.check_sample_rate(sample_rate)
-    model, net = resolve_model(model, task)
+    model, net = resolve_model(model, task, progress=progress)
     window = _attribute(model, "input_samples")
     rate = int(_attribute(model, "sample_rate", audio_lib.DEFAULT_SAMPLE_RATE))
     if window is None:
@@ -292,7 +293,7 @@ def embed(
     """
     plan = _prepare(
         audio_or_path, model, "embed", sample_rate, hop, batch_size, short, on_error,
-        block_seconds, engine, layer,
+        block_seconds, engine, layer, progress=progress,
     )  # fmt: skip
     results = []
     for out, times, fields in plan.outputs(progress):
@@ -324,7 +325,7 @@ def tag(
     """
     plan = _prepare(
         audio_or_path, model, "tag", sample_rate, hop, batch_size, short, on_error,
-        block_seconds, engine,
+        block_seconds, engine, progress=progress,
     )  # fmt: skip
     model = plan.model
     names = (

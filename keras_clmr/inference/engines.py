@@ -28,8 +28,9 @@ _ONNX_CACHE = {}
 _PATCH_MODELS = {}
 
 
-def resolve_model(model, task):
-    """(model, network to run) for ``task`` "embed" or "tag"; names are loaded once and kept."""
+def resolve_model(model, task, progress=None):
+    """(model, network to run) for ``task`` "embed" or "tag"; names are loaded once and kept
+    (``progress=False`` also silences a first use's download and conversion messages)."""
     if model is None:
         model = DEFAULT_MODEL
     if isinstance(model, (str, os.PathLike)):
@@ -37,7 +38,7 @@ def resolve_model(model, task):
         if key not in _LOADED:
             from keras_clmr.hub import load_pretrained
 
-            _LOADED[key] = load_pretrained(model, task=task)
+            _LOADED[key] = load_pretrained(model, task=task, progress=progress is not False)
         model = _LOADED[key]
     if not isinstance(model, keras.Model):
         raise TypeError(
