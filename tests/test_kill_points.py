@@ -166,7 +166,7 @@ def earlier_export(tmp_path_factory):
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("point", ["onnx", "old-moved", "final-rename"])
+@pytest.mark.parametrize("point", ["onnx", "staged", "old-moved"])
 def test_re_export_killed_keeps_the_old_output(user_folder, earlier_export, point):
     """Re-export (--overwrite: the folder holds the user's notes) over an earlier output."""
     out = user_folder / "out"
@@ -175,7 +175,7 @@ def test_re_export_killed_keeps_the_old_output(user_folder, earlier_export, poin
     old = _tree(out)
     args = [f"--model={user_folder / 'model.keras'}", f"--output={out}", "--overwrite"]
     _kill(point, out, "export", *args, "--format=all")
-    if point == "old-moved":  # between the two renames: no output, its old copy aside
+    if point == "old-moved":  # between the two renames (the old copy aside), no output
         assert not out.exists()
         io.recover_folder(out)  # what every writer and load of the folder does first
     assert _tree(out) == old  # the old output, whole

@@ -14,7 +14,8 @@ deterministic: the function named by POINT is wrapped so that its write complete
     onnx          model.onnx written and parity-checked in the staging folder
     staged        everything written in the staging folder (card included), not renamed yet
     old-moved     the old TARGET renamed aside (.old-<pid>), the new one not yet in place
-    final-rename  at the rename of the staging folder onto TARGET
+    final-rename  at the rename of the staging folder onto TARGET (an existing TARGET is
+                  then already aside: the same state as old-moved)
     downloaded    a release file downloaded into the cache, not converted yet
     converted     the checkpoint converted and parity-checked, the preset not saved yet
 
