@@ -13,7 +13,7 @@ Parts (one JSON object is printed at the end):
 - ``train``: the full-size CLMR train step (SampleCNN, 48 pairs, Adam, XLA) with
   ``--augment=clmr`` vs ``--augment=crop``; the two models' steps are interleaved so both see
   the same machine load. ``--train_steps`` (env BENCH_TRAIN_STEPS) timed steps each.
-- ``reference``: the reference harness's ``augment`` command (benchmarks/reference.py says
+- ``reference``: the reference harness's ``augment`` command (benchmarks/reference/__init__.py says
   how to point at it): the original torchaudio-augmentations + sox chain, one process, 1 torch
   thread (env CLMR_AUG_PER_TRANSFORM_N=0 unless set), run between two ``chain`` measurements.
 

@@ -4,7 +4,7 @@
 - the same export without the pass (what tf2onnx alone gives),
 - our SavedModel (``tf.saved_model.load``, signature ``embed``),
 - the original PyTorch encoder exported to ONNX by the reference harness's ``infer``
-  (``torch.onnx.export``, opset 17; see benchmarks/reference.py), run in the same onnxruntime,
+  (``torch.onnx.export``, opset 17; see benchmarks/reference/__init__.py), run in the same onnxruntime,
   in the same process.
 
     python -m benchmarks.export                 # ~2-4 min on a loaded 2-core machine
