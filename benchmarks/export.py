@@ -3,9 +3,9 @@
 - our ONNX export (Keras ``model.export`` + keras_clmr's BatchNorm-folding pass) in onnxruntime,
 - the same export without the pass (what tf2onnx alone gives),
 - our SavedModel (``tf.saved_model.load``, signature ``embed``),
-- the original PyTorch encoder exported to ONNX by the reference harness's ``infer``
-  (``torch.onnx.export``, opset 17; see benchmarks/reference/__init__.py), run in the same onnxruntime,
-  in the same process.
+- the original PyTorch encoder exported to ONNX by the external reference harness's ``infer``
+  (``torch.onnx.export``, opset 17; see benchmarks/reference/__init__.py), run in the same
+  onnxruntime, in the same process.
 
     python -m benchmarks.export                 # ~2-4 min on a loaded 2-core machine
     python -m benchmarks.export --reps 7 --skip-reference-run
