@@ -98,7 +98,9 @@ def test_pemr_and_cpc_positive_pairs():
     ]
     expected = np.mean([numpy_cosine(p, q) for p, q in pairs])
     got = keras.ops.convert_to_numpy(keras.ops.mean(positive_cosine(first, second)))
-    np.testing.assert_allclose(got, expected, atol=1e-12)
+    # Cosines are of scale 1; JAX (no x64) and torch's slicing of float64 arrays reach float32
+    # precision on the way, so the tolerance is float32's.
+    np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 # ------------------------------------------------------------------ TensorBoard scalars
