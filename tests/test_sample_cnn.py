@@ -138,3 +138,102 @@ def test_keras_round_trip_identical_outputs(tmp_path):
     assert isinstance(restored, SampleCNN)
     assert restored.get_config() == model.get_config()
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored(x, training=False)), before)
+
+
+def _numpy_stack(model, x, training):
+    """float64 numpy forward of model.stack ([B, T] -> [B, C]); BN moving statistics after it."""
+    h = x.astype(np.float64)[..., None]
+    moving = []
+    for layer in model.stack:
+        if isinstance(layer, keras.layers.ZeroPadding1D):
+            h = np.pad(h, ((0, 0), tuple(layer.padding), (0, 0)))
+        elif isinstance(layer, keras.layers.Conv1D):
+            kernel, bias = [np.asarray(w, np.float64) for w in layer.get_weights()]
+            if layer.padding == "same":
+                h = np.pad(h, ((0, 0), (1, 1), (0, 0)))
+            k, stride = kernel.shape[0], layer.strides[0]
+            n_out = (h.shape[1] - k) // stride + 1
+            windows = np.stack([h[:, i * stride : i * stride + k] for i in range(n_out)], axis=1)
+            h = np.einsum("btkc,kco->bto", windows, kernel) + bias
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = [np.asarray(w, np.float64) for w in layer.get_weights()]
+            if training:
+                m = layer.momentum
+                batch_mean, batch_var = h.mean(axis=(0, 1)), h.var(axis=(0, 1))
+                moving.append((m * mean + (1 - m) * batch_mean, m * var + (1 - m) * batch_var))
+                mean, var = batch_mean, batch_var
+            h = (h - mean) / np.sqrt(var + layer.epsilon) * gamma + beta
+        elif isinstance(layer, keras.layers.ReLU):
+            h = np.maximum(h, 0)
+        elif isinstance(layer, keras.layers.MaxPooling1D):
+            p = layer.pool_size[0]
+            h = h[:, : h.shape[1] // p * p].reshape(h.shape[0], -1, p, h.shape[2]).max(axis=2)
+    return h.reshape(h.shape[0], -1), moving
+
+
+@pytest.mark.multibackend
+@pytest.mark.parametrize("training", [False, True])
+def test_training_and_inference_match_numpy_with_padding_blocks(training):
+    """Batch statistics, moving-statistic updates and the padded (stride 2) blocks, float64.
+
+    On PyTorch this checks the channels-first path (torch's fused BatchNorm, unbiased variance
+    rescaled to Keras' biased one) against the same maths as the channels-last layers.
+    """
+    model = tiny_sample_cnn()
+    rng = np.random.default_rng(3)
+    for layer in model.stack:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c),
+                    rng.normal(0, 0.1, c),
+                    rng.normal(0, 0.1, c),
+                    rng.uniform(0.5, 1.5, c),
+                ]
+            )
+    x = rng.standard_normal((3, model.input_samples)).astype("float32")
+    want, want_moving = _numpy_stack(model, x, training)
+    got = keras.ops.convert_to_numpy(model(x, training=training))
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+    bns = [layer for layer in model.stack if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer, (mean, var) in zip(bns, want_moving):
+        np.testing.assert_allclose(np.asarray(layer.moving_mean), mean, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(layer.moving_variance), var, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.multibackend
+def test_torch_channels_first_path_equals_the_layer_path_with_gradients():
+    """PyTorch: outputs, moving statistics and weight gradients of the channels-first path equal
+    Keras' channels-last layers' (same weights, same batch). Inference within 1e-5 of the
+    output scale; training within 1e-4: two float32 paths through 11 batch-statistic
+    normalisations of a 4-example batch (Keras' variance is E[x^2] - E[x]^2, torch's is not)."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("the channels-first path runs on the PyTorch backend only")
+    import torch
+
+    x = np.random.default_rng(4).standard_normal((4, tiny_sample_cnn().input_samples))
+    results = []
+    for channels_first in (True, False):
+        keras.utils.set_random_seed(5)
+        model = tiny_sample_cnn()
+        assert model._runs_channels_first()
+        if not channels_first:
+            model._runs_channels_first = lambda: False
+        model.zero_grad()
+        inference = keras.ops.convert_to_numpy(model(x.astype("float32"), training=False))
+        y = model(x.astype("float32"), training=True)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        grads = [keras.ops.convert_to_numpy(w.value.grad) for w in model.trainable_weights]
+        weights = [np.asarray(w) for w in model.weights]
+        results.append((inference, keras.ops.convert_to_numpy(y), grads, weights))
+    (i_cf, y_cf, g_cf, w_cf), (i_cl, y_cl, g_cl, w_cl) = results
+    np.testing.assert_allclose(i_cf, i_cl, rtol=1e-5, atol=1e-5 * np.abs(i_cl).max())
+    np.testing.assert_allclose(y_cf, y_cl, rtol=1e-4, atol=1e-4 * np.abs(y_cl).max())
+    # Scale: the largest gradient (conv biases before BatchNorm have a zero true gradient).
+    grad_scale = max(np.abs(g).max() for g in g_cl)
+    for a, b in zip(g_cf, g_cl):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * grad_scale)
+    for a, b in zip(w_cf, w_cl):  # moving statistics after the training call
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
