@@ -10,7 +10,9 @@ that first imports keras and tensorflow (not counted), then times ``load_pretrai
 first embedding of one window. Cold = download + convert + parity check + save + load; warm =
 the cache hit (sha256 of every file, then build + weights). ``--baseline`` adds warm loads
 through the plain Keras path (deserialize, random init, ``load_weights``) for comparison.
-Needs torch (to write the release file). Prints one JSON object: wall and CPU seconds.
+Needs torch (to write the release file). Prints one JSON object: wall and CPU seconds (the
+process's CPU time; on a shared, overloaded machine wall time is mostly waiting for a core,
+so compare CPU seconds there and quote the load average that is printed with them).
 """
 
 import argparse
