@@ -271,17 +271,15 @@ class SampleCNN(Backbone):
 
         x = ops.expand_dims(audio, 1) if len(audio.shape) == 2 else ops.transpose(audio, (0, 2, 1))
         for layer in self.stack:
-            if isinstance(layer, layers.Conv1D):
-                x = ops.conv(
+            if isinstance(layer, layers.Conv1D):  # bias and "same" padding inside the kernel
+                x = torch.nn.functional.conv1d(
                     x,
-                    layer.kernel,
-                    strides=layer.strides,
-                    padding=layer.padding,
-                    data_format="channels_first",
-                    dilation_rate=layer.dilation_rate,
+                    ops.transpose(layer.kernel, (2, 1, 0)),  # [k, in, out] -> [out, in, k]
+                    layer.bias.value if layer.use_bias else None,
+                    stride=layer.strides,
+                    padding="same" if layer.padding == "same" else 0,
+                    dilation=layer.dilation_rate,
                 )
-                if layer.use_bias:
-                    x = x + ops.reshape(layer.bias, (1, -1, 1))
             elif isinstance(layer, layers.BatchNormalization):
                 x = _torch_batch_norm(layer, x, training=bool(training) and layer.trainable)
             elif isinstance(layer, layers.MaxPooling1D):
