@@ -393,6 +393,7 @@ def test_chain_structure_and_pemr_variant():
         assert "PitchShift" not in [name for name, _ in pemr] and len(pemr) == 6
 
 
+@pytest.mark.large
 def test_fused_filter_delay_reverb_equals_the_separate_layers():
     """Same draws through the fused pass and through filter -> delay -> reverb on their own, in
     the original order, with hard (non-faded) edges and all combinations of the three."""
@@ -473,6 +474,7 @@ def test_layers_round_trip_through_config():
 # ---------------------------------------------------------------------- compiled, every backend
 
 
+@pytest.mark.large
 @pytest.mark.multibackend
 def test_chain_compiles_and_runs():
     x = ops.convert_to_tensor(
@@ -487,6 +489,7 @@ def test_chain_compiles_and_runs():
         assert not np.allclose(y, np_(x))
 
 
+@pytest.mark.large
 @pytest.mark.multibackend
 def test_clmr_with_augmentation_trains_and_round_trips(tmp_path):
     from keras_clmr.models import CLMR

@@ -564,6 +564,7 @@ def test_in_place_export_keeps_but_never_adopts_stray_files(fresh):
     assert not [n for n in os.listdir(fresh.parent) if n.startswith(".")]
 
 
+@pytest.mark.large
 @needs_tf
 def test_re_export_repairs_a_damaged_export(fresh):
     from keras_clmr import export

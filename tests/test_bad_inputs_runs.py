@@ -592,6 +592,7 @@ def finished_run(tmp_path_factory):
     return output
 
 
+@pytest.mark.large
 def test_resume_refuses_conflicting_settings(finished_run):
     before = snapshot(finished_run)
     code, _, stderr = call(
@@ -622,6 +623,7 @@ def test_resume_refuses_conflicting_settings(finished_run):
     assert snapshot(finished_run) == before
 
 
+@pytest.mark.large
 def test_resume_with_override_and_recorded_settings(finished_run):
     # Flags not given take the run's settings (the tiny channels, batch 4): nothing to do.
     code, stdout, stderr = call(

@@ -62,6 +62,7 @@ def test_fit_decreases_the_loss_on_a_learnable_toy():
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
 
 
+@pytest.mark.large
 @pytest.mark.multibackend
 def test_fit_under_jit_compile():
     if keras.backend.backend() == "torch":

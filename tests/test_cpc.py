@@ -310,6 +310,7 @@ def test_fit_under_jit_compile():
     assert np.all(np.isfinite(history.history["loss"]))
 
 
+@pytest.mark.large
 @pytest.mark.multibackend
 def test_fit_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -49,6 +49,7 @@ def numpy_clip_embedding(encoder, audio):
     return np.asarray(keras.ops.convert_to_numpy(context), np.float64).mean(axis=1)
 
 
+@pytest.mark.large
 def test_pretrain_command_trains_cpc_then_probe_and_cover_songs(tmp_path, capsys):
     from keras_clmr.evaluation import demo_cover_set, demo_splits, linear_probe
     from keras_clmr.evaluation.cover import cover_song_eval
@@ -186,6 +187,7 @@ def test_preset_round_trip_card_and_filter_spectra(tmp_path):
         filter_spectra(model, layers=(3,), steps=1, input_samples=64)
 
 
+@pytest.mark.large
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports need TensorFlow")
 def test_export_preset_savedmodel_and_onnx_with_the_gru(tmp_path):
     pytest.importorskip("onnxruntime")

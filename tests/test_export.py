@@ -84,6 +84,7 @@ def _check_both_formats(model, tmp_path):
     return summary, loaded, proto
 
 
+@pytest.mark.large
 def test_sample_cnn_both_formats_and_bn_folding(tmp_path):
     model = _randomize_batchnorm(tiny_sample_cnn())
     summary, loaded, proto = _check_both_formats(model, tmp_path)
@@ -97,6 +98,7 @@ def test_sample_cnn_both_formats_and_bn_folding(tmp_path):
     assert summary["exports"]["onnx"]["optimized"]["folded_affines"] == 11
 
 
+@pytest.mark.large
 def test_tagger_both_formats(tmp_path):
     summary, loaded, _ = _check_both_formats(tiny_tagger(), tmp_path)
     assert {"embed", "tag", "serving_default"} <= set(loaded.signatures)
@@ -135,6 +137,7 @@ def test_musicnn_preset_both_formats(tmp_path, musicnn_cache):
     assert "exports" not in cached and "model.onnx" not in cached["files"]
 
 
+@pytest.mark.large
 def test_export_into_a_preset_records_metadata(tmp_path):
     from keras_clmr import export, hub
 
@@ -231,6 +234,7 @@ def test_cli(tmp_path):
     assert bad.returncode == 1 and "not a local preset folder" in bad.stderr
 
 
+@pytest.mark.large
 def test_float16_frontend_fallback(tmp_path, monkeypatch):
     """musicnn rounds its mel to float16: when a runtime's last-ulp difference flips a rounding
     (simulated here on the first check), the graph is re-checked with the rounding off (<= 1e-4)

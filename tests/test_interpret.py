@@ -542,6 +542,7 @@ def test_taggram_is_the_taggers_output_per_window(tmp_path):
         ).probabilities.shape == (1, 2)
 
 
+@pytest.mark.large
 def test_pca_projection_matches_a_covariance_eigendecomposition():
     rng = np.random.default_rng(3)
     data = (
@@ -771,6 +772,7 @@ def test_training_curves_png_from_the_probe_history(tmp_path):
         reports.training_curves_figure(results["history"])
 
 
+@pytest.mark.large
 def test_demo_interpret_stage_writes_every_picture(tmp_path):
     from keras_clmr.data.demo import TAGS
     from keras_clmr.models import MusicTagger
@@ -792,6 +794,7 @@ def test_demo_interpret_stage_writes_every_picture(tmp_path):
 # ----------------------------------------------------------------------------- command line
 
 
+@pytest.mark.large
 def test_explain_command_line(tmp_path, capsys):
     import keras_clmr
     from keras_clmr.interpret import command

@@ -17,6 +17,7 @@ def policy():
     keras.config.set_dtype_policy(previous)
 
 
+@pytest.mark.large
 @pytest.mark.multibackend
 @pytest.mark.parametrize("name", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_tiny_clmr(policy, name):

@@ -164,6 +164,7 @@ def test_generator_learns_from_l_pred_only():
     assert all(g is None for g in tape.gradient(loss_pred, model.encoder.trainable_weights))
 
 
+@pytest.mark.large
 @pytest.mark.multibackend
 def test_bert_masking_rates():
     generator = PEMRMaskGenerator(
@@ -309,6 +310,7 @@ def test_loss_batchnorm_keeps_unit_scale_zero_offset_and_is_the_official_criteri
 # ------------------------------------------------------------------------- training and saving
 
 
+@pytest.mark.large
 @pytest.mark.multibackend
 def test_fit_trains_encoder_projector_mask_and_generator():
     model = tiny_pemr()

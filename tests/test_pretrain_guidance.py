@@ -126,6 +126,7 @@ def scalars(log_dir):
     return found
 
 
+@pytest.mark.large
 def test_tensorboard_gets_views_per_second_learning_rate_and_positive_cosine(tmp_path):
     model = tiny_clmr()
     rng = np.random.default_rng(3)

@@ -212,6 +212,7 @@ def test_cli_dry_run_and_refusal(tmp_path):
 @pytest.mark.skipif(
     BACKEND != "tensorflow", reason="the ONNX export in the round trip runs on TensorFlow"
 )
+@pytest.mark.large
 def test_round_trip_through_the_hub_cache(tmp_path, fake_api, monkeypatch):
     """The fake Hub stores what upload_folder sends in an HF cache layout; load it back offline."""
     from keras_clmr import export, hub

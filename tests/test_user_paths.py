@@ -61,6 +61,7 @@ def test_identify_every_kind(tmp_path):
         sources.identify(str(tmp_path / "unfinished"))
 
 
+@pytest.mark.large
 def test_run_folder_to_published_folder(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from keras_clmr import hub
