@@ -1,9 +1,10 @@
 """Linear / MLP probes and fine-tuning of a pretrained encoder (CLMR's linear evaluation).
 
 Frozen probe: one random crop per training and validation clip is encoded once and the head is
-trained on these static features with Adam (lr 1e-3, weight decay 1e-6), ReduceLROnPlateau
-(x0.1, patience 5) and early stopping (patience 10) on the validation loss, up to 200 epochs,
-batch 48. Fine-tuning: same head and optimiser, encoder trainable, a fresh crop per epoch.
+trained on these static features with torch's Adam as the original (lr 1e-3, epsilon 1e-8,
+L2 weight decay 1e-6 added to the gradient), ReduceLROnPlateau (x0.1, patience 5) and early
+stopping (patience 10) on the validation loss, up to 200 epochs, batch 48. Fine-tuning: same
+head and optimiser, encoder trainable, a fresh crop per epoch.
 """
 
 import keras
@@ -26,6 +27,7 @@ from keras_clmr.evaluation.fitting import (
     tag_names,
 )
 from keras_clmr.models.tagger import MusicTagger, build_head
+from keras_clmr.optimizers import TorchAdam
 
 
 def fit_head(
@@ -54,7 +56,7 @@ def fit_head(
     keras.utils.set_random_seed(int(seed))
     model = build_head(train_x.shape[1], train_y.shape[1], head=head, hidden_dim=hidden_dim)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None),
+        optimizer=TorchAdam(learning_rate, torch_weight_decay=weight_decay or 0.0),
         loss=loss(multi_label),
         jit_compile=jit_compile,
         run_eagerly=run_eagerly,
@@ -155,7 +157,7 @@ def train_probe(
         scores = frozen_clip_scores(encoder, head_model, test, multi_label, extraction_batch_size)
     else:
         keras.utils.set_random_seed(int(seed))
-        optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
+        optimizer = TorchAdam(learning_rate, torch_weight_decay=weight_decay or 0.0)
         history = fit_end_to_end(
             tagger, train, valid, optimizer=optimizer, train_indices=indices, **plan, **run
         )
@@ -164,7 +166,7 @@ def train_probe(
         "head": head,
         "finetune": bool(finetune),
         "multi_label": bool(multi_label),
-        "optimizer": "Adam",
+        "optimizer": "Adam (torch: epsilon 1e-8, L2 weight decay)",
         **schedule_record(learning_rate, weight_decay, plan),
         "crops_per_clip": int(crops_per_clip),
         "train_features": "static (extracted once)"
