@@ -231,7 +231,7 @@ def test_cli(tmp_path):
         text=True,
         timeout=300,
     )
-    assert bad.returncode == 1 and "not a local preset folder" in bad.stderr
+    assert bad.returncode == 1 and "no such file, folder or registered preset" in bad.stderr
 
 
 @pytest.mark.large

@@ -206,7 +206,7 @@ def test_cli_dry_run_and_refusal(tmp_path):
         text=True,
         timeout=300,
     )
-    assert bad.returncode == 1 and "no such folder" in bad.stderr
+    assert bad.returncode == 1 and "no such file, folder or registered preset" in bad.stderr
 
 
 @pytest.mark.skipif(

@@ -72,6 +72,11 @@ def run(name, argv=None, prog=None):
         module.define_flags(flag_values)
         sys.stdout.write(_help_text(module, flag_values, full))
         raise SystemExit(0)
+    # The `python -m training.* / export.*` front ends come here directly: TensorFlow's
+    # start-up lines are hidden as for `keras-clmr` (a no-op when TensorFlow is already loaded).
+    from keras_clmr.commands._quiet import quiet_start
+
+    quiet_start(verbose=any(arg in ("--verbose=1", "--verbose=2") for arg in options))
     flag_values = flags.FLAGS
     existing = set(flag_values)
     module.define_flags(flag_values)
