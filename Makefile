@@ -1,5 +1,5 @@
-# The commands: `make demo`, `make test` (default tier, <= 8 min on 2 cores), `make test-large`
-# (subprocess trainings, kill/resume, distributed, full conversions and exports, Node) and
+# The commands: `make demo`, `make test` (default tier), `make test-large` (subprocess
+# trainings, kill/resume, distributed, full conversions and exports, Node; CI runs both) and
 # `make lint`. Each creates/refreshes .venv first.
 PYTHON ?= python3
 VENV ?= .venv
@@ -56,7 +56,7 @@ test-torch: $(STAMP)
 # The large tier: every test marked `large` on TensorFlow (the distributed tests start their own
 # JAX workers), then the large multi-backend ones on JAX and PyTorch.
 test-large: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PYTEST) -m large tests
+	KERAS_BACKEND=tensorflow $(PYTEST) $(XDIST) -m large tests
 	KERAS_BACKEND=jax $(PYTEST) -m "large and multibackend" tests || test $$? -eq 5  # 5: none
 	KERAS_BACKEND=torch $(PYTEST) -m "large and multibackend" tests || test $$? -eq 5  # 5: none
 
