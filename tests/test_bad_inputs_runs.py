@@ -642,6 +642,7 @@ def test_resume_with_override_and_recorded_settings(finished_run):
     assert code == 0 and "nothing to do" in stdout, stderr[-2000:]
 
 
+@pytest.mark.large
 def test_resume_writes_missing_final_outputs(finished_run, tmp_path):
     import shutil
 
@@ -668,6 +669,7 @@ def test_resume_writes_missing_final_outputs(finished_run, tmp_path):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.large
 def test_disk_full_writing_the_final_model_keeps_the_checkpoints(
     finished_run, tmp_path, monkeypatch
 ):
@@ -719,6 +721,7 @@ def test_resume_with_a_new_learning_rate_uses_it(finished_run, tmp_path):
     assert state["settings"]["learning_rate"] == 0.01 and state["finished"]["epoch"] == 2
 
 
+@pytest.mark.large
 def test_corrupt_state_json_via_the_command(finished_run, tmp_path):
     import shutil
 

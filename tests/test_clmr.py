@@ -50,6 +50,7 @@ def test_views_are_independent_crops():
     assert np.mean(starts_i == starts_j) < 0.1
 
 
+@pytest.mark.large
 @pytest.mark.multibackend
 def test_fit_decreases_the_loss_on_a_learnable_toy():
     encoder = tiny_sample_cnn()
