@@ -57,8 +57,8 @@ test-torch: $(STAMP)
 # JAX workers), then the large multi-backend ones on JAX and PyTorch.
 test-large: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PYTEST) $(XDIST) -m large tests
-	KERAS_BACKEND=jax $(PYTEST) -m "large and multibackend" tests || test $$? -eq 5  # 5: none
-	KERAS_BACKEND=torch $(PYTEST) -m "large and multibackend" tests || test $$? -eq 5  # 5: none
+	KERAS_BACKEND=jax $(PYTEST) $(XDIST) -m "large and multibackend" tests || test $$? -eq 5  # 5: none
+	KERAS_BACKEND=torch $(PYTEST) $(XDIST) -m "large and multibackend" tests || test $$? -eq 5  # 5: none
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
