@@ -84,6 +84,12 @@ def test_fit_head_learns_separable_features():
     logits = keras.ops.convert_to_numpy(head(x[250:]))
     assert metrics.tag_wise_auc(y[250:], logits)["roc_auc"] > 0.97
     assert history["epochs_run"] >= 1 and history["val_loss"][-1] < history["val_loss"][0]
+    # CLMR's linear evaluation: torch's Adam (epsilon 1e-8, weight decay as L2 on the gradient).
+    from keras_clmr.optimizers import TorchAdam
+
+    assert isinstance(head.optimizer, TorchAdam)
+    assert head.optimizer.epsilon == 1e-8 and head.optimizer.torch_weight_decay == 1e-6
+    assert head.optimizer.weight_decay is None
 
 
 def test_frozen_probe_results_match_the_saved_tagger(tmp_path):
