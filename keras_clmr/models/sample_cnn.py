@@ -50,28 +50,47 @@ class BatchNormalization(layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
-        x = tf.cast(inputs, "float32")
-        y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=tf.expand_dims(x, 1) if len(inputs.shape) == 3 else x,  # NHWC
-            scale=tf.cast(self.gamma, "float32"),
-            offset=tf.cast(self.beta, "float32"),
-            mean=tf.zeros([0], "float32"),
-            variance=tf.zeros([0], "float32"),
-            epsilon=self.epsilon,
-            exponential_avg_factor=1.0,
-            data_format="NHWC",
-            is_training=True,
+        y, mean, variance = _tf_fused_batch_norm_train(
+            tf.cast(inputs, "float32"),
+            tf.cast(self.gamma, "float32"),
+            tf.cast(self.beta, "float32"),
+            self.epsilon,
         )
-        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
-        variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
+        self.update_moving_statistics(mean, variance)
+        return tf.cast(y, self.compute_dtype)
+
+    def update_moving_statistics(self, mean, variance):
+        """Move the moving mean/variance towards a training batch's (biased) statistics."""
+        momentum = self.momentum
         self.moving_mean.assign(
-            tf.cast(self.moving_mean, "float32") * self.momentum + mean * (1.0 - self.momentum)
+            ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum)
         )
         self.moving_variance.assign(
-            tf.cast(self.moving_variance, "float32") * self.momentum
-            + variance * (1.0 - self.momentum)
+            ops.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum)
         )
-        return tf.cast(tf.squeeze(y, 1) if len(inputs.shape) == 3 else y, self.compute_dtype)
+
+
+def _tf_fused_batch_norm_train(x, gamma, beta, epsilon):
+    """TensorFlow's fused training BatchNorm of float32 x [B, T, C] or NHWC.
+
+    Returns the output and the batch mean and biased variance (Keras' moving-variance input).
+    """
+    import tensorflow as tf
+
+    y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=tf.expand_dims(x, 1) if len(x.shape) == 3 else x,  # NHWC
+        scale=gamma,
+        offset=beta,
+        mean=tf.zeros([0], "float32"),
+        variance=tf.zeros([0], "float32"),
+        epsilon=epsilon,
+        exponential_avg_factor=1.0,
+        data_format="NHWC",
+        is_training=True,
+    )
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
+    variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
+    return (tf.squeeze(y, 1) if len(x.shape) == 3 else y), mean, variance
 
 
 def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
@@ -88,6 +107,86 @@ def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
         BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn"),
         layers.ReLU(name=f"{name}_relu"),
     ]
+
+
+def _tf_stem_recomputed(stem_conv, stem_bn, first_conv, audio):
+    """Stem (conv, BatchNorm, ReLU) and block 1's convolution, keeping only the audio for the
+    gradient (TensorFlow, training). Returns block 1's conv output, stem batch mean, variance.
+
+    Why: the stem's conv output and ReLU output are [B, T/3, 128] each (~0.5 GB per 48-view
+    batch at 59049 samples), the largest tensors the gradient keeps. The backward recomputes
+    the stem (a 3-tap, 1-channel convolution and a BatchNorm: a few % of the step) from the
+    audio and backpropagates through block 1's convolution directly (its kernel gradient needs
+    the stem output, its input gradient only the kernel), so neither tensor lives from the
+    forward to the backward. Same ops and gradients as the layer path; the caller updates the
+    moving statistics (once per call).
+    """
+    import tensorflow as tf
+
+    stem_stride = stem_conv.strides[0]
+    stem_padding = stem_conv.padding.upper()
+    conv_stride = first_conv.strides[0]
+    conv_padding = first_conv.padding.upper()
+    epsilon = stem_bn.epsilon
+
+    def stem(audio, stem_kernel, stem_bias, gamma, beta):
+        z = tf.nn.convolution(audio, stem_kernel, stem_stride, stem_padding, data_format="NWC")
+        y, mean, variance = _tf_fused_batch_norm_train(z + stem_bias, gamma, beta, epsilon)
+        return tf.nn.relu(y), mean, variance
+
+    @tf.custom_gradient
+    def stem_and_first_conv(audio, stem_kernel, stem_bias, gamma, beta, kernel, bias):
+        features, mean, variance = stem(audio, stem_kernel, stem_bias, gamma, beta)
+        z = tf.nn.convolution(features, kernel, conv_stride, conv_padding, data_format="NWC")
+
+        def grad(z_grad, mean_grad=None, variance_grad=None):
+            # The statistics only feed the moving averages: no gradient flows through them.
+            # Recompute after z_grad exists (a data dependency: otherwise the executor could
+            # run the recomputation early, in the forward, and keep its output alive).
+            first = tf.cast(tf.reshape(z_grad, [-1])[:1], tf.bool)
+            zero = tf.reduce_sum(tf.where(first == first, 0.0, 1.0))  # 0, unfoldable
+            inputs = [audio + zero, stem_kernel, stem_bias, gamma, beta]
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                features, _, _ = stem(*inputs)
+            features_4d = tf.expand_dims(features, 1)  # NWC -> NHWC, as tf.nn.conv1d does
+            z_grad_4d = tf.expand_dims(z_grad, 1)
+            kernel_4d = tf.expand_dims(kernel, 0)
+            strides = [1, 1, conv_stride, 1]
+            features_grad = tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(features_4d),
+                filter=kernel_4d,
+                out_backprop=z_grad_4d,
+                strides=strides,
+                padding=conv_padding,
+            )
+            kernel_grad = tf.raw_ops.Conv2DBackpropFilter(
+                input=features_4d,
+                filter_sizes=tf.shape(kernel_4d),
+                out_backprop=z_grad_4d,
+                strides=strides,
+                padding=conv_padding,
+            )
+            stem_grads = tape.gradient(
+                features, inputs, output_gradients=tf.squeeze(features_grad, 1)
+            )
+            return [
+                *stem_grads,
+                tf.squeeze(kernel_grad, 0),
+                tf.reduce_sum(z_grad, axis=[0, 1]),
+            ]
+
+        return (z + bias, mean, variance), grad
+
+    return stem_and_first_conv(
+        audio,
+        tf.convert_to_tensor(stem_conv.kernel),
+        tf.convert_to_tensor(stem_conv.bias),
+        tf.convert_to_tensor(stem_bn.gamma),
+        tf.convert_to_tensor(stem_bn.beta),
+        tf.convert_to_tensor(first_conv.kernel),
+        tf.convert_to_tensor(first_conv.bias),
+    )
 
 
 def _torch_batch_norm(layer, x, training):
@@ -237,13 +336,60 @@ class SampleCNN(Backbone):
         if self._runs_channels_first():
             return self._call_channels_first(audio, training)
         x = audio if len(audio.shape) == 3 else ops.expand_dims(audio, -1)
-        for layer in self.stack:
+        stack = self.stack
+        if self._recomputes_stem(training):
+            stem_bn = self.stack[1]
+            x, mean, variance = _tf_stem_recomputed(self.stack[0], stem_bn, self.stack[3], x)
+            stem_bn.update_moving_statistics(mean, variance)
+            stack = self.stack[4:]
+        for layer in stack:
             x = (
                 layer(x, training=training)
                 if isinstance(layer, layers.BatchNormalization)
                 else layer(x)
             )
         return self.flatten(x)
+
+    # Whether a TensorFlow training call may recompute the stem in the backward (see
+    # _tf_stem_recomputed); tests switch it off to compare with the layer path.
+    recompute_stem = True
+
+    def _recomputes_stem(self, training):
+        """True for a float32 TensorFlow training call with the stem and block 1 as built."""
+        if not (training and self.recompute_stem and keras.backend.backend() == "tensorflow"):
+            return False
+        stem_conv, stem_bn, stem_relu, first_conv = self.stack[:4]
+
+        def plain_conv(layer):
+            return (
+                isinstance(layer, layers.Conv1D)
+                and type(layer).__name__ == "Conv1D"
+                and layer.use_bias
+                and layer.groups == 1
+                and tuple(layer.dilation_rate) == (1,)
+                and layer.padding in ("valid", "same")
+                and layer.data_format == "channels_last"
+                and layer.activation is keras.activations.linear
+                and not getattr(layer, "lora_enabled", False)
+                and layer.quantization_mode is None
+            )
+
+        return (
+            plain_conv(stem_conv)
+            and plain_conv(first_conv)
+            and isinstance(stem_bn, BatchNormalization)
+            and stem_bn.trainable
+            and stem_bn.scale
+            and stem_bn.center
+            and not stem_bn.renorm
+            and not stem_bn.synchronized
+            and stem_bn.axis in (-1, 2)
+            and type(stem_relu) is layers.ReLU
+            and stem_relu.max_value is None
+            and not stem_relu.negative_slope
+            and not stem_relu.threshold
+            and all(layer.compute_dtype == "float32" for layer in self.stack[:4])
+        )
 
     def _runs_channels_first(self):
         """True on PyTorch with float32 layers and plain BatchNorm (the fast path's scope)."""
