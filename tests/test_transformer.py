@@ -133,6 +133,22 @@ def test_sinusoidal_positions():
         assert abs(table[pos, i] - expected) < 1e-5
 
 
+@pytest.mark.multibackend
+def test_attention_dropout_keeps_or_scales_each_probability():
+    layer = PEMRMultiHeadSelfAttention(num_heads=1, key_dim=4, dropout=0.25)
+    layer.build((1, 3, 4))
+    probs = np.full((4, 2, 50, 50), 0.02, dtype="float32")
+    dropped = keras.ops.convert_to_numpy(layer._drop_probabilities(probs, training=True))
+    kept = dropped != 0
+    # Kept entries are scaled by 1 / (1 - rate), the others are exactly zero.
+    np.testing.assert_allclose(dropped[kept], 0.02 / 0.75, rtol=1e-6)
+    # 20,000 Bernoulli(0.75) draws: the kept share is within 5 standard deviations of 0.75.
+    assert abs(kept.mean() - 0.75) < 5 * math.sqrt(0.75 * 0.25 / kept.size)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer._drop_probabilities(probs, training=False)), probs
+    )
+
+
 def test_config_round_trips():
     for layer in (
         PEMRLayerNormalization(epsilon=1e-5),

@@ -125,11 +125,32 @@ class PEMRMultiHeadSelfAttention(layers.Layer):
     def key_heads(self, x):
         return self._heads(self.w_k(x), self.key_dim)
 
+    def _drop_probabilities(self, probs, training):
+        """Dropout of the attention probabilities with a boolean keep-mask.
+
+        Why: ``Dropout`` keeps a float mask and the pre-mask product for its gradient; on the
+        [B, heads, L, L] probabilities that doubles their memory. ``where`` keeps one byte per
+        element and scales in the same pass. Same distribution as ``keras.layers.Dropout``.
+        """
+        rate = self.dropout_rate
+        if not training or rate <= 0.0:
+            return probs
+        keep = (
+            keras.random.uniform(
+                ops.shape(probs), seed=self.attention_dropout.seed_generator, dtype=probs.dtype
+            )
+            >= rate
+        )
+        return ops.where(keep, probs * (1.0 / (1.0 - rate)), ops.zeros((), probs.dtype))
+
     def call(self, x, training=None):
-        q, k = self.query_heads(x), self.key_heads(x)
+        # 1 / sqrt(d_k) scales Q ([B, L, H * d_k]) rather than the [B, H, L, L] scores: one
+        # pass over the small tensor instead of the large one, forward and backward.
+        q = self._heads(self.w_q(x) * (1.0 / math.sqrt(self.key_dim)), self.key_dim)
+        k = self.key_heads(x)
         v = self._heads(self.w_v(x), self.value_dim)
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(self.key_dim)
-        probs = self.attention_dropout(ops.softmax(scores, axis=-1), training=training)
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
+        probs = self._drop_probabilities(ops.softmax(scores, axis=-1), training)
         context = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         context = ops.reshape(context, (batch, length, self.num_heads * self.value_dim))
