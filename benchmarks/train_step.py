@@ -97,6 +97,8 @@ def worker(args):
         "step_s_all": [round(t, 3) for t in times],
         "timed": f"{args.steps} step(s) after a warm-up" if args.steps else "the warm-up step",
         "warmup_s": round(warmup, 1),
+        # this process's CPU seconds (user + system) per timed step: load-independent
+        "process_cpu_s_per_step": round(own / max(1, args.steps), 3),
         "loss": float(np.asarray(loss).reshape(-1)[0]),
         "peak_rss_gb": peak_rss_gb(),
         # share of the machine used by other processes while timing (0..1): > 0.05 is contended
