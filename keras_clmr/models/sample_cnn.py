@@ -230,6 +230,11 @@ def _torch_batch_norm(layer, x, training):
     return y
 
 
+def _plain_relu(layer):
+    """True for ReLU(x) = max(x, 0) (no cap, slope or threshold)."""
+    return layer.max_value is None and not layer.negative_slope and not layer.threshold
+
+
 @keras.saving.register_keras_serializable(package="keras_clmr")
 class SampleCNN(Backbone):
     """Raw-waveform SampleCNN encoder: audio [B, T] or [B, T, 1] -> embedding [B, channels[-1]].
@@ -411,12 +416,18 @@ class SampleCNN(Backbone):
         full-size ops; here the input is transposed once, convolutions and pooling run
         channels-first and BatchNorm is torch's fused kernel, as in the original CLMR. Same
         maths as the layer path: biased batch variance for the output and the moving variance.
-        The layers stay channels-last for callers that run ``stack`` themselves.
+        A plain ReLU followed by max pooling runs after the pooling, in place (max and ReLU
+        commute, and the gradient reaching a window whose maximum is <= 0 is 0 either way): a
+        third of the ReLU work and no full-size ReLU output in memory. The layers stay
+        channels-last for callers that run ``stack`` themselves.
         """
         import torch
 
         x = ops.expand_dims(audio, 1) if len(audio.shape) == 2 else ops.transpose(audio, (0, 2, 1))
-        for layer in self.stack:
+        relu_pending = False  # a plain ReLU not applied yet (it follows the next max pooling)
+        for index, layer in enumerate(self.stack):
+            if relu_pending and not isinstance(layer, layers.MaxPooling1D):
+                raise TypeError(f"A deferred ReLU must precede max pooling, not {layer.name}.")
             if isinstance(layer, layers.Conv1D):  # bias and "same" padding inside the kernel
                 x = torch.nn.functional.conv1d(
                     x,
@@ -429,15 +440,29 @@ class SampleCNN(Backbone):
             elif isinstance(layer, layers.BatchNormalization):
                 x = _torch_batch_norm(layer, x, training=bool(training) and layer.trainable)
             elif isinstance(layer, layers.MaxPooling1D):
-                x = ops.max_pool(
-                    x,
-                    layer.pool_size,
-                    strides=layer.strides,
-                    padding=layer.padding,
-                    data_format="channels_first",
-                )
+                if layer.padding == "valid":
+                    x = torch.nn.functional.max_pool1d(x, layer.pool_size, layer.strides)
+                else:
+                    x = ops.max_pool(
+                        x,
+                        layer.pool_size,
+                        strides=layer.strides,
+                        padding=layer.padding,
+                        data_format="channels_first",
+                    )
+                if relu_pending:  # in place: max pooling's backward keeps only its indices
+                    x, relu_pending = torch.relu_(x), False
             elif isinstance(layer, layers.ZeroPadding1D):
                 x = ops.pad(x, ((0, 0), (0, 0), tuple(layer.padding)))
+            elif isinstance(layer, layers.ReLU) and _plain_relu(layer):
+                # The BatchNorm output before it is ours and its backward does not read it.
+                following = self.stack[index + 1] if index + 1 < len(self.stack) else None
+                if isinstance(following, layers.MaxPooling1D):
+                    relu_pending = True
+                elif index and isinstance(self.stack[index - 1], layers.BatchNormalization):
+                    x = torch.relu_(x)
+                else:
+                    x = torch.relu(x)
             elif isinstance(layer, layers.ReLU):
                 x = layer(x)  # elementwise: layout-free
             else:
