@@ -406,7 +406,7 @@ def _pretraining_from_index(
     input_context,
     cycle_length,
 ):
-    """``pretraining_dataset`` reading only the views' bytes from memory-mapped shards.
+    """``pretraining_dataset`` reading only the views' bytes from local shards (positioned reads).
 
     Shuffling and batching work on (file, offset, length) entries; each batch's views are then
     cut in one tf.numpy_function call (``records.ViewReader``) with a per-batch seed pair.
@@ -474,7 +474,7 @@ def pretraining_dataset(
     random source segment per clip, float32 [batch_size, segment_samples], from which the
     pretrainer crops both views (so they start at most segment_samples - crop apart).
 
-    ``reader``: "index" reads only the views' bytes from memory-mapped local shards
+    ``reader``: "index" reads only the views' bytes from local shards (positioned reads)
     (``records.ViewReader``; offsets from clips.tsv, or from the record headers of older
     preparations): shuffling and batching move (shard, offset, length) entries and each batch
     is cut in one call. "records" reads and parses whole records (MTAT: 1.3 MB per clip),

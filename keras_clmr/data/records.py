@@ -6,13 +6,15 @@ contiguous bytes field ("audio"), so its file offset is computable: ``prepare`` 
 clips.tsv (columns ``shard`` and ``offset``), and ``scan_shard`` finds it in a shard written
 before those columns existed, reading only each record's header (a few hundred bytes).
 
-``ViewReader`` then cuts views from memory-mapped local shards: a pair of 59049-sample views
-touches 236 KB instead of parsing the whole ~1.3 MB record, which is what makes whole-clip
+``ViewReader`` then reads views straight from local shards: a pair of 59049-sample views
+reads 236 KB instead of parsing the whole ~1.3 MB record, which is what makes whole-clip
 views cheap.
 """
 
 import mmap
+import os
 import struct
+import threading
 
 import numpy as np
 
@@ -148,25 +150,47 @@ def _aligned_empty(shape, alignment=64):
 
 
 class ViewReader:
-    """Cuts random views out of memory-mapped local shards (numpy; the pipeline calls it
+    """Cuts random views out of local shards by positioned reads (numpy; the pipeline calls it
     through tf.numpy_function, one call per batch).
 
     ``__call__(files, offsets, num_samples, seed)`` -> float32 [batch, count, samples]: for
     each clip ``count`` windows at independent uniform starts in [0, num_samples - samples]
     (the whole clip), int16 / 32768 exactly as the record path decodes them. A clip shorter
     than ``samples`` gives its whole PCM followed by zeros. Same seed, same windows.
+
+    Why reads (``os.preadv``) and not a memory map: every page of a mapped shard that a view
+    touched counts in the process's resident memory for as long as the map lives, so over an
+    epoch the RSS would grow towards the size of the dataset; a read copies only the view's
+    bytes (from the page cache) into the batch's own buffer.
     """
 
     def __init__(self, paths, samples, count):
         self.paths = [str(p) for p in paths]
         self.samples, self.count = int(samples), int(count)
-        self._maps = {}
+        self._files = {}
+        self._lock = threading.Lock()
 
-    def _map(self, index):
-        buffer = self._maps.get(index)
-        if buffer is None:
-            buffer = self._maps[index] = _open_map(self.paths[index])
-        return buffer
+    def _descriptor(self, index):
+        descriptor = self._files.get(index)
+        if descriptor is None:
+            with self._lock:  # tf.data may call from several threads
+                descriptor = self._files.get(index)
+                if descriptor is None:
+                    descriptor = self._files[index] = os.open(self.paths[index], os.O_RDONLY)
+        return descriptor
+
+    def close(self):
+        """Close the shard files (reopened on the next call)."""
+        with self._lock:
+            files, self._files = self._files, {}
+        for descriptor in files.values():
+            os.close(descriptor)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass
 
     def starts(self, num_samples, seed):
         """Window starts int64 [batch, count] for clips of ``num_samples`` (seed: ints)."""
@@ -181,11 +205,16 @@ class ViewReader:
         if np.any(num_samples < samples):
             views.fill(0.0)
         scale = np.float32(1.0 / 32768.0)  # a power of two: exact, as int16 / 32768.0 in TF
+        pcm = np.empty(samples, "<i2")
         for row, (file, offset, length) in enumerate(zip(files, offsets, num_samples)):
-            buffer, used = self._map(int(file)), int(min(samples, length))
+            descriptor, used = self._descriptor(int(file)), int(min(samples, length))
             for column in range(self.count):
-                pcm = np.frombuffer(
-                    buffer, "<i2", count=used, offset=int(offset) + 2 * int(starts[row, column])
-                )
-                np.multiply(pcm, scale, out=views[row, column, :used])
+                position = int(offset) + 2 * int(starts[row, column])
+                read = os.preadv(descriptor, [pcm[:used]], position)
+                if read != 2 * used:
+                    raise ShardLayoutError(
+                        f"{self.paths[int(file)]}: {read} of {2 * used} bytes at byte {position} "
+                        "(the shard is shorter than its index says: prepare it again)"
+                    )
+                np.multiply(pcm[:used], scale, out=views[row, column, :used])
         return views
