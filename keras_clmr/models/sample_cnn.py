@@ -230,6 +230,16 @@ def _torch_batch_norm(layer, x, training):
     return y
 
 
+def _fold_torch_batch_norm(layer, kernel, bias):
+    """(kernel [out, in, k], bias [out]) of a convolution followed by ``layer`` (a BatchNorm in
+    inference mode) as one convolution: one pass over the activations instead of two."""
+    import torch
+
+    scale = layer.gamma.value * torch.rsqrt(layer.moving_variance.value + layer.epsilon)
+    shift = layer.beta.value - layer.moving_mean.value * scale
+    return kernel * scale[:, None, None], shift if bias is None else bias * scale + shift
+
+
 def _plain_relu(layer):
     """True for ReLU(x) = max(x, 0) (no cap, slope or threshold)."""
     return layer.max_value is None and not layer.negative_slope and not layer.threshold
@@ -423,22 +433,33 @@ class SampleCNN(Backbone):
         """
         import torch
 
-        x = ops.expand_dims(audio, 1) if len(audio.shape) == 2 else ops.transpose(audio, (0, 2, 1))
+        audio = ops.convert_to_tensor(audio)
+        x = torch.reshape(audio, (audio.shape[0], 1, self.input_samples))  # one channel: a view
         relu_pending = False  # a plain ReLU not applied yet (it follows the next max pooling)
+        folded = set()  # BatchNorms in inference mode, folded into the convolution before them
         for index, layer in enumerate(self.stack):
             if relu_pending and not isinstance(layer, layers.MaxPooling1D):
                 raise TypeError(f"A deferred ReLU must precede max pooling, not {layer.name}.")
             if isinstance(layer, layers.Conv1D):  # bias and "same" padding inside the kernel
+                kernel = ops.transpose(layer.kernel, (2, 1, 0))  # [k, in, out] -> [out, in, k]
+                bias = layer.bias.value if layer.use_bias else None
+                following = self.stack[index + 1] if index + 1 < len(self.stack) else None
+                if isinstance(following, layers.BatchNormalization) and not (
+                    training and following.trainable
+                ):
+                    kernel, bias = _fold_torch_batch_norm(following, kernel, bias)
+                    folded.add(index + 1)
                 x = torch.nn.functional.conv1d(
                     x,
-                    ops.transpose(layer.kernel, (2, 1, 0)),  # [k, in, out] -> [out, in, k]
-                    layer.bias.value if layer.use_bias else None,
+                    kernel,
+                    bias,
                     stride=layer.strides,
                     padding="same" if layer.padding == "same" else 0,
                     dilation=layer.dilation_rate,
                 )
             elif isinstance(layer, layers.BatchNormalization):
-                x = _torch_batch_norm(layer, x, training=bool(training) and layer.trainable)
+                if index not in folded:
+                    x = _torch_batch_norm(layer, x, training=bool(training) and layer.trainable)
             elif isinstance(layer, layers.MaxPooling1D):
                 if layer.padding == "valid":
                     x = torch.nn.functional.max_pool1d(x, layer.pool_size, layer.strides)
