@@ -17,8 +17,10 @@ Parts (one JSON object is printed at the end):
   how to point at it): the original torchaudio-augmentations + sox chain, one process, 1 torch
   thread (env CLMR_AUG_PER_TRANSFORM_N=0 unless set), run between two ``chain`` measurements.
 
-The machine may be shared: the JSON carries the load average before/after each part; compare
-the ratios measured in the same run, not absolute figures across runs.
+The machine may be shared: the JSON carries the load average before/after each part and this
+process's CPU seconds per call (``cpu_s_per_96_views``, ``cpu_s_per_step``; os.times, all
+threads), which do not depend on other processes; compare those, or ratios measured in the same
+run, not wall-clock figures across runs.
 """
 
 import argparse
@@ -39,6 +41,12 @@ SAMPLE_RATE = 22050
 
 def loadavg():
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def process_cpu_s():
+    """User + system CPU seconds of this process so far (os.times, all threads)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def synthetic_sources(batch, length, seed=0):
@@ -78,11 +86,12 @@ def bench_chain(reps, pairs=48, seed=1):
     start = time.perf_counter()
     views(sources).numpy()
     compile_s = time.perf_counter() - start
-    times = []
+    times, cpu_times = [], []
     for _ in range(reps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), process_cpu_s()
         views(sources).numpy()
         times.append(time.perf_counter() - start)
+        cpu_times.append(process_cpu_s() - cpu_start)
     median = statistics.median(times)
     keras.backend.clear_session()
     return {
@@ -90,6 +99,9 @@ def bench_chain(reps, pairs=48, seed=1):
         "ms_per_96_views": round(1000 * median * 96 / (2 * pairs), 1),
         "min_s": round(min(times), 4),
         "max_s": round(max(times), 4),
+        # This process's CPU seconds per call (all threads): does not depend on other load.
+        "cpu_s_per_96_views": round(statistics.median(cpu_times) * 96 / (2 * pairs), 3),
+        "cpu_s_per_call": [round(t, 3) for t in cpu_times],
         "reps": reps,
         "first_call_incl_compile_s": round(compile_s, 2),
     }
@@ -121,9 +133,10 @@ def bench_train(steps, pairs=48):
         }
     for _ in range(steps):
         for augment, entry in models.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), process_cpu_s()
             loss = entry["model"].train_on_batch(sources)
             entry["times"].append(time.perf_counter() - start)
+            entry.setdefault("cpu_times", []).append(process_cpu_s() - cpu_start)
             assert np.isfinite(loss), (augment, loss)
     result = {}
     for augment, entry in models.items():
@@ -133,10 +146,14 @@ def bench_train(steps, pairs=48):
             "views_per_s": round(2 * pairs / median, 2),
             "steps": steps,
             "step_times_s": [round(t, 3) for t in entry["times"]],
+            "cpu_s_per_step": round(statistics.median(entry["cpu_times"]), 3),
             "first_step_incl_compile_s": round(entry["first_step_incl_compile_s"], 1),
         }
     result["clmr_over_crop_step_time"] = round(
         result["clmr"]["s_per_step"] / result["crop"]["s_per_step"], 3
+    )
+    result["clmr_over_crop_cpu_s"] = round(
+        result["clmr"]["cpu_s_per_step"] / result["crop"]["cpu_s_per_step"], 3
     )
     return result
 
@@ -217,6 +234,9 @@ def main(argv=None):
             )
     if "chain" in parts:
         out["chain_views_per_s_median"] = statistics.median(c["views_per_s"] for c in out["chain"])
+        out["chain_cpu_s_per_96_views_median"] = statistics.median(
+            c["cpu_s_per_96_views"] for c in out["chain"]
+        )
     ref = out.get("reference", {}).get("single_process_views_per_s_median")
     if ref and "chain_views_per_s_median" in out:
         out["speedup_vs_reference_one_process"] = round(out["chain_views_per_s_median"] / ref, 2)

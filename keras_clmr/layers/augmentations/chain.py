@@ -6,7 +6,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_clmr.layers.augmentations.base import AudioAugmentation, _fft_size, _static_length
+from keras_clmr.layers.augmentations.base import (
+    AudioAugmentation,
+    _fft_size,
+    _smooth_fft_size,
+    _static_length,
+)
 from keras_clmr.layers.augmentations.delay_reverb import Delay, Reverb
 from keras_clmr.layers.augmentations.filters import HighLowPass
 from keras_clmr.layers.augmentations.pitch_shift import PitchShift
@@ -19,11 +24,13 @@ class FilterDelayReverb(AudioAugmentation):
     """``RandomApply(filter, p_filter)``, ``RandomApply(delay, p_delay)`` and
     ``RandomApply(reverb, p_reverb)`` in one pass: the three are linear and time-invariant,
     so the per-example high/low-pass kernel, delay kernel and reverb response are applied
-    together in ONE batched FFT convolution (the delay as its analytic spectrum, plus a short
-    FFT that removes the filtered edge before the clip start).
+    together in ONE batched FFT convolution (the delay as its analytic spectrum, the reverb as
+    the Reverb layer's transfer function on the same FFT grid, plus a short FFT that removes
+    the filtered edge before the clip start).
 
     Same draws, maths and order as the separate layers (filter, delay, reverb), up to float32
-    FFT rounding (measured in tests/test_augmentations.py; docs/fidelity.md).
+    rounding and the reverb tail's wrap-around past the FFT length (attenuated by the Reverb's
+    epsilon; ~1e-4 at most, measured in tests/test_augmentations.py; docs/fidelity.md).
     """
 
     def __init__(
@@ -83,7 +90,7 @@ class FilterDelayReverb(AudioAugmentation):
         total = length + 2 * half
         # Room for the delayed copy past the end, so that it does not wrap around.
         longest_delay = max([o for o in self.delay.offsets if o < length], default=0)
-        fft_length = _fft_size(int(math.ceil(1.05 * (total + longest_delay))))
+        fft_length = _smooth_fft_size(int(math.ceil(1.05 * (total + longest_delay))))
         log_window = math.log(1.0 / self.reverb.epsilon) / fft_length
         window = np.exp(-log_window * np.arange(total, dtype=np.float64))
         identity = np.zeros(2 * half + 1, np.float32)
@@ -103,15 +110,17 @@ class FilterDelayReverb(AudioAugmentation):
             _complex_product(ops.rfft(padded[:, : 2 * half], head_fft), ops.rfft(kernel, head_fft)),
             head_fft,
         )[:, : 2 * half]
-        # The clip-length response, as the Reverb layer builds it (its noise depends on the length).
-        wet = self.reverb.impulse_response(length, log_window=log_window, **reverb)
-        first = ops.convert_to_tensor(np.eye(1, length, dtype=np.float32))  # the dry impulse
-        response = first + ops.where(ops.reshape(reverb_on, (-1, 1)), wet, 0.0)
         filtered = _complex_difference(
             _complex_product(ops.rfft(padded, fft_length), ops.rfft(kernel, fft_length)),
             ops.rfft(head, fft_length),
         )
-        spectrum = _complex_product(filtered, ops.rfft(response, fft_length))
+        # The reverb as the Reverb layer's transfer function on this FFT grid and window (the
+        # dry impulse is 1): no impulse response and no extra FFTs. Its tail past fft_length
+        # wraps around attenuated by the window (epsilon).
+        wet = self.reverb.frequency_response(fft_length, log_window=log_window, **reverb)
+        reverb_gate = ops.reshape(reverb_on, (-1, 1))
+        response = (1.0 + ops.where(reverb_gate, wet[0], 0.0), ops.where(reverb_gate, wet[1], 0.0))
+        spectrum = _complex_product(filtered, response)
         spectrum = _complex_product(
             spectrum, self._delay_spectrum(delay, delay_on, fft_length, log_window, length)
         )
@@ -186,8 +195,8 @@ def clmr_augmentation(sample_rate=22050, seed=None, pitch_shift=True, fused=True
     reproducible; ``None`` seeds from Keras' global seed generator.
 
     ``fused=False`` keeps the original order exactly; ``fused=True`` (default, less FFT work)
-    runs filter, delay and reverb in one ``FilterDelayReverb`` pass (same order and result to
-    float32 rounding) and the pitch shift after it (a deviation, see docs/fidelity.md);
+    runs filter, delay and reverb in one ``FilterDelayReverb`` pass (same order, same result
+    to ~1e-4) and the pitch shift after it (a deviation, see docs/fidelity.md);
     probabilities and draws are unchanged.
     """
 
