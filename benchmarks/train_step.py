@@ -94,8 +94,6 @@ def worker(args):
         "views": views,
         "step_s": round(step, 3),
         "views_per_s": round(views / step, 3),
-        # this process's CPU seconds per timed step: load-independent, unlike step_s
-        "own_cpu_s_per_step": round(own / len(times), 2),
         "step_s_all": [round(t, 3) for t in times],
         "timed": f"{args.steps} step(s) after a warm-up" if args.steps else "the warm-up step",
         "warmup_s": round(warmup, 1),
