@@ -746,9 +746,12 @@ def cap_batch_size(batch_size, clip_count, source, replicas=1, warn=logging.warn
 # backend, no XLA, float32, full-size CLMR (SampleCNN, 59049-sample crops, --augment=crop):
 # peak RSS of one warm-up + one timed ``train_on_batch`` (``python -m benchmarks.train_step
 # --backends=tensorflow --jit=off --steps=1 --batch=N``) was 2.35 GB at 8 pairs, 4.42 GB at 24
-# and 7.56 GB at 48 (README Benchmarks): linear, 65.1 MB per view on top of 1.31 GB. SampleCNN's
-# layers output 21.56 M floats per view (``layer_costs``), so a view costs 0.755 x its layer
-# outputs (what the backward pass keeps, less what TF frees early). Time: the process's CPU
+# and 7.56 GB at 48 before the stem was recomputed in the backward: linear, 65.1 MB per view on
+# top of 1.31 GB. SampleCNN's layers output 21.56 M floats per view (``layer_costs``), so a
+# view costs 0.755 x its layer outputs (what the backward pass keeps, less what TF frees
+# early). Since then SampleCNN's TF training path keeps 5.04 M floats per view fewer
+# (``recomputed_output_floats``, left out of the count): 5.97 GB measured at 48 pairs, 6.10
+# estimated. Time: the process's CPU
 # seconds per step (``python -m benchmarks.pretrain_estimate --batches=8`` and ``=24``: 9.75 s
 # for 16 views, 26.76 s for 48) against 3.47 GFLOP per view forward (x3 for a train step) give
 # 17-19 GFLOP/s per core, on a machine whose other processes used 91-93 % of the CPU; the
@@ -758,10 +761,10 @@ def cap_batch_size(batch_size, clip_count, source, replicas=1, warn=logging.warn
 STEP_BASE_BYTES = 1.31e9  # TF runtime, weights, optimizer slots, graph: independent of batch
 BYTES_PER_OUTPUT_FLOAT = 0.755 * 4  # peak bytes per float32 layer output of one view
 # CLMR's augmentation chain (--augment=clmr) keeps its own temporaries (FFTs, the pitch
-# shifter's grains): 2.68 vs 2.38 GB at 8 pairs, 19 MB per 59049-sample view, 322 bytes per
-# sample of the crop. At 48 pairs this gives 9.4 GB; issue 18's run of the README command
-# (48 pairs, --augment=clmr, an older BatchNorm) peaked at 9.85 GB.
-AUGMENTATION_BYTES_PER_SAMPLE = 322
+# shifter's grains): 6.82 vs 5.97 GB at 48 pairs (the train_step command above with
+# --augment=clmr), 8.9 MB per 59049-sample view, 150 bytes per sample of the crop (at 8
+# pairs it was 19 MB per view: part of it does not grow with the batch).
+AUGMENTATION_BYTES_PER_SAMPLE = 150
 CORE_FLOPS_PER_SECOND = 18e9  # sustained FLOP/s of one CPU core on the train step (oneDNN)
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (gradients of inputs and of weights)
 
@@ -890,6 +893,8 @@ def estimate_step(model, batch_size, cores=None, data_bytes=0):
     encoder_floats, encoder_flops = layer_costs(model.encoder)
     all_floats, all_flops = layer_costs(model)
     other_floats, other_flops = all_floats - encoder_floats, all_flops - encoder_flops
+    recomputed = getattr(model.encoder, "recomputed_output_floats", None)
+    encoder_floats -= recomputed() if recomputed is not None else 0
     per_example_floats = passes * encoder_floats + views * other_floats
     per_example_flops = passes * encoder_flops + views * other_flops
     itemsize = 2 if "16" in str(getattr(model, "compute_dtype", "float32")) else 4

@@ -220,12 +220,11 @@ def test_estimate_scales_with_the_batch_and_the_cores():
 
 
 def test_full_size_clmr_estimate_is_near_the_calibration_points():
-    # Measured (keras_clmr/pretraining.py, README): crop only 2.35 GB at 8 pairs, 4.42 GB at
-    # 24, 7.56 GB at 48; CLMR's augmentation chain 2.68 GB at 8 pairs.
-    for augment, points in (
-        ("crop", ((8, 2.35e9), (24, 4.42e9), (48, 7.56e9))),
-        ("clmr", ((8, 2.68e9),)),
-    ):
+    # Measured (keras_clmr/pretraining.py): 48 pairs, crop only 5.97 GB, CLMR's augmentation
+    # chain 6.82 GB (TensorFlow, the stem recomputed in the backward).
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("calibrated on TensorFlow (its SampleCNN training path keeps fewer floats)")
+    for augment, points in (("crop", ((48, 5.97e9),)), ("clmr", ((48, 6.82e9),))):
         model = pretraining.build_pretrainer("clmr", augment=augment, seed=0)
         for pairs, measured in points:
             estimate = pretraining.estimate_step(model, pairs, cores=2).peak_bytes

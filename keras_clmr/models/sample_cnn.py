@@ -406,6 +406,14 @@ class SampleCNN(Backbone):
             and all(layer.compute_dtype == "float32" for layer in self.stack[:4])
         )
 
+    def recomputed_output_floats(self):
+        """Floats per view of layer outputs that a training step does not keep for the
+        backward (TensorFlow: the stem's conv and ReLU outputs, recomputed there); the
+        pretraining step estimate leaves them out."""
+        if not self._recomputes_stem(True):
+            return 0
+        return 2 * (self.input_samples // self.stack[0].strides[0]) * self.channels[0]
+
     def _runs_channels_first(self):
         """True on PyTorch with float32 layers and plain BatchNorm (the fast path's scope)."""
         return (
