@@ -237,3 +237,42 @@ def test_torch_channels_first_path_equals_the_layer_path_with_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * grad_scale)
     for a, b in zip(w_cf, w_cl):  # moving statistics after the training call
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.multibackend
+def test_torch_frozen_batch_norm_is_folded_with_the_layer_paths_gradients():
+    """PyTorch, BatchNorm frozen (trainable=False, so inference mode inside a training call,
+    as when fine-tuning with frozen statistics): the channels-first path folds it into the
+    convolution; outputs and conv gradients equal Keras' channels-last layers' (random
+    moving statistics, gamma and beta), within 1e-5 of their scale."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("the channels-first path runs on the PyTorch backend only")
+    import torch
+
+    x = np.random.default_rng(6).standard_normal((3, tiny_sample_cnn().input_samples))
+    results = []
+    for channels_first in (True, False):
+        keras.utils.set_random_seed(7)
+        model = tiny_sample_cnn()
+        rng = np.random.default_rng(8)
+        for layer in model.stack:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                c = layer.gamma.shape[0]
+                layer.set_weights(
+                    [rng.uniform(-1.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c)]
+                    + [rng.uniform(0.2, 2.0, c)]
+                )
+                layer.trainable = False
+        if not channels_first:
+            model._runs_channels_first = lambda: False
+        y = model(x.astype("float32"), training=True)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        grads = [keras.ops.convert_to_numpy(w.value.grad) for w in model.trainable_weights]
+        results.append((keras.ops.convert_to_numpy(y), grads))
+    (y_cf, g_cf), (y_cl, g_cl) = results
+    assert np.abs(y_cl).max() > 0
+    np.testing.assert_allclose(y_cf, y_cl, rtol=1e-5, atol=1e-5 * np.abs(y_cl).max())
+    grad_scale = max(np.abs(g).max() for g in g_cl)
+    assert len(g_cf) == len(g_cl) == 22  # 11 kernels and biases; BatchNorm frozen
+    for a, b in zip(g_cf, g_cl):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * grad_scale)
