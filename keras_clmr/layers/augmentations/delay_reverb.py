@@ -295,9 +295,7 @@ class Reverb(_ParametricAugmentation):
             )
             channel_response = _complex_multiply(combs, fixed_channel)
             total = (total[0] + channel_response[0], total[1] + channel_response[1])
-        return tuple(
-            ops.reshape(part, (-1, rows * _TWIDDLE_BLOCK))[:, :bins] for part in total
-        )
+        return tuple(ops.reshape(part, (-1, rows * _TWIDDLE_BLOCK))[:, :bins] for part in total)
 
     def impulse_response(self, length, reverberance, damping, room_size, log_window=0.0):
         """The wet part [B, length] of the responses (the dry impulse is added separately),
