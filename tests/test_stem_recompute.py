@@ -68,3 +68,20 @@ def test_recompute_is_tensorflow_training_only():
     assert model._recomputes_stem(True) == (keras.backend.backend() == "tensorflow")
     model.stack[1].trainable = False  # a frozen BatchNorm normalises with moving statistics
     assert not model._recomputes_stem(True)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the recomputed stem is TensorFlow's")
+def test_synchronized_batchnorm_on_one_replica_keeps_the_fast_paths():
+    """``pretrain`` synchronizes BatchNorm even on one device: same maths there, so the fused
+    BatchNorm and the recomputed stem still apply (outputs as the unsynchronized layers')."""
+    x = np.random.default_rng(7).standard_normal((3, tiny_sample_cnn().input_samples))
+    outputs = []
+    for synchronized in (False, True):
+        keras.utils.set_random_seed(8)
+        model = tiny_sample_cnn()
+        for layer in model.stack:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = synchronized
+        assert model._recomputes_stem(True)
+        outputs.append(keras.ops.convert_to_numpy(model(x.astype("float32"), training=True)))
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-6, atol=1e-6)

@@ -39,7 +39,7 @@ class BatchNormalization(layers.BatchNormalization):
             and training
             and self.trainable
             and mask is None
-            and not self.synchronized
+            and (not self.synchronized or _one_replica_in_sync())
             and not self.renorm
             and self.scale
             and self.center
@@ -68,6 +68,16 @@ class BatchNormalization(layers.BatchNormalization):
         self.moving_variance.assign(
             ops.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum)
         )
+
+
+def _one_replica_in_sync():
+    """True on TensorFlow in a replica context of one replica (no strategy, or one device):
+    synchronized BatchNorm then normalises with the plain batch statistics, so the fused
+    paths apply (``keras-clmr pretrain`` synchronizes BatchNorm even on one device)."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return context is not None and context.num_replicas_in_sync == 1
 
 
 def _tf_fused_batch_norm_train(x, gamma, beta, epsilon):
@@ -397,7 +407,7 @@ class SampleCNN(Backbone):
             and stem_bn.scale
             and stem_bn.center
             and not stem_bn.renorm
-            and not stem_bn.synchronized
+            and (not stem_bn.synchronized or _one_replica_in_sync())
             and stem_bn.axis in (-1, 2)
             and type(stem_relu) is layers.ReLU
             and stem_relu.max_value is None
