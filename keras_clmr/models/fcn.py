@@ -11,7 +11,11 @@ from keras_clmr.layers.initializers import (
     torch_default_kernel_initializer,
 )
 from keras_clmr.models.backbone import Backbone
-from keras_clmr.models.sample_cnn import BatchNormalization  # fused on TF training (memory)
+from keras_clmr.models.sample_cnn import (  # fused on TF training (memory)
+    BatchNormalization,
+    _one_replica_in_sync,
+    _tf_fused_batch_norm_train,
+)
 
 DEFAULT_CHANNELS = (64, 128, 128, 128)
 DEFAULT_POOLS = ((2, 4), (2, 4), (2, 4), (4, 5))
@@ -159,13 +163,67 @@ class FCN(Backbone):
         """The CNN part: log-mel [B, n_mels, frames] -> embedding [B, embedding_dim]."""
         self._check_spectrogram(spectrogram.shape)
         x = self.spec_bn(ops.expand_dims(spectrogram, -1), training=training)
-        for conv, bn, relu, pool in self.blocks:
+        blocks = self.blocks
+        if self._recomputes_first_block(training):
+            conv, bn, _, pool = self.blocks[0]
+            x, mean, variance = _tf_first_block_recomputed(conv, bn, pool, x)
+            bn.update_moving_statistics(mean, variance)
+            blocks = self.blocks[1:]
+        for conv, bn, relu, pool in blocks:
             # ReLU commutes with max-pooling (both monotone): pooling first gives the same
             # values and gradients with the ReLU on 1/8 of the elements (the largest tensors).
             x = relu(pool(bn(conv(x), training=training)))
         # PyTorch flattens (channel, freq, time); keep that order so 512-d heads transfer.
         x = ops.transpose(x, (0, 3, 1, 2))
         return ops.reshape(x, (ops.shape(x)[0], self.embedding_dim))
+
+    # Whether a TensorFlow training call may recompute block 1 in the backward (see
+    # _tf_first_block_recomputed); tests switch it off to compare with the layer path.
+    recompute_first_block = True
+
+    def _recomputes_first_block(self, training):
+        """True for a float32 TensorFlow training call with block 1 as built."""
+        if not (
+            training and self.recompute_first_block and keras.backend.backend() == "tensorflow"
+        ):
+            return False
+        conv, bn, relu, pool = self.blocks[0]
+        return (
+            type(conv) is layers.Conv2D
+            and conv.use_bias
+            and conv.groups == 1
+            and tuple(conv.strides) == (1, 1)
+            and tuple(conv.dilation_rate) == (1, 1)
+            and conv.padding in ("valid", "same")
+            and conv.data_format == "channels_last"
+            and conv.activation is keras.activations.linear
+            and not getattr(conv, "lora_enabled", False)
+            and conv.quantization_mode is None
+            and isinstance(bn, BatchNormalization)
+            and bn.trainable
+            and bn.scale
+            and bn.center
+            and not bn.renorm
+            and (not bn.synchronized or _one_replica_in_sync())
+            and bn.axis in (-1, 3)
+            and type(relu) is layers.ReLU
+            and relu.max_value is None
+            and not relu.negative_slope
+            and not relu.threshold
+            and type(pool) is layers.MaxPooling2D
+            and pool.data_format == "channels_last"
+            and all(layer.compute_dtype == "float32" for layer in self.blocks[0])
+        )
+
+    def recomputed_output_floats(self):
+        """Floats per view of layer outputs that a training step does not keep for the
+        backward (TensorFlow: block 1's conv and BatchNorm outputs, recomputed there); the
+        pretraining step estimate leaves them out."""
+        if not self._recomputes_first_block(True):
+            return 0
+        conv = self.blocks[0][0]
+        _, freq, time, channels = conv.compute_output_shape((1, self.n_mels, self.num_frames, 1))
+        return 2 * freq * time * channels
 
     def call(self, audio, training=None):
         return self.embed_spectrogram(self.spectrogram(audio), training=training)
@@ -186,3 +244,55 @@ class FCN(Backbone):
             mel_sample_rate=self.mel_sample_rate,
         )
         return config
+
+
+def _tf_first_block_recomputed(conv, bn, pool, x):
+    """Block 1 (conv, BatchNorm, max-pool, ReLU) keeping only its input x for the gradient
+    (TensorFlow, training). Returns the block output and the BatchNorm batch mean, variance.
+
+    Why: block 1's conv and BatchNorm outputs are full-resolution [B, mels, frames, 64]
+    (15 MB per view each at PEMR's defaults), the largest tensors the gradient keeps; its
+    input has one channel. The backward recomputes the block (a 9-tap, 1-channel
+    convolution, a BatchNorm and a pool: a few % of the step) from x, so neither tensor
+    lives from the forward to the backward. Same ops and gradients as the layer path; the
+    caller updates the moving statistics (once per call).
+    """
+    import tensorflow as tf
+
+    padding = conv.padding.upper()
+    pool_size = tuple(pool.pool_size)
+    pool_strides = tuple(pool.strides)
+    pool_padding = pool.padding.upper()
+    epsilon = bn.epsilon
+
+    def block(x, kernel, bias, gamma, beta):
+        z = tf.nn.convolution(x, kernel, 1, padding, data_format="NHWC")
+        y, mean, variance = _tf_fused_batch_norm_train(z + bias, gamma, beta, epsilon)
+        pooled = tf.nn.max_pool2d(y, pool_size, pool_strides, pool_padding, data_format="NHWC")
+        return tf.nn.relu(pooled), mean, variance
+
+    @tf.custom_gradient
+    def first_block(x, kernel, bias, gamma, beta):
+        outputs, mean, variance = block(x, kernel, bias, gamma, beta)
+
+        def grad(outputs_grad, mean_grad=None, variance_grad=None):
+            # The statistics only feed the moving averages: no gradient flows through them.
+            # Recompute after outputs_grad exists (a data dependency: otherwise the executor
+            # could run the recomputation early, in the forward, and keep its tensors alive).
+            first = tf.cast(tf.reshape(outputs_grad, [-1])[:1], tf.bool)
+            zero = tf.reduce_sum(tf.where(first == first, 0.0, 1.0))  # 0, unfoldable
+            inputs = [x + zero, kernel, bias, gamma, beta]
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                recomputed, _, _ = block(*inputs)
+            return tape.gradient(recomputed, inputs, output_gradients=outputs_grad)
+
+        return (outputs, mean, variance), grad
+
+    return first_block(
+        x,
+        tf.convert_to_tensor(conv.kernel),
+        tf.convert_to_tensor(conv.bias),
+        tf.convert_to_tensor(bn.gamma),
+        tf.convert_to_tensor(bn.beta),
+    )
