@@ -13,7 +13,7 @@ from keras_clmr.layers.initializers import (
 from keras_clmr.models.backbone import Backbone
 from keras_clmr.models.sample_cnn import (  # fused on TF training (memory)
     BatchNormalization,
-    _one_replica_in_sync,
+    _recomputable_bn_relu,
     _tf_fused_batch_norm_train,
 )
 
@@ -199,17 +199,7 @@ class FCN(Backbone):
             and conv.activation is keras.activations.linear
             and not getattr(conv, "lora_enabled", False)
             and conv.quantization_mode is None
-            and isinstance(bn, BatchNormalization)
-            and bn.trainable
-            and bn.scale
-            and bn.center
-            and not bn.renorm
-            and (not bn.synchronized or _one_replica_in_sync())
-            and bn.axis in (-1, 3)
-            and type(relu) is layers.ReLU
-            and relu.max_value is None
-            and not relu.negative_slope
-            and not relu.threshold
+            and _recomputable_bn_relu(bn, relu, (-1, 3))
             and type(pool) is layers.MaxPooling2D
             and pool.data_format == "channels_last"
             and all(layer.compute_dtype == "float32" for layer in self.blocks[0])

@@ -255,6 +255,22 @@ def _plain_relu(layer):
     return layer.max_value is None and not layer.negative_slope and not layer.threshold
 
 
+def _recomputable_bn_relu(bn, relu, channel_axes):
+    """True for a trainable, plain BatchNorm (on one replica when synchronized) and a plain
+    ReLU: what the TF training paths that recompute a block in the backward support."""
+    return (
+        isinstance(bn, BatchNormalization)
+        and bn.trainable
+        and bn.scale
+        and bn.center
+        and not bn.renorm
+        and (not bn.synchronized or _one_replica_in_sync())
+        and bn.axis in channel_axes
+        and type(relu) is layers.ReLU
+        and _plain_relu(relu)
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_clmr")
 class SampleCNN(Backbone):
     """Raw-waveform SampleCNN encoder: audio [B, T] or [B, T, 1] -> embedding [B, channels[-1]].
@@ -402,17 +418,7 @@ class SampleCNN(Backbone):
         return (
             plain_conv(stem_conv)
             and plain_conv(first_conv)
-            and isinstance(stem_bn, BatchNormalization)
-            and stem_bn.trainable
-            and stem_bn.scale
-            and stem_bn.center
-            and not stem_bn.renorm
-            and (not stem_bn.synchronized or _one_replica_in_sync())
-            and stem_bn.axis in (-1, 2)
-            and type(stem_relu) is layers.ReLU
-            and stem_relu.max_value is None
-            and not stem_relu.negative_slope
-            and not stem_relu.threshold
+            and _recomputable_bn_relu(stem_bn, stem_relu, (-1, 2))
             and all(layer.compute_dtype == "float32" for layer in self.stack[:4])
         )
 
