@@ -219,3 +219,21 @@ def test_view_reader_pads_short_clips_and_is_seeded(tmp_path):
     np.testing.assert_array_equal(
         views, reader(np.array([0, 0]), np.array([1, 1]), lengths, [5, 6])
     )
+
+
+def test_view_reader_without_preadv_reads_the_same_views(tmp_path, monkeypatch):
+    """Where os.preadv is missing (macOS), the os.pread fallback gives the same views."""
+    path = tmp_path / "raw.bin"
+    pcm = np.arange(-350, 350, dtype="<i2")
+    path.write_bytes(b"\x07" + pcm.tobytes())  # odd offset
+    lengths, seeds = np.array([700, 300]), np.array([5, 6])
+    expected = records.ViewReader([str(path)], 500, 2)(
+        np.array([0, 0]), np.array([1, 1]), lengths, seeds
+    )
+    monkeypatch.delattr(records.os, "preadv")
+    views = records.ViewReader([str(path)], 500, 2)(
+        np.array([0, 0]), np.array([1, 1]), lengths, seeds
+    )
+    np.testing.assert_array_equal(views, expected)
+    start = records.ViewReader([str(path)], 500, 2).starts(lengths, seeds)[0, 0]
+    np.testing.assert_array_equal(views[0, 0], pcm[start : start + 500] / 32768)

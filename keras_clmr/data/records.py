@@ -149,6 +149,18 @@ def _aligned_empty(shape, alignment=64):
     return raw[skip : skip + size].view(np.float32).reshape(shape)
 
 
+def _read_at(descriptor, buffer, position):
+    """Read ``buffer.nbytes`` bytes at byte ``position`` into ``buffer``; returns bytes read.
+
+    ``os.preadv`` reads straight into the array (Linux, BSD); ``os.pread`` (macOS and other
+    Unix without it) copies once."""
+    if hasattr(os, "preadv"):
+        return os.preadv(descriptor, [buffer], position)
+    data = os.pread(descriptor, buffer.nbytes, position)
+    buffer.view(np.uint8)[: len(data)] = np.frombuffer(data, np.uint8)
+    return len(data)
+
+
 class ViewReader:
     """Cuts random views out of local shards by positioned reads (numpy; the pipeline calls it
     through tf.numpy_function, one call per batch).
@@ -210,7 +222,7 @@ class ViewReader:
             descriptor, used = self._descriptor(int(file)), int(min(samples, length))
             for column in range(self.count):
                 position = int(offset) + 2 * int(starts[row, column])
-                read = os.preadv(descriptor, [pcm[:used]], position)
+                read = _read_at(descriptor, pcm[:used], position)
                 if read != 2 * used:
                     raise ShardLayoutError(
                         f"{self.paths[int(file)]}: {read} of {2 * used} bytes at byte {position} "
