@@ -13,6 +13,7 @@ from keras_clmr.layers.initializers import (
 from keras_clmr.models.backbone import Backbone
 from keras_clmr.models.sample_cnn import (  # fused on TF training (memory)
     BatchNormalization,
+    _after,
     _recomputable_bn_relu,
     _tf_fused_batch_norm_train,
 )
@@ -267,11 +268,7 @@ def _tf_first_block_recomputed(conv, bn, pool, x):
 
         def grad(outputs_grad, mean_grad=None, variance_grad=None):
             # The statistics only feed the moving averages: no gradient flows through them.
-            # Recompute after outputs_grad exists (a data dependency: otherwise the executor
-            # could run the recomputation early, in the forward, and keep its tensors alive).
-            first = tf.cast(tf.reshape(outputs_grad, [-1])[:1], tf.bool)
-            zero = tf.reduce_sum(tf.where(first == first, 0.0, 1.0))  # 0, unfoldable
-            inputs = [x + zero, kernel, bias, gamma, beta]
+            inputs = [_after(x, outputs_grad), kernel, bias, gamma, beta]
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
                 recomputed, _, _ = block(*inputs)

@@ -119,6 +119,16 @@ def _conv_bn_relu(filters, kernel_size, strides, padding, name, in_channels):
     ]
 
 
+def _after(tensor, gradient):
+    """``tensor`` plus a zero computed from ``gradient``: a data dependency that keeps a
+    backward recomputation from running before the incoming gradient exists (the executor
+    could otherwise run it early, in the forward, and keep its outputs alive)."""
+    import tensorflow as tf
+
+    first = tf.cast(tf.reshape(gradient, [-1])[:1], tf.bool)
+    return tensor + tf.reduce_sum(tf.where(first == first, 0.0, 1.0))  # + 0, unfoldable
+
+
 def _tf_stem_recomputed(stem_conv, stem_bn, first_conv, audio):
     """Stem (conv, BatchNorm, ReLU) and block 1's convolution, keeping only the audio for the
     gradient (TensorFlow, training). Returns block 1's conv output, stem batch mean, variance.
@@ -151,11 +161,7 @@ def _tf_stem_recomputed(stem_conv, stem_bn, first_conv, audio):
 
         def grad(z_grad, mean_grad=None, variance_grad=None):
             # The statistics only feed the moving averages: no gradient flows through them.
-            # Recompute after z_grad exists (a data dependency: otherwise the executor could
-            # run the recomputation early, in the forward, and keep its output alive).
-            first = tf.cast(tf.reshape(z_grad, [-1])[:1], tf.bool)
-            zero = tf.reduce_sum(tf.where(first == first, 0.0, 1.0))  # 0, unfoldable
-            inputs = [audio + zero, stem_kernel, stem_bias, gamma, beta]
+            inputs = [_after(audio, z_grad), stem_kernel, stem_bias, gamma, beta]
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
                 features, _, _ = stem(*inputs)
