@@ -135,36 +135,62 @@ def _tf_stem_recomputed(stem_conv, stem_bn, first_conv, audio):
 
     Why: the stem's conv output and ReLU output are [B, T/3, 128] each (~0.5 GB per 48-view
     batch at 59049 samples), the largest tensors the gradient keeps. The backward recomputes
-    the stem (a 3-tap, 1-channel convolution and a BatchNorm: a few % of the step) from the
-    audio and backpropagates through block 1's convolution directly (its kernel gradient needs
-    the stem output, its input gradient only the kernel), so neither tensor lives from the
-    forward to the backward. Same ops and gradients as the layer path; the caller updates the
-    moving statistics (once per call).
+    the stem from the audio and backpropagates through block 1's convolution directly (its
+    kernel gradient needs the stem output, its input gradient only the kernel), so neither
+    tensor lives from the forward to the backward.
+
+    The stem's conv (kernel = stride, one input channel) is z = patches @ W + b over the
+    audio's non-overlapping patches, so its BatchNorm statistics come from the audio: the
+    batch mean is mean(patches) @ W + b and the variance diag(W^T Cov(patches) W), from a
+    [taps, taps] covariance. The BatchNorm then folds into the conv (W * a, beta - mean * a
+    with a = gamma / sqrt(variance + eps)): the stem is one matmul, bias and ReLU, with no
+    full-size conv output and no normalisation pass, forward or backward. The conv bias
+    cancels in the BatchNorm: its gradient is exactly zero (the layer path's is float32
+    noise). Same maths as the layer path, closer to a float64 reference; the caller updates
+    the moving statistics (once per call).
     """
     import tensorflow as tf
 
-    stem_stride = stem_conv.strides[0]
-    stem_padding = stem_conv.padding.upper()
+    taps = stem_conv.kernel.shape[0]
     conv_stride = first_conv.strides[0]
     conv_padding = first_conv.padding.upper()
     epsilon = stem_bn.epsilon
 
-    def stem(audio, stem_kernel, stem_bias, gamma, beta):
-        z = tf.nn.convolution(audio, stem_kernel, stem_stride, stem_padding, data_format="NWC")
-        y, mean, variance = _tf_fused_batch_norm_train(z + stem_bias, gamma, beta, epsilon)
-        return tf.nn.relu(y), mean, variance
+    def folded_stem(audio, stem_kernel, gamma, beta):
+        """Patches [N, taps], folded kernel and bias, batch mean (without the conv bias) and
+        biased variance of the stem's conv output."""
+        patches = tf.reshape(audio, [-1, taps])  # audio [B, T, 1], T a multiple of taps
+        count = tf.cast(tf.shape(patches)[0], "float32")
+        patch_mean = tf.reduce_mean(patches, axis=0, keepdims=True)
+        centred = patches - patch_mean
+        covariance = tf.matmul(centred, centred, transpose_a=True) / count
+        kernel = stem_kernel[:, 0, :]  # [taps, C]
+        mean = tf.matmul(patch_mean, kernel)[0]
+        variance = tf.reduce_sum(tf.matmul(covariance, kernel) * kernel, axis=0)
+        scale = gamma * tf.math.rsqrt(variance + epsilon)
+        return patches, kernel * scale, beta - mean * scale, mean, variance
+
+    def stem_features(patches, folded_kernel, folded_bias, batch):
+        features = tf.nn.relu(tf.nn.bias_add(tf.matmul(patches, folded_kernel), folded_bias))
+        return tf.reshape(features, [batch, -1, folded_kernel.shape[-1]])
 
     @tf.custom_gradient
     def stem_and_first_conv(audio, stem_kernel, stem_bias, gamma, beta, kernel, bias):
-        features, mean, variance = stem(audio, stem_kernel, stem_bias, gamma, beta)
+        batch = tf.shape(audio)[0]
+        patches, folded_kernel, folded_bias, mean, variance = folded_stem(
+            audio, stem_kernel, gamma, beta
+        )
+        features = stem_features(patches, folded_kernel, folded_bias, batch)
         z = tf.nn.convolution(features, kernel, conv_stride, conv_padding, data_format="NWC")
 
         def grad(z_grad, mean_grad=None, variance_grad=None):
             # The statistics only feed the moving averages: no gradient flows through them.
-            inputs = [_after(audio, z_grad), stem_kernel, stem_bias, gamma, beta]
+            small = [audio, stem_kernel, gamma, beta]
             with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                features, _, _ = stem(*inputs)
+                tape.watch(small)
+                patches, folded_kernel, folded_bias, _, _ = folded_stem(*small)
+            held_patches = _after(patches, z_grad)
+            features = stem_features(held_patches, folded_kernel, folded_bias, batch)
             features_4d = tf.expand_dims(features, 1)  # NWC -> NHWC, as tf.nn.conv1d does
             z_grad_4d = tf.expand_dims(z_grad, 1)
             kernel_4d = tf.expand_dims(kernel, 0)
@@ -183,16 +209,31 @@ def _tf_stem_recomputed(stem_conv, stem_bn, first_conv, audio):
                 strides=strides,
                 padding=conv_padding,
             )
-            stem_grads = tape.gradient(
-                features, inputs, output_gradients=tf.squeeze(features_grad, 1)
+            pre_grad = tf.reshape(
+                tf.raw_ops.ReluGrad(gradients=tf.squeeze(features_grad, 1), features=features),
+                [-1, folded_kernel.shape[-1]],
             )
+            small_grads = tape.gradient(
+                [folded_kernel, folded_bias, patches],
+                small,
+                output_gradients=[
+                    tf.matmul(held_patches, pre_grad, transpose_a=True),
+                    tf.reduce_sum(pre_grad, axis=0),
+                    tf.matmul(pre_grad, folded_kernel, transpose_b=True),
+                ],
+            )
+            audio_grad, stem_kernel_grad, gamma_grad, beta_grad = small_grads
             return [
-                *stem_grads,
+                audio_grad,
+                stem_kernel_grad,
+                tf.zeros_like(stem_bias),
+                gamma_grad,
+                beta_grad,
                 tf.squeeze(kernel_grad, 0),
                 tf.reduce_sum(z_grad, axis=[0, 1]),
             ]
 
-        return (z + bias, mean, variance), grad
+        return (z + bias, mean + stem_bias, variance), grad
 
     return stem_and_first_conv(
         audio,
@@ -424,6 +465,10 @@ class SampleCNN(Backbone):
         return (
             plain_conv(stem_conv)
             and plain_conv(first_conv)
+            # the stem folds its BatchNorm into non-overlapping one-channel patches
+            and stem_conv.padding == "valid"
+            and tuple(stem_conv.kernel_size) == tuple(stem_conv.strides)
+            and stem_conv.kernel.shape[1] == 1
             and _recomputable_bn_relu(stem_bn, stem_relu, (-1, 2))
             and all(layer.compute_dtype == "float32" for layer in self.stack[:4])
         )
