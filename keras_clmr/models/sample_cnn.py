@@ -246,6 +246,119 @@ def _tf_stem_recomputed(stem_conv, stem_bn, first_conv, audio):
     )
 
 
+def _tf_channel_sums(x):
+    """Per-channel sums of x [..., C] as one matrix-vector product (a reduction over the
+    leading axes runs ~2x slower in TensorFlow on CPU)."""
+    import tensorflow as tf
+
+    rows = tf.reshape(x, [-1, x.shape[-1]])
+    return tf.matmul(tf.ones([1, tf.shape(rows)[0]], x.dtype), rows)[0]
+
+
+def _tf_channel_affine(x, scale, offset, center):
+    """(x - center) * scale + offset per channel of x [B, T, C] in one pass (TensorFlow's
+    inference BatchNorm kernel with unit variance: rsqrt(0 + 1) = 1)."""
+    import tensorflow as tf
+
+    y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=tf.expand_dims(x, 1),
+        scale=scale,
+        offset=offset,
+        mean=center,
+        variance=tf.zeros_like(center),
+        epsilon=1.0,
+        data_format="NHWC",
+        is_training=False,
+    )
+    return tf.squeeze(y, 1)
+
+
+def _tf_bn_relu_pool(z, gamma, beta, epsilon, pool):
+    """Training BatchNorm, ReLU and non-overlapping max pooling (window = stride = ``pool``)
+    of z [B, T, C] as one function that keeps only z for the backward (TensorFlow, float32).
+    Returns the pooled output [B, T // pool, C] and the batch mean and biased variance.
+
+    Why: the layers make three full-size passes forward (BatchNorm, ReLU, pooling) and more
+    backward (MaxPoolGrad is the slowest op after the convolutions), and keep the ReLU output
+    for the backward. Here BatchNorm is y = a z + b per channel (a = gamma / sqrt(var + eps),
+    b = beta - mean a); pooling commutes with the ReLU and, for a > 0, with the affine map
+    (a < 0 turns the window maximum into the minimum), so the forward pools z and normalises
+    the pooled tensor. The backward sends each window's gradient to the first position that
+    holds the selected value (as MaxPoolGrad does with ties, e.g. digital silence; the first
+    position when gamma = 0, where all of the window ties) and adds BatchNorm's per-channel
+    terms (dz = a dy - a/N sum(dy) - a rstd/N (z - mean) sum(dy yhat), where dy is zero
+    outside the selected positions, so both sums are over the pooled tensor).
+    """
+    import tensorflow as tf
+
+    channels = z.shape[-1]
+    length, tail = divmod(z.shape[1], pool)  # static: SampleCNN's input length is fixed
+
+    def pooled_extremes(z, negative):
+        """Each window's maximum, or minimum on the channels marked ``negative``."""
+        windows = [1, pool]
+        maxima = tf.squeeze(tf.nn.max_pool2d(tf.expand_dims(z, 1), windows, windows, "VALID"), 1)
+
+        def mixed():
+            minima = -tf.nn.max_pool2d(-tf.expand_dims(z, 1), windows, windows, "VALID")
+            return tf.where(negative, tf.squeeze(minima, 1), maxima)
+
+        return tf.cond(tf.reduce_any(negative), mixed, lambda: maxima)
+
+    @tf.custom_gradient
+    def fused(z, gamma, beta):
+        count = tf.cast(tf.shape(z)[0] * tf.shape(z)[1], "float32")
+        mean = _tf_channel_sums(z) / count
+        variance = _tf_channel_sums(tf.math.squared_difference(z, mean)) / count
+        rstd = tf.math.rsqrt(variance + epsilon)
+        scale = gamma * rstd
+        selected = pooled_extremes(z, gamma < 0)
+        out = tf.nn.relu(_tf_channel_affine(selected, scale, beta, mean))
+
+        def grad(out_grad, mean_grad=None, variance_grad=None):
+            # The statistics only feed the moving averages: no gradient flows through them.
+            y_grad = tf.raw_ops.ReluGrad(gradients=out_grad, features=out)  # pooled
+            batch = tf.shape(z)[0]
+            head = z[:, : length * pool] if tail else z
+            columns = tf.unstack(tf.reshape(head, [batch, length, pool, channels]), axis=2)
+            maxima = columns[0]
+            for column in columns[1:]:
+                maxima = tf.maximum(maxima, column)
+
+            def mixed():
+                minima = columns[0]
+                for column in columns[1:]:
+                    minima = tf.minimum(minima, column)
+                chosen = tf.where(gamma < 0, minima, maxima)
+                return tf.where(gamma == 0, columns[0], chosen)  # all of the window ties
+
+            chosen = tf.cond(tf.reduce_any(gamma <= 0), mixed, lambda: maxima)
+            first = tf.constant(pool - 1, tf.int8)
+            for position in reversed(range(pool - 1)):
+                first = tf.where(
+                    tf.equal(columns[position], chosen), tf.constant(position, tf.int8), first
+                )
+            beta_grad = _tf_channel_sums(y_grad)
+            gamma_grad = _tf_channel_sums(y_grad * (chosen - mean)) * rstd
+            routed = tf.where(
+                tf.equal(first[:, :, None, :], tf.constant(list(range(pool)), tf.int8, [pool, 1])),
+                (scale * y_grad)[:, :, None, :],
+                0.0,
+            )
+            routed = tf.reshape(routed, [batch, length * pool, channels])
+            if tail:  # the frames after the last whole window get BatchNorm's terms only
+                routed = tf.pad(routed, [[0, 0], [0, tail], [0, 0]])
+            z_grad = routed + _tf_channel_affine(
+                z, -scale * rstd * gamma_grad / count, -scale * beta_grad / count, mean
+            )
+            return [z_grad, gamma_grad, beta_grad]
+
+        return (out, mean, variance), grad
+
+    # Tensors, not variables: the backward returns their gradients as inputs'.
+    return fused(z, tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta))
+
+
 def _torch_batch_norm(layer, x, training):
     """``layer`` (a channels-last BatchNormalization) applied to x [B, C, T] by torch's kernel.
 
@@ -424,18 +537,33 @@ class SampleCNN(Backbone):
         if self._runs_channels_first():
             return self._call_channels_first(audio, training)
         x = audio if len(audio.shape) == 3 else ops.expand_dims(audio, -1)
-        stack = self.stack
+        start = 0
         if self._recomputes_stem(training):
             stem_bn = self.stack[1]
             x, mean, variance = _tf_stem_recomputed(self.stack[0], stem_bn, self.stack[3], x)
             stem_bn.update_moving_statistics(mean, variance)
-            stack = self.stack[4:]
-        for layer in stack:
+            start = 4
+        fused = self._fused_blocks(training)
+        index = start
+        while index < len(self.stack):
+            layer = self.stack[index]
+            if index in fused:  # BatchNorm, ReLU, max pooling: one function (_tf_bn_relu_pool)
+                x, mean, variance = _tf_bn_relu_pool(
+                    x,
+                    layer.gamma,
+                    layer.beta,
+                    layer.epsilon,
+                    self.stack[index + 2].strides[0],
+                )
+                layer.update_moving_statistics(mean, variance)
+                index += 3
+                continue
             x = (
                 layer(x, training=training)
                 if isinstance(layer, layers.BatchNormalization)
                 else layer(x)
             )
+            index += 1
         return self.flatten(x)
 
     # Whether a TensorFlow training call may recompute the stem in the backward (see
@@ -472,6 +600,32 @@ class SampleCNN(Backbone):
             and _recomputable_bn_relu(stem_bn, stem_relu, (-1, 2))
             and all(layer.compute_dtype == "float32" for layer in self.stack[:4])
         )
+
+    # Whether a TensorFlow training call may run each middle block's BatchNorm, ReLU and max
+    # pooling as one function (see _tf_bn_relu_pool); tests switch it off to compare.
+    fuse_blocks = True
+
+    def _fused_blocks(self, training):
+        """Indices in ``stack`` of the BatchNorms whose BatchNorm, ReLU and max pooling run
+        as one function: a float32 TensorFlow training call, plain trainable BatchNorm and
+        ReLU, non-overlapping channels-last pooling."""
+        if not (training and self.fuse_blocks and keras.backend.backend() == "tensorflow"):
+            return set()
+        fused = set()
+        for index, (conv, bn, relu, pool) in enumerate(
+            zip(self.stack, self.stack[1:], self.stack[2:], self.stack[3:]), start=1
+        ):
+            if (
+                isinstance(conv, layers.Conv1D)
+                and isinstance(pool, layers.MaxPooling1D)
+                and tuple(pool.pool_size) == tuple(pool.strides)
+                and pool.padding == "valid"
+                and pool.data_format == "channels_last"
+                and _recomputable_bn_relu(bn, relu, (-1, 2))
+                and all(layer.compute_dtype == "float32" for layer in (conv, bn, relu, pool))
+            ):
+                fused.add(index)
+        return fused
 
     def recomputed_output_floats(self):
         """Floats per view of layer outputs that a training step does not keep for the
