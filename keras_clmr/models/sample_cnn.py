@@ -20,6 +20,10 @@ STRIDES_BY_SAMPLE_RATE = {
     8000: (3, 3, 3, 2, 2, 4, 4, 2, 2),
 }
 DEFAULT_CHANNELS = (128, 128, 128, 256, 256, 256, 256, 256, 256, 512, 512)
+# PyTorch no-grad inference: windows per chunk in the first blocks, and the per-window input
+# size (floats) above which a block runs chunk by chunk (SampleCNN._chunked_layers).
+CHUNK_WINDOWS = 4
+CHUNK_FLOATS = 2**18
 
 
 class BatchNormalization(layers.BatchNormalization):
@@ -340,18 +344,20 @@ def _tf_bn_relu_pool(z, gamma, beta, epsilon, pool):
                 )
             beta_grad = _tf_channel_sums(y_grad)
             gamma_grad = _tf_channel_sums(y_grad * (chosen - mean)) * rstd
+            z_grad = _tf_channel_affine(
+                z, -scale * rstd * gamma_grad / count, -scale * beta_grad / count, mean
+            )
+            # Routed after the per-channel terms exist (z can go first): one full-size
+            # temporary fewer at the step's peak (block 1's backward).
             routed = tf.where(
                 tf.equal(first[:, :, None, :], tf.constant(list(range(pool)), tf.int8, [pool, 1])),
-                (scale * y_grad)[:, :, None, :],
+                _after(scale * y_grad, z_grad)[:, :, None, :],
                 0.0,
             )
             routed = tf.reshape(routed, [batch, length * pool, channels])
             if tail:  # the frames after the last whole window get BatchNorm's terms only
                 routed = tf.pad(routed, [[0, 0], [0, tail], [0, 0]])
-            z_grad = routed + _tf_channel_affine(
-                z, -scale * rstd * gamma_grad / count, -scale * beta_grad / count, mean
-            )
-            return [z_grad, gamma_grad, beta_grad]
+            return [z_grad + routed, gamma_grad, beta_grad]
 
         return (out, mean, variance), grad
 
@@ -630,7 +636,10 @@ class SampleCNN(Backbone):
     def recomputed_output_floats(self):
         """Floats per view of layer outputs that a training step does not keep for the
         backward (TensorFlow: the stem's conv and ReLU outputs, recomputed there); the
-        pretraining step estimate leaves them out."""
+        pretraining step estimate leaves them out. The fused middle blocks (``fuse_blocks``)
+        keep no ReLU output either, but they are not left out: the step's peak is in block
+        1's backward, whose temporaries the fusion does not remove (its measured peak fell
+        by ~0.6 GB at 48 pairs, less than the ~1.1 GB the estimate would subtract)."""
         if not self._recomputes_stem(True):
             return 0
         return 2 * (self.input_samples // self.stack[0].strides[0]) * self.channels[0]
@@ -658,15 +667,61 @@ class SampleCNN(Backbone):
         A plain ReLU followed by max pooling runs after the pooling, in place (max and ReLU
         commute, and the gradient reaching a window whose maximum is <= 0 is 0 either way): a
         third of the ReLU work and no full-size ReLU output in memory. The layers stay
-        channels-last for callers that run ``stack`` themselves.
+        channels-last for callers that run ``stack`` themselves. No-grad inference runs with
+        glibc keeping freed activations for the next batch (``keras_clmr.torch_memory``: no
+        page faults on them, about half of the CPU time otherwise).
         """
+        import torch
+
+        from keras_clmr.torch_memory import reusing_freed_memory
+
+        if training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._stack_channels_first(audio, training)
+        with reusing_freed_memory():
+            return self._stack_channels_first(audio, training, chunk=self.inference_chunk)
+
+    # Windows per chunk for the layers before ``_chunked_layers()`` in no-grad inference; tests
+    # set None to compare with the whole-batch path.
+    inference_chunk = CHUNK_WINDOWS
+
+    def _stack_channels_first(self, audio, training, chunk=None):
+        """``_call_channels_first`` without the allocator scope. With ``chunk`` (inference: all
+        BatchNorms folded), the first blocks run on ``chunk`` windows at a time and the rest on
+        the whole batch (see ``_chunked_layers``)."""
         import torch
 
         audio = ops.convert_to_tensor(audio)
         x = torch.reshape(audio, (audio.shape[0], 1, self.input_samples))  # one channel: a view
+        split = self._chunked_layers() if chunk and x.shape[0] > chunk else 0
+        if split:
+            x = torch.cat(
+                [self._layers_channels_first(part, 0, split, training) for part in x.split(chunk)]
+            )
+        x = self._layers_channels_first(x, split, len(self.stack), training)
+        return torch.flatten(x, 1)  # [B, C, 1] -> [B, C], as Flatten on [B, 1, C]
+
+    def _chunked_layers(self):
+        """How many layers from the stem on run chunk by chunk: the blocks up to the last max
+        pooling whose input holds more than CHUNK_FLOATS floats per window. Why: those
+        activations (10 MB per window for block 1) are far larger than the CPU's caches; a
+        chunk at a time, the next layer reads them while they are still cached, and a batch
+        never holds them whole (peak memory / ``chunk``); the deep blocks, where the time axis
+        is short, keep the whole batch for their matrix products."""
+        shape, split = (1, self.input_samples, 1), 0
+        for index, layer in enumerate(self.stack):
+            if isinstance(layer, layers.MaxPooling1D) and math.prod(shape) > CHUNK_FLOATS:
+                split = index + 1
+            shape = layer.compute_output_shape(shape)
+        return split
+
+    def _layers_channels_first(self, x, start, stop, training):
+        """``self.stack[start:stop]`` on x [B, C, T] (``start`` and ``stop`` at block ends)."""
+        import torch
+
         relu_pending = False  # a plain ReLU not applied yet (it follows the next max pooling)
         folded = set()  # BatchNorms in inference mode, folded into the convolution before them
-        for index, layer in enumerate(self.stack):
+        for index in range(start, stop):
+            layer = self.stack[index]
             if relu_pending and not isinstance(layer, layers.MaxPooling1D):
                 raise TypeError(f"A deferred ReLU must precede max pooling, not {layer.name}.")
             if isinstance(layer, layers.Conv1D):  # bias and "same" padding inside the kernel
@@ -717,7 +772,7 @@ class SampleCNN(Backbone):
                 x = layer(x)  # elementwise: layout-free
             else:
                 raise TypeError(f"No channels-first rule for {type(layer).__name__} {layer.name}.")
-        return torch.flatten(x, 1)  # [B, C, 1] -> [B, C], as Flatten on [B, 1, C]
+        return x
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.embedding_dim)
