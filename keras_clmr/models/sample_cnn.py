@@ -337,11 +337,13 @@ def _tf_bn_relu_pool(z, gamma, beta, epsilon, pool):
                 return tf.where(gamma == 0, columns[0], chosen)  # all of the window ties
 
             chosen = tf.cond(tf.reduce_any(gamma <= 0), mixed, lambda: maxima)
-            first = tf.constant(pool - 1, tf.int8)
-            for position in reversed(range(pool - 1)):
-                first = tf.where(
-                    tf.equal(columns[position], chosen), tf.constant(position, tf.int8), first
-                )
+            # The first position holding the chosen value: the number of leading misses
+            # (bool and int8 ops; tf.where with broadcast scalars is ~5x slower).
+            leading = tf.not_equal(columns[0], chosen)
+            first = tf.cast(leading, tf.int8)
+            for column in columns[1:-1]:
+                leading = tf.logical_and(leading, tf.not_equal(column, chosen))
+                first += tf.cast(leading, tf.int8)
             beta_grad = _tf_channel_sums(y_grad)
             gamma_grad = _tf_channel_sums(y_grad * (chosen - mean)) * rstd
             z_grad = _tf_channel_affine(
