@@ -751,13 +751,14 @@ def cap_batch_size(batch_size, clip_count, source, replicas=1, warn=logging.warn
 # view costs 0.755 x its layer outputs (what the backward pass keeps, less what TF frees
 # early). Since then SampleCNN's TF training path keeps 5.04 M floats per view fewer
 # (``recomputed_output_floats``, left out of the count): 5.97 GB measured at 48 pairs, 6.10
-# estimated. Time: the process's CPU
-# seconds per step (``python -m benchmarks.pretrain_estimate --batches=8`` and ``=24``: 9.75 s
-# for 16 views, 26.76 s for 48) against 3.47 GFLOP per view forward (x3 for a train step) give
-# 17-19 GFLOP/s per core, on a machine whose other processes used 91-93 % of the CPU; the
-# README's 5.77 views/s (48 pairs, a quieter run) would be 30. The estimate uses 18: expect
-# up to 1.7x faster on an idle machine. Other models, XLA, mixed precision and GPUs are
-# extrapolations of the same formula: read them as the order of magnitude.
+# estimated. With TensorFlow's BFC allocator (``import keras_clmr`` turns it on), the folded
+# stem and the fused middle blocks, the quiet re-measurement of 30 Nov 2026 (``python -m
+# benchmarks.pretrain_estimate --batches=48``) peaked at 6.00 GB, estimate 6.10: the memory
+# constants stay. Time: that run's process CPU seconds per step, 27.15 s for 96 views at 3.47
+# GFLOP per view forward (x3 for a train step), give 36.8 GFLOP/s per core on an idle
+# machine (other processes: 0.6 % of the CPU); the estimate uses 36 (a busy machine is
+# slower). Other models, XLA, mixed precision and GPUs are extrapolations of the same
+# formula: read them as the order of magnitude.
 STEP_BASE_BYTES = 1.31e9  # TF runtime, weights, optimizer slots, graph: independent of batch
 BYTES_PER_OUTPUT_FLOAT = 0.755 * 4  # peak bytes per float32 layer output of one view
 # CLMR's augmentation chain (--augment=clmr) keeps its own temporaries (FFTs, the pitch
@@ -765,7 +766,7 @@ BYTES_PER_OUTPUT_FLOAT = 0.755 * 4  # peak bytes per float32 layer output of one
 # --augment=clmr), 8.9 MB per 59049-sample view, 150 bytes per sample of the crop (at 8
 # pairs it was 19 MB per view: part of it does not grow with the batch).
 AUGMENTATION_BYTES_PER_SAMPLE = 150
-CORE_FLOPS_PER_SECOND = 18e9  # sustained FLOP/s of one CPU core on the train step (oneDNN)
+CORE_FLOPS_PER_SECOND = 36e9  # sustained FLOP/s of one CPU core on the train step
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (gradients of inputs and of weights)
 
 

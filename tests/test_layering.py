@@ -31,6 +31,7 @@ LAYERS = {
     "keras_clmr.distributed": 0,
     "keras_clmr.batching": 0,
     "keras_clmr.progress": 0,
+    "keras_clmr.torch_memory": 0,
     "keras_clmr.models": 1,
     "keras_clmr.data": 1,
     "keras_clmr.presets": 2,
