@@ -418,6 +418,37 @@ def _fold_torch_batch_norm(layer, kernel, bias):
     return kernel * scale[:, None, None], shift if bias is None else bias * scale + shift
 
 
+def _torch_folded_stem_train(conv, bn, x):
+    """The stem's conv and training BatchNorm on x [B, 1, T] (PyTorch) as one convolution:
+    the BatchNorm statistics come from the audio's non-overlapping patches (see
+    ``_tf_stem_recomputed``) and fold into the kernel and bias, so the full-size conv output
+    is neither normalised in a second pass nor kept for the backward. Updates the moving
+    statistics; returns the normalised pre-activation [B, C, T / k]."""
+    import torch
+
+    taps = conv.kernel.shape[0]
+    patches = x.reshape(-1, taps)  # one channel, kernel = stride, "valid": [N, taps]
+    patch_mean = patches.mean(dim=0)
+    centred = patches - patch_mean
+    covariance = centred.T @ centred / patches.shape[0]
+    weights = conv.kernel.value[:, 0, :].T  # [C, taps]
+    bias = conv.bias.value
+    mean = weights @ patch_mean + bias
+    variance = ((weights @ covariance) * weights).sum(dim=1)
+    scale = bn.gamma.value * torch.rsqrt(variance + bn.epsilon)
+    # The conv bias cancels in the BatchNorm: written out, its gradient is an exact zero.
+    folded_bias = bias * scale - mean * scale + bn.beta.value
+    y = torch.nn.functional.conv1d(
+        x, (weights * scale[:, None])[:, None, :], folded_bias, stride=taps
+    )
+    with torch.no_grad():
+        momentum = bn.momentum
+        batch_mean = mean
+        bn.moving_mean.assign(bn.moving_mean.value * momentum + batch_mean * (1.0 - momentum))
+        bn.moving_variance.assign(bn.moving_variance.value * momentum + variance * (1.0 - momentum))
+    return y
+
+
 def _plain_relu(layer):
     """True for ReLU(x) = max(x, 0) (no cap, slope or threshold)."""
     return layer.max_value is None and not layer.negative_slope and not layer.threshold
@@ -646,6 +677,26 @@ class SampleCNN(Backbone):
             return 0
         return 2 * (self.input_samples // self.stack[0].strides[0]) * self.channels[0]
 
+    def _folds_torch_stem(self, training):
+        """True in a PyTorch training call whose stem (one-channel conv, kernel = stride,
+        "valid"; trainable plain BatchNorm; plain ReLU) folds its BatchNorm into the conv."""
+        conv, bn, relu = self.stack[:3]
+        return (
+            bool(training)
+            and type(conv) is layers.Conv1D
+            and conv.use_bias
+            and conv.padding == "valid"
+            and tuple(conv.kernel_size) == tuple(conv.strides)
+            and tuple(conv.dilation_rate) == (1,)
+            and conv.groups == 1
+            and conv.kernel.shape[1] == 1
+            and conv.activation is keras.activations.linear
+            and isinstance(bn, layers.BatchNormalization)
+            and bn.trainable
+            and type(relu) is layers.ReLU
+            and _plain_relu(relu)
+        )
+
     def _runs_channels_first(self):
         """True on PyTorch with float32 layers and plain BatchNorm (the fast path's scope)."""
         return (
@@ -724,7 +775,11 @@ class SampleCNN(Backbone):
 
         relu_pending = False  # a plain ReLU not applied yet (it follows the next max pooling)
         folded = set()  # BatchNorms in inference mode, folded into the convolution before them
-        for index in range(start, stop):
+        first = start
+        if start == 0 and self._folds_torch_stem(training):
+            x = torch.relu_(_torch_folded_stem_train(self.stack[0], self.stack[1], x))
+            first = 3  # stem conv, BatchNorm and ReLU done
+        for index in range(first, stop):
             layer = self.stack[index]
             if relu_pending and not isinstance(layer, layers.MaxPooling1D):
                 raise TypeError(f"A deferred ReLU must precede max pooling, not {layer.name}.")
