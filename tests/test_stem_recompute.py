@@ -131,3 +131,20 @@ def test_synchronized_batchnorm_on_one_replica_keeps_the_fast_paths():
         assert model._recomputes_stem(True)
         outputs.append(keras.ops.convert_to_numpy(model(x.astype("float32"), training=True)))
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the recomputed stem is TensorFlow's")
+def test_training_call_with_an_unknown_batch_size_keeps_static_lengths():
+    """``fit`` traces with batch None: the stem's output keeps its static length, which the
+    fused blocks after it need."""
+    import tensorflow as tf
+
+    model = _seeded_model(True)
+    assert model._fused_blocks(True)
+    samples = model.input_samples
+    step = tf.function(
+        lambda x: model(x, training=True), input_signature=[tf.TensorSpec([None, samples])]
+    )
+    x = np.random.default_rng(9).standard_normal((3, samples)).astype("float32")
+    y = step(x).numpy()
+    assert y.shape == (3, 16) and np.all(np.isfinite(y))

@@ -174,9 +174,12 @@ def _tf_stem_recomputed(stem_conv, stem_bn, first_conv, audio):
         scale = gamma * tf.math.rsqrt(variance + epsilon)
         return patches, kernel * scale, beta - mean * scale, mean, variance
 
+    # Frames per view, static where the audio's length is (the later blocks need it).
+    frames = -1 if audio.shape[1] is None else audio.shape[1] // taps
+
     def stem_features(patches, folded_kernel, folded_bias, batch):
         features = tf.nn.relu(tf.nn.bias_add(tf.matmul(patches, folded_kernel), folded_bias))
-        return tf.reshape(features, [batch, -1, folded_kernel.shape[-1]])
+        return tf.reshape(features, [batch, frames, folded_kernel.shape[-1]])
 
     @tf.custom_gradient
     def stem_and_first_conv(audio, stem_kernel, stem_bias, gamma, beta, kernel, bias):
