@@ -27,6 +27,23 @@ def _seeded():
     keras.backend.clear_session()
 
 
+def compiled_training_step(model, x, upstream):
+    """Output, gradients (input, then every trainable weight) and all weights after one
+    compiled TensorFlow forward/backward of ``model`` in training mode, loss sum(y * upstream)."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = model(x, training=True)
+            loss = tf.reduce_sum(y * upstream)
+        return y, tape.gradient(loss, [x] + [w.value for w in model.trainable_weights])
+
+    y, grads = step(tf.constant(x))
+    return y.numpy(), [g.numpy() for g in grads], [np.asarray(w) for w in model.weights]
+
+
 def tiny_sample_cnn(**kwargs):
     """A SampleCNN with the full block structure but short input (3**5 samples) and few channels."""
     from keras_clmr.models import SampleCNN

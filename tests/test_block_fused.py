@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, tiny_sample_cnn
+from conftest import BACKEND, compiled_training_step, tiny_sample_cnn
 
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused block is TF's")
 
@@ -83,21 +83,9 @@ def _seeded_model(fuse, gammas=None):
 def _train_step(fuse, x, upstream, gammas=None):
     """Output, gradients (input and every trainable weight) and weights after one compiled
     forward/backward of the seeded model in training mode."""
-    import tensorflow as tf
-
     model = _seeded_model(fuse, gammas)
     assert len(model._fused_blocks(True)) == (9 if fuse else 0)
-
-    @tf.function
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = model(x, training=True)
-            loss = tf.reduce_sum(y * upstream)
-        return y, tape.gradient(loss, [x] + [w.value for w in model.trainable_weights])
-
-    y, grads = step(tf.constant(x))
-    return y.numpy(), [g.numpy() for g in grads], [np.asarray(w) for w in model.weights]
+    return compiled_training_step(model, x, upstream)
 
 
 def _float64_step(x, upstream, gammas=None):

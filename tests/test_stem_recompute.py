@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, tiny_sample_cnn
+from conftest import BACKEND, compiled_training_step, tiny_sample_cnn
 
 
 def _seeded_model(recompute):
@@ -31,20 +31,9 @@ def _seeded_model(recompute):
 def _train_step(recompute, x, upstream):
     """Output, gradients (input and every trainable weight) and weights after one compiled
     forward/backward of a seeded tiny SampleCNN in training mode."""
-    import tensorflow as tf
-
     model = _seeded_model(recompute)
 
-    @tf.function
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = model(x, training=True)
-            loss = tf.reduce_sum(y * upstream)
-        return y, tape.gradient(loss, [x] + [w.value for w in model.trainable_weights])
-
-    y, grads = step(tf.constant(x))
-    return y.numpy(), [g.numpy() for g in grads], [np.asarray(w) for w in model.weights]
+    return compiled_training_step(model, x, upstream)
 
 
 def _reference_float64(x, upstream):
