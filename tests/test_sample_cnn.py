@@ -219,6 +219,7 @@ def test_torch_channels_first_path_equals_the_layer_path_with_gradients():
         keras.utils.set_random_seed(5)
         model = tiny_sample_cnn()
         assert model._runs_channels_first()
+        assert model._folds_torch_stem(True)  # the training call below folds the stem
         if not channels_first:
             model._runs_channels_first = lambda: False
         model.zero_grad()

@@ -445,10 +445,7 @@ def _torch_folded_stem_train(conv, bn, x):
         x, (weights * scale[:, None])[:, None, :], folded_bias, stride=taps
     )
     with torch.no_grad():
-        momentum = bn.momentum
-        batch_mean = mean
-        bn.moving_mean.assign(bn.moving_mean.value * momentum + batch_mean * (1.0 - momentum))
-        bn.moving_variance.assign(bn.moving_variance.value * momentum + variance * (1.0 - momentum))
+        bn.update_moving_statistics(mean, variance)
     return y
 
 
@@ -470,6 +467,35 @@ def _recomputable_bn_relu(bn, relu, channel_axes):
         and bn.axis in channel_axes
         and type(relu) is layers.ReLU
         and _plain_relu(relu)
+    )
+
+
+def _plain_conv1d(layer):
+    """True for Keras' own channels-last Conv1D with a bias and nothing else (no groups,
+    dilation, activation, LoRA or quantization): what the fused paths compute by hand."""
+    return (
+        type(layer) is layers.Conv1D
+        and layer.use_bias
+        and layer.groups == 1
+        and tuple(layer.dilation_rate) == (1,)
+        and layer.padding in ("valid", "same")
+        and layer.data_format == "channels_last"
+        and layer.activation is keras.activations.linear
+        and not getattr(layer, "lora_enabled", False)
+        and layer.quantization_mode is None
+    )
+
+
+def _foldable_stem(conv, bn, relu):
+    """True for a stem whose training BatchNorm folds into its conv (``_tf_stem_recomputed``,
+    ``_torch_folded_stem_train``): a one-channel conv over non-overlapping patches (kernel =
+    stride, "valid"), a trainable plain BatchNorm and a plain ReLU."""
+    return (
+        _plain_conv1d(conv)
+        and conv.padding == "valid"
+        and tuple(conv.kernel_size) == tuple(conv.strides)
+        and conv.kernel.shape[1] == 1
+        and _recomputable_bn_relu(bn, relu, (-1, 2))
     )
 
 
@@ -617,29 +643,9 @@ class SampleCNN(Backbone):
         if not (training and self.recompute_stem and keras.backend.backend() == "tensorflow"):
             return False
         stem_conv, stem_bn, stem_relu, first_conv = self.stack[:4]
-
-        def plain_conv(layer):
-            return (
-                isinstance(layer, layers.Conv1D)
-                and type(layer).__name__ == "Conv1D"
-                and layer.use_bias
-                and layer.groups == 1
-                and tuple(layer.dilation_rate) == (1,)
-                and layer.padding in ("valid", "same")
-                and layer.data_format == "channels_last"
-                and layer.activation is keras.activations.linear
-                and not getattr(layer, "lora_enabled", False)
-                and layer.quantization_mode is None
-            )
-
         return (
-            plain_conv(stem_conv)
-            and plain_conv(first_conv)
-            # the stem folds its BatchNorm into non-overlapping one-channel patches
-            and stem_conv.padding == "valid"
-            and tuple(stem_conv.kernel_size) == tuple(stem_conv.strides)
-            and stem_conv.kernel.shape[1] == 1
-            and _recomputable_bn_relu(stem_bn, stem_relu, (-1, 2))
+            _foldable_stem(stem_conv, stem_bn, stem_relu)
+            and _plain_conv1d(first_conv)
             and all(layer.compute_dtype == "float32" for layer in self.stack[:4])
         )
 
@@ -683,22 +689,7 @@ class SampleCNN(Backbone):
     def _folds_torch_stem(self, training):
         """True in a PyTorch training call whose stem (one-channel conv, kernel = stride,
         "valid"; trainable plain BatchNorm; plain ReLU) folds its BatchNorm into the conv."""
-        conv, bn, relu = self.stack[:3]
-        return (
-            bool(training)
-            and type(conv) is layers.Conv1D
-            and conv.use_bias
-            and conv.padding == "valid"
-            and tuple(conv.kernel_size) == tuple(conv.strides)
-            and tuple(conv.dilation_rate) == (1,)
-            and conv.groups == 1
-            and conv.kernel.shape[1] == 1
-            and conv.activation is keras.activations.linear
-            and isinstance(bn, layers.BatchNormalization)
-            and bn.trainable
-            and type(relu) is layers.ReLU
-            and _plain_relu(relu)
-        )
+        return bool(training) and _foldable_stem(*self.stack[:3])
 
     def _runs_channels_first(self):
         """True on PyTorch with float32 layers and plain BatchNorm (the fast path's scope)."""
